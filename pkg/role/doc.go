@@ -1,0 +1,61 @@
+// Package role tells an application whether the hapod controller has made its
+// pod the active one or a standby.
+//
+// The controller labels exactly one pod of a group role=active, which is what
+// routes traffic to it. Labels reach a process only slowly and indirectly, so
+// the controller also sends the pod a small UDP datagram as soon as it changes
+// the label. Listen receives those datagrams, keeps the latest role and
+// answers each one with an ack; the application reads the role with
+// Listener.State, Listener.Changes or Config.OnChange.
+//
+// # Delivery contract
+//
+// The role is Unknown until the first message arrives; treat Unknown like
+// Standby. The controller tells a standby that it is standby when it joins,
+// and retries each message until it is acked or a deadline passes (3s by
+// default), so a pod that is running and reachable learns its role within
+// milliseconds of the label change.
+//
+// Each message carries the group's epoch, a counter the controller increments
+// on every promotion. The listener applies a message when its epoch is newer
+// than the one it holds, and refuses older ones (acked "stale"), so a delayed
+// or retried message can never undo a later decision. Within one epoch the
+// controller tells one pod active and every other pod standby, so two roles
+// at the same epoch for the same pod only arise from a controller fault; the
+// listener then keeps or moves to Standby, because two active pods are worse
+// than none (the controller repairs "none" by promoting again, at a new
+// epoch). In full, for a message (role r, epoch e) against the held (R, E):
+//
+//	e > E                          applied, acked "ok"
+//	e == E, r == R                 duplicate: acked "ok", nothing changes
+//	e == E, R Unknown              applied, acked "ok"
+//	e == E, r Standby, R Active    applied, acked "ok"
+//	e == E, r Active, R Standby    refused, acked "stale"
+//	e < E                          refused, acked "stale"
+//
+// If Config.PodUID or Config.PodName is set, a message addressed to another
+// UID or name is refused and acked "wrong-pod": a pod IP can be reused by a
+// new pod while the controller still holds the old pod's address. Likewise a
+// listener serves the first group it hears from, since epochs of two groups
+// cannot be compared. Datagrams that are oversized, not valid JSON of the
+// known version, or otherwise malformed are dropped without a reply and
+// counted in Stats.
+//
+// The ack means the listener has recorded the state: when the controller sees
+// it, State already returns the new role. It does not mean the application
+// has acted on it. The ack is sent before the application is notified, so a
+// slow OnChange does not slow the controller's view of the failover; then
+// OnChange runs, then Changes receives the state.
+//
+// OnChange is called once per applied change, in order, from the listener's
+// goroutine; further datagrams wait while it runs, so keep it short. Changes
+// is a latest-value channel with a buffer of one: the listener never blocks
+// on it, and a slow reader may skip intermediate states but always receives
+// the newest. Duplicates and refused messages notify nothing.
+//
+// The held epoch lives in memory only. A restarted process starts at Unknown
+// with epoch 0 and accepts whatever the controller sends next.
+//
+// There is no authentication: anything that can reach the port can set the
+// role. Restrict the port with a NetworkPolicy to the controller's pods.
+package role
