@@ -1,0 +1,223 @@
+// Command hapod-controller keeps exactly one pod of each group active and
+// fails over to a standby within milliseconds. See the README for flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2/textlogger"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/notify"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "hapod-controller:", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	cfg            config.Config
+	kubeconfig     string
+	metricsAddr    string
+	probeAddr      string
+	notifyAddr     string
+	leaderElect    bool
+	leaderNS       string
+	leaseDuration  time.Duration
+	renewDeadline  time.Duration
+	retryPeriod    time.Duration
+	qps            float64
+	burst          int
+	log            *textlogger.Config
+}
+
+func parseFlags(args []string) (*flags, error) {
+	f := &flags{cfg: config.Default()}
+	fs := flag.NewFlagSet("hapod-controller", flag.ContinueOnError)
+	f.cfg.Bind(fs)
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus /metrics endpoint (0 disables)")
+	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	fs.StringVar(&f.notifyAddr, "notify-bind-address", "0.0.0.0:0", "local UDP address role messages are sent from")
+	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader among controller replicas (use with more than one replica)")
+	fs.StringVar(&f.leaderNS, "leader-election-namespace", "", "namespace of the leader-election Lease (default: the pod's namespace)")
+	fs.DurationVar(&f.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "leader-election lease duration")
+	fs.DurationVar(&f.renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "leader-election renew deadline")
+	fs.DurationVar(&f.retryPeriod, "leader-elect-retry-period", 2*time.Second, "leader-election retry period")
+	fs.Float64Var(&f.qps, "kube-api-qps", 500, "client-side QPS limit to the API server (a mass failover writes 2-3 times per group)")
+	fs.IntVar(&f.burst, "kube-api-burst", 1000, "client-side burst to the API server")
+	f.log = textlogger.NewConfig()
+	f.log.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	if err := f.cfg.Validate(); err != nil {
+		return nil, err
+	}
+	for _, a := range []struct{ flag, addr string }{{"metrics-bind-address", f.metricsAddr}, {"health-probe-bind-address", f.probeAddr}, {"notify-bind-address", f.notifyAddr}} {
+		if a.addr == "0" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a.addr); err != nil {
+			return nil, fmt.Errorf("-%s: %v", a.flag, err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return nil, fmt.Errorf("-%s: bad port %q", a.flag, port)
+		}
+	}
+	return f, nil
+}
+
+func restConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		if c, err := rest.InClusterConfig(); err == nil {
+			return c, nil
+		}
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = path
+	c, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no usable kubeconfig (set -kubeconfig or KUBECONFIG): %w", err)
+	}
+	return c, nil
+}
+
+func run() error {
+	f, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(textlogger.NewLogger(f.log))
+	rc, err := restConfig(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	rc.QPS, rc.Burst = float32(f.qps), f.burst
+	rc.UserAgent = "hapod-controller"
+
+	ctx := ctrl.SetupSignalHandler()
+	if err := checkAPI(ctx, rc); err != nil {
+		return err
+	}
+	mgr, err := newManager(rc, f)
+	if err != nil {
+		return err
+	}
+	n, err := notify.New(notify.Config{
+		ListenAddr: f.notifyAddr, Deadline: f.cfg.NotifyDeadline, Registerer: metrics.Registry,
+	})
+	if err != nil {
+		return fmt.Errorf("-notify-bind-address: %w", err)
+	}
+	defer n.Close()
+	r := &controller.Reconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
+		Recorder: mgr.GetEventRecorder("hapod-controller"),
+		Notifier: n, Config: f.cfg, Metrics: controller.NewMetrics(metrics.Registry),
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", func(req *http.Request) error {
+		// Ready once the pod cache is synced: before that the controller
+		// would decide on a partial view.
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return errors.New("cache not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	ctrl.Log.Info("Starting", "selector", f.cfg.Selector, "groupLabel", f.cfg.GroupLabel,
+		"roleLabel", f.cfg.RoleLabel, "rolePort", f.cfg.RolePort, "namespaces", f.cfg.Namespaces)
+	return mgr.Start(ctx)
+}
+
+// checkAPI fails fast, with a plain message, when the kubeconfig does not
+// reach a working API server (instead of retrying inside informers).
+func checkAPI(ctx context.Context, rc *rest.Config) error {
+	c, err := client.New(rc, client.Options{})
+	if err != nil {
+		return fmt.Errorf("kubeconfig does not work: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var pods corev1.PodList
+	if err := c.List(ctx, &pods, client.Limit(1)); err != nil {
+		return fmt.Errorf("cannot list pods with this kubeconfig (server %s): %w", rc.Host, err)
+	}
+	return nil
+}
+
+func newManager(rc *rest.Config, f *flags) (manager.Manager, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	sel, _ := f.cfg.PodSelector() // validated already
+	cacheOpts := cache.Options{
+		SyncPeriod:       &f.cfg.ResyncPeriod,
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Label: sel},
+		},
+	}
+	if len(f.cfg.Namespaces) > 0 {
+		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range f.cfg.Namespaces {
+			cacheOpts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	mgr, err := ctrl.NewManager(rc, ctrl.Options{
+		Scheme:                        scheme,
+		Cache:                         cacheOpts,
+		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&coordinationv1.Lease{}}}},
+		Metrics:                       metricsserver.Options{BindAddress: f.metricsAddr},
+		HealthProbeBindAddress:        f.probeAddr,
+		LeaderElection:                f.leaderElect,
+		LeaderElectionID:              "hapod-controller",
+		LeaderElectionNamespace:       f.leaderNS,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &f.leaseDuration,
+		RenewDeadline:                 &f.renewDeadline,
+		RetryPeriod:                   &f.retryPeriod,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the manager: %w", err)
+	}
+	return mgr, nil
+}

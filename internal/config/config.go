@@ -1,0 +1,158 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Config is everything the controller can be told.
+type Config struct {
+	// Selector picks the pods hapod manages.
+	Selector string
+	// GroupLabel is the label whose value splits the selected pods of a
+	// namespace into independent groups, each with its own active pod.
+	// Pods without it form the group "default".
+	GroupLabel   string
+	RoleLabel    string
+	ActiveValue  string
+	StandbyValue string
+	// CriticalEnv/CriticalValue mark critical containers.
+	CriticalEnv   string
+	CriticalValue string
+	// RolePort is the UDP port pods listen on for role messages.
+	RolePort int
+	// Namespaces to watch; empty means all.
+	Namespaces []string
+	// NotReadyGrace: how long an active may be not Ready before failover.
+	NotReadyGrace time.Duration
+	// NotifyDeadline bounds one role notification (with retries);
+	// NotifyRetry is the pause before a failed one is tried again.
+	NotifyDeadline time.Duration
+	NotifyRetry    time.Duration
+	// WatchNodes enables failover when the active's node goes NotReady
+	// (needs RBAC on nodes).
+	WatchNodes bool
+	// Workers is how many groups are reconciled at once.
+	Workers int
+	// LeasePrefix names the per-group Lease that keeps the epoch.
+	LeasePrefix string
+	ResyncPeriod time.Duration
+}
+
+// Default returns the seed's configuration.
+func Default() Config {
+	return Config{
+		Selector:       "app=hapod",
+		GroupLabel:     "app",
+		RoleLabel:      "role",
+		ActiveValue:    "active",
+		StandbyValue:   "standby",
+		CriticalEnv:    "pwcriticality",
+		CriticalValue:  "critical",
+		RolePort:       7477,
+		NotReadyGrace:  5 * time.Second,
+		NotifyDeadline: 3 * time.Second,
+		NotifyRetry:    5 * time.Second,
+		WatchNodes:     true,
+		Workers:        32,
+		LeasePrefix:    "hapod-",
+		ResyncPeriod:   10 * time.Minute,
+	}
+}
+
+// Bind registers the flags on fs, writing into c (which holds the defaults).
+func (c *Config) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&c.Selector, "selector", c.Selector, "label selector of the pods hapod manages")
+	fs.StringVar(&c.GroupLabel, "group-label", c.GroupLabel, "label whose value splits pods into groups, each with one active pod")
+	fs.StringVar(&c.RoleLabel, "role-label", c.RoleLabel, "label key that carries the role (the Service selects on it)")
+	fs.StringVar(&c.ActiveValue, "active-value", c.ActiveValue, "role label value of the active pod")
+	fs.StringVar(&c.StandbyValue, "standby-value", c.StandbyValue, "role label value of standby pods")
+	fs.StringVar(&c.CriticalEnv, "critical-env", c.CriticalEnv, "env var that marks a critical container")
+	fs.StringVar(&c.CriticalValue, "critical-value", c.CriticalValue, "value of -critical-env that means critical")
+	fs.IntVar(&c.RolePort, "role-port", c.RolePort, "UDP port on which pods listen for role messages")
+	fs.Func("namespaces", "comma-separated namespaces to watch (default: all)", func(s string) error {
+		c.Namespaces = nil
+		for _, ns := range strings.Split(s, ",") {
+			if ns = strings.TrimSpace(ns); ns != "" {
+				c.Namespaces = append(c.Namespaces, ns)
+			}
+		}
+		return nil
+	})
+	fs.DurationVar(&c.NotReadyGrace, "not-ready-grace", c.NotReadyGrace, "how long the active may be not Ready before failover")
+	fs.DurationVar(&c.NotifyDeadline, "notify-deadline", c.NotifyDeadline, "how long one role notification is retried before giving up")
+	fs.DurationVar(&c.NotifyRetry, "notify-retry", c.NotifyRetry, "pause before a failed role notification is tried again")
+	fs.BoolVar(&c.WatchNodes, "watch-nodes", c.WatchNodes, "fail over when the active's node is NotReady (needs nodes get/list/watch)")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "groups reconciled concurrently")
+	fs.StringVar(&c.LeasePrefix, "lease-prefix", c.LeasePrefix, "name prefix of the per-group Lease that stores the epoch")
+	fs.DurationVar(&c.ResyncPeriod, "resync-period", c.ResyncPeriod, "full re-list period; only repairs, events drive failover")
+}
+
+// Validate reports every problem at once, each naming its flag.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("-%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	if _, err := c.PodSelector(); err != nil {
+		bad("selector", "%v", err)
+	}
+	for _, l := range []struct{ flag, key string }{{"group-label", c.GroupLabel}, {"role-label", c.RoleLabel}} {
+		if msgs := validation.IsQualifiedName(l.key); len(msgs) > 0 {
+			bad(l.flag, "%q is not a valid label key: %s", l.key, strings.Join(msgs, "; "))
+		}
+	}
+	for _, v := range []struct{ flag, val string }{{"active-value", c.ActiveValue}, {"standby-value", c.StandbyValue}} {
+		if msgs := validation.IsValidLabelValue(v.val); len(msgs) > 0 || v.val == "" {
+			bad(v.flag, "%q is not a valid, non-empty label value", v.val)
+		}
+	}
+	if c.ActiveValue == c.StandbyValue {
+		bad("standby-value", "must differ from -active-value (%q)", c.ActiveValue)
+	}
+	if c.CriticalEnv == "" || c.CriticalValue == "" {
+		bad("critical-env", "the env var name and -critical-value must not be empty")
+	}
+	if c.RolePort < 1 || c.RolePort > 65535 {
+		bad("role-port", "%d is not a port (1-65535)", c.RolePort)
+	}
+	for _, ns := range c.Namespaces {
+		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+			bad("namespaces", "%q is not a namespace name", ns)
+		}
+	}
+	if c.Workers < 1 {
+		bad("workers", "must be at least 1")
+	}
+	for _, d := range []struct {
+		flag string
+		val  time.Duration
+	}{{"not-ready-grace", c.NotReadyGrace}, {"notify-deadline", c.NotifyDeadline}, {"notify-retry", c.NotifyRetry}, {"resync-period", c.ResyncPeriod}} {
+		if d.val <= 0 {
+			bad(d.flag, "must be positive, got %v", d.val)
+		}
+	}
+	if msgs := validation.IsDNS1123Subdomain(c.LeasePrefix + "x"); len(msgs) > 0 {
+		bad("lease-prefix", "%q does not make valid object names", c.LeasePrefix)
+	}
+	return errors.Join(errs...)
+}
+
+// PodSelector parses Selector. An empty selector would take over every pod
+// in the cluster, which is never what a user means, so it is refused.
+func (c *Config) PodSelector() (labels.Selector, error) {
+	if strings.TrimSpace(c.Selector) == "" {
+		return nil, errors.New("must not be empty (it would select every pod)")
+	}
+	sel, err := labels.Parse(c.Selector)
+	if err != nil {
+		return nil, err
+	}
+	return sel, nil
+}

@@ -1,0 +1,59 @@
+package config
+
+import (
+	"flag"
+	"strings"
+	"testing"
+)
+
+func TestDefaultsAreValid(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	c := Default()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.Bind(fs)
+	err := fs.Parse([]string{"-selector", "app=db,tier in (a,b)", "-role-label", "hapod.io/role", "-namespaces", "a, b", "-role-port", "9000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RoleLabel != "hapod.io/role" || len(c.Namespaces) != 2 || c.Namespaces[1] != "b" || c.RolePort != 9000 {
+		t.Fatalf("flags not applied: %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValidateNamesTheFlag(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"unparsable selector", func(c *Config) { c.Selector = "app in (a" }, "-selector"},
+		{"empty selector", func(c *Config) { c.Selector = " " }, "-selector"},
+		{"bad label key", func(c *Config) { c.RoleLabel = "no spaces" }, "-role-label"},
+		{"same role values", func(c *Config) { c.StandbyValue = c.ActiveValue }, "-standby-value"},
+		{"empty role value", func(c *Config) { c.ActiveValue = "" }, "-active-value"},
+		{"port out of range", func(c *Config) { c.RolePort = 70000 }, "-role-port"},
+		{"bad namespace", func(c *Config) { c.Namespaces = []string{"Not_A_NS"} }, "-namespaces"},
+		{"no workers", func(c *Config) { c.Workers = 0 }, "-workers"},
+		{"zero grace", func(c *Config) { c.NotReadyGrace = 0 }, "-not-ready-grace"},
+		{"empty critical env", func(c *Config) { c.CriticalEnv = "" }, "-critical-env"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			tc.mutate(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,286 @@
+package controller_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/pkg/role"
+)
+
+// The seed's setup: the earliest-created Ready pod becomes active, the
+// Service routes to it alone, its app is told it is active and the other
+// that it is standby.
+func TestInitialElection(t *testing.T) {
+	e := newEnv(t)
+	e.neverTwoActive("hapod")
+	e.replicaSet("hapod", 2)
+	e.service("hapod")
+	pods := e.runningPods("hapod", 2)
+	ls := e.listeners(pods)
+	e.startController()
+
+	act := e.active("hapod")
+	oldest := pods[0]
+	for _, p := range pods[1:] {
+		if p.CreationTimestamp.Before(&oldest.CreationTimestamp) ||
+			(p.CreationTimestamp.Equal(&oldest.CreationTimestamp) && p.Name < oldest.Name) {
+			oldest = p
+		}
+	}
+	if act.Name != oldest.Name {
+		t.Errorf("active is %s, want the earliest created %s", act.Name, oldest.Name)
+	}
+	if epochOf(act) != 1 || e.leaseEpoch("hapod") != 1 {
+		t.Errorf("epoch on pod %d, lease %d; want 1", epochOf(act), e.leaseEpoch("hapod"))
+	}
+	e.waitEndpoints("hapod", act.Status.PodIP)
+	waitRole(t, ls[act.Name], role.Active, 1)
+	for _, p := range pods {
+		if p.Name != act.Name {
+			waitRole(t, ls[p.Name], role.Standby, 0)
+		}
+	}
+	e.hasEvent(act.Name, "Promoted")
+}
+
+// Deleting the active promotes the standby with a higher epoch, its app
+// acks, and the ReplicaSet's replacement joins as standby.
+func TestFailoverOnDelete(t *testing.T) {
+	e := newEnv(t)
+	e.neverTwoActive("hapod")
+	e.replicaSet("hapod", 2)
+	e.service("hapod")
+	ls := e.listeners(e.runningPods("hapod", 2))
+	e.startController()
+	first := e.active("hapod")
+	waitRole(t, ls[first.Name], role.Active, 1)
+
+	if err := e.cs.CoreV1().Pods(e.ns).Delete(t.Context(), first.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	second := e.active("hapod", first.Name)
+	if epochOf(second) <= epochOf(first) {
+		t.Errorf("new active epoch %d, old %d: want higher", epochOf(second), epochOf(first))
+	}
+	st := waitRole(t, ls[second.Name], role.Active, epochOf(second))
+	if st.Epoch != epochOf(second) {
+		t.Errorf("app told epoch %d, pod annotated %d", st.Epoch, epochOf(second))
+	}
+	e.waitEndpoints("hapod", second.Status.PodIP)
+
+	// The replacement comes up Ready and is standby.
+	pods := e.runningPods("hapod", 2)
+	for _, p := range pods {
+		if p.Name != second.Name && p.Labels["role"] != "standby" {
+			clustertest.Eventually(t, 10*time.Second, func() (bool, error) {
+				cur, err := e.cs.CoreV1().Pods(e.ns).Get(t.Context(), p.Name, metav1.GetOptions{})
+				return err == nil && cur.Labels["role"] == "standby", err
+			})
+		}
+	}
+}
+
+// A critical container dying on the active fails over first, then deletes
+// the pod so that the ReplicaSet replaces it.
+func TestCriticalContainerOnActive(t *testing.T) {
+	e := newEnv(t)
+	e.neverTwoActive("hapod")
+	e.replicaSet("hapod", 2)
+	e.service("hapod")
+	ls := e.listeners(e.runningPods("hapod", 2))
+	e.startController()
+	first := e.active("hapod")
+
+	clustertest.SetContainerTerminated(t, e.ns, first.Name, "app", 137, "OOMKilled")
+	second := e.active("hapod", first.Name)
+	waitRole(t, ls[second.Name], role.Active, epochOf(second))
+	e.gone(first)
+	e.hasEvent(first.Name, "CriticalContainerDied")
+	e.runningPods("hapod", 2)
+}
+
+// The same on a standby deletes only the standby; the active keeps its
+// label and epoch.
+func TestCriticalContainerOnStandby(t *testing.T) {
+	e := newEnv(t)
+	e.replicaSet("hapod", 2)
+	pods := e.runningPods("hapod", 2)
+	e.listeners(pods)
+	e.startController()
+	act := e.active("hapod")
+	var standby corev1.Pod
+	for _, p := range pods {
+		if p.Name != act.Name {
+			standby = p
+		}
+	}
+	clustertest.SetContainerTerminated(t, e.ns, standby.Name, "app", 1, "Error")
+	e.gone(standby)
+	e.hasEvent(standby.Name, "CriticalContainerDied")
+	e.runningPods("hapod", 2)
+	now := e.active("hapod")
+	if now.UID != act.UID || epochOf(now) != epochOf(act) {
+		t.Errorf("active changed from %s@%d to %s@%d", act.Name, epochOf(act), now.Name, epochOf(now))
+	}
+}
+
+// A non-critical container's death is left to the kubelet: no failover,
+// no deletion.
+func TestNonCriticalContainerChangesNothing(t *testing.T) {
+	e := newEnv(t)
+	e.replicaSet("hapod", 2)
+	e.listeners(e.runningPods("hapod", 2))
+	r := e.startController()
+	act := e.active("hapod")
+	clustertest.SetContainerTerminated(t, e.ns, act.Name, "sidecar", 1, "Error")
+	stays(t, 1500*time.Millisecond, func() error {
+		cur, err := e.cs.CoreV1().Pods(e.ns).Get(t.Context(), act.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cur.DeletionTimestamp != nil || cur.Labels["role"] != "active" || cur.UID != act.UID {
+			return fmt.Errorf("active pod changed after a sidecar died: role %q deleting %v", cur.Labels["role"], cur.DeletionTimestamp != nil)
+		}
+		return nil
+	})
+	if n := testutil.ToFloat64(r.metrics.CriticalDeletions); n != 0 {
+		t.Errorf("critical deletions = %v, want 0", n)
+	}
+}
+
+// A controller restarted mid-life keeps the active and the epoch, and the
+// next failover continues the epoch sequence.
+func TestRestartKeepsActiveAndEpoch(t *testing.T) {
+	e := newEnv(t)
+	e.neverTwoActive("hapod")
+	e.replicaSet("hapod", 2)
+	ls := e.listeners(e.runningPods("hapod", 2))
+	first := e.startController()
+	act := e.active("hapod")
+	waitRole(t, ls[act.Name], role.Active, 1)
+	first.stop()
+
+	second := e.startController()
+	stays(t, 1500*time.Millisecond, func() error {
+		cur := e.active("hapod")
+		if cur.UID != act.UID || epochOf(cur) != epochOf(act) {
+			return fmt.Errorf("restart moved the active: %s@%d -> %s@%d", act.Name, epochOf(act), cur.Name, epochOf(cur))
+		}
+		return nil
+	})
+	if n := testutil.ToFloat64(second.metrics.Promotions.WithLabelValues("Initial")); n != 0 {
+		t.Errorf("restarted controller promoted %v times", n)
+	}
+	if err := e.cs.CoreV1().Pods(e.ns).Delete(t.Context(), act.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	next := e.active("hapod", act.Name)
+	if got, want := epochOf(next), epochOf(act)+1; got != want {
+		t.Errorf("epoch after restart and failover = %d, want %d", got, want)
+	}
+}
+
+// Two pods labelled active by hand end with one: the higher epoch wins.
+func TestDuplicateActivesResolved(t *testing.T) {
+	e := newEnv(t)
+	e.replicaSet("hapod", 3)
+	pods := e.runningPods("hapod", 3)
+	for i, p := range pods[:2] {
+		patch := fmt.Sprintf(`{"metadata":{"labels":{"role":"active"},"annotations":{"hapod.io/epoch":"%d"}}}`, i+1)
+		if _, err := e.cs.CoreV1().Pods(e.ns).Patch(t.Context(), p.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.startController()
+	act := e.active("hapod")
+	if act.Name != pods[1].Name {
+		t.Errorf("kept %s, want %s (the higher epoch)", act.Name, pods[1].Name)
+	}
+}
+
+// With no Ready standby the controller warns, and promotes the first
+// standby that becomes Ready. Bare pods: no ReplicaSet races to replace
+// the deleted active.
+func TestNoReadyStandby(t *testing.T) {
+	e := newEnv(t)
+	e.barePods("hapod", 2)
+	pods := e.runningPods("hapod", 2)
+	e.startController()
+	act := e.active("hapod")
+	var standby corev1.Pod
+	for _, p := range pods {
+		if p.Name != act.Name {
+			standby = p
+		}
+	}
+	setReady(t, e, standby.Name, corev1.ConditionFalse)
+	if err := e.cs.CoreV1().Pods(e.ns).Delete(t.Context(), act.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	e.hasEvent("", "NoStandbyReady")
+	setReady(t, e, standby.Name, corev1.ConditionTrue)
+	if now := e.active("hapod"); now.Name != standby.Name {
+		t.Errorf("promoted %s, want %s", now.Name, standby.Name)
+	}
+}
+
+func setReady(t *testing.T, e *env, pod string, status corev1.ConditionStatus) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"status":{"conditions":[{"type":"Ready","status":"%s","lastTransitionTime":"%s"}]}}`,
+		status, time.Now().UTC().Format(time.RFC3339))
+	if _, err := e.cs.CoreV1().Pods(e.ns).Patch(t.Context(), pod, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A group whose app does not answer UDP must not hold back another
+// group's failover: the second group's app acks while the first group's
+// notification is still being retried.
+func TestDeadListenerDoesNotBlockOtherGroup(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.NotifyDeadline = 5 * time.Second
+	e.cfg.Selector = "hapod.io/test=true"
+	deaf := e.replicaSetLabelled("deaf", 2)
+	_ = deaf
+	live := e.replicaSetLabelled("live", 2)
+	_ = live
+	e.runningPods("deaf", 2)
+	ls := e.listeners(e.runningPods("live", 2))
+	r := e.startController()
+	deafActive := e.active("deaf")
+	liveActive := e.active("live")
+	waitRole(t, ls[liveActive.Name], role.Active, 1)
+
+	for _, p := range []string{deafActive.Name, liveActive.Name} {
+		if err := e.cs.CoreV1().Pods(e.ns).Delete(t.Context(), p, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.active("deaf", deafActive.Name)
+	next := e.active("live", liveActive.Name)
+	waitRole(t, ls[next.Name], role.Active, 2)
+	if n := testutil.ToFloat64(r.metrics.Notifications.WithLabelValues("active", "timeout")); n != 0 {
+		t.Errorf("the deaf group's notification already timed out (%v) before the live group was told", n)
+	}
+}
+
+// replicaSetLabelled is replicaSet with an extra label that the test's
+// selector requires, for tests that run several groups.
+func (e *env) replicaSetLabelled(group string, replicas int32) string {
+	e.t.Helper()
+	tmpl := e.podTemplate(group)
+	tmpl.Labels["hapod.io/test"] = "true"
+	rs := newRS(group, replicas, tmpl)
+	if _, err := e.cs.AppsV1().ReplicaSets(e.ns).Create(e.t.Context(), rs, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	return group
+}

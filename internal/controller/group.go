@@ -1,0 +1,122 @@
+package controller
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// groupState is what the controller remembers of one group between
+// reconciles. Everything here can be rebuilt from the API after a restart;
+// it exists so that the controller does not act twice on a cache that lags
+// its own writes, and so that notifications are not resent needlessly.
+type groupState struct {
+	mu sync.Mutex
+
+	loaded bool // lease read from the API since start (or since a conflict)
+	lease  *coordinationv1.Lease
+	epoch  uint64
+	// active is the pod last known active, to tell "the active vanished"
+	// from "the group never had one".
+	active     types.UID
+	activeName string
+
+	// written overlays the role labels this controller patched until the
+	// cache shows them (or they expire), so a lagging cache cannot make it
+	// elect twice.
+	written map[types.UID]written
+	// told tracks the role each pod has been told over UDP.
+	told map[types.UID]*told
+	// warned holds pods already warned about, per warning, to avoid
+	// repeating the same Event on every reconcile.
+	warned      map[types.UID]bool
+	noStandbyAt uint64 // epoch at which "no standby" was last reported, +1
+}
+
+type written struct {
+	role  string
+	epoch uint64
+	at    time.Time
+}
+
+type told struct {
+	role     string
+	epoch    uint64
+	inflight bool
+	acked    bool
+	failedAt time.Time
+	giveUp   bool // a pod being deleted gets one try only
+}
+
+// writtenTTL bounds how long an own write may mask what the cache shows;
+// the cache normally catches up within milliseconds.
+const writtenTTL = 10 * time.Second
+
+func newGroupState() *groupState {
+	return &groupState{written: map[types.UID]written{}, told: map[types.UID]*told{}, warned: map[types.UID]bool{}}
+}
+
+// forget drops memory of pods that no longer exist.
+func (g *groupState) forget(present map[types.UID]bool) {
+	for uid := range g.written {
+		if !present[uid] {
+			delete(g.written, uid)
+		}
+	}
+	for uid := range g.told {
+		if !present[uid] {
+			delete(g.told, uid)
+		}
+	}
+	for uid := range g.warned {
+		if !present[uid] {
+			delete(g.warned, uid)
+		}
+	}
+}
+
+// states is the set of groups, created on first use.
+type states struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName]*groupState
+}
+
+func (s *states) get(key types.NamespacedName) *groupState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[types.NamespacedName]*groupState{}
+	}
+	g, ok := s.m[key]
+	if !ok {
+		g = newGroupState()
+		s.m[key] = g
+	}
+	return g
+}
+
+func (s *states) drop(key types.NamespacedName) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, key)
+}
+
+// LeaseName is the name of the Lease that keeps a group's epoch. Group
+// names are label values, which may hold characters that object names may
+// not; those are mapped and a hash keeps distinct groups distinct.
+func LeaseName(prefix, group string) string {
+	name := prefix + group
+	clean := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+	clean = strings.Trim(clean, "-.")
+	if clean == name && len(validation.IsDNS1123Subdomain(name)) == 0 {
+		return name
+	}
+	sum := sha256.Sum256([]byte(group))
+	return strings.Trim(clean, "-.") + "-" + hex.EncodeToString(sum[:4])
+}

@@ -1,0 +1,156 @@
+package controller
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/hapod/hapod/internal/election"
+	"github.com/hapod/hapod/internal/notify"
+)
+
+// promotion carries the timing of one promotion to the goroutine that
+// waits for the app's ack, so the Event can report both durations.
+type promotion struct {
+	trigger  time.Time
+	reason   election.Fault
+	replaced string
+
+	mu       sync.Mutex
+	labelled time.Time
+}
+
+func (p *promotion) setLabelled(at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.labelled = at
+}
+
+func (p *promotion) labelledAt() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.labelled
+}
+
+// notifyAll makes sure every reachable pod has been told its role: the
+// active its epoch, standbys that they are standby. It is level-driven, so
+// a restarted controller simply tells everyone again (duplicates are acked
+// and ignored by pkg/role).
+func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, members []member) {
+	now := r.Now()
+	for i := range members {
+		m := &members[i]
+		role := m.Role
+		if role != r.roles.Active && role != r.roles.Standby {
+			continue
+		}
+		epoch := g.epoch
+		if role == r.roles.Active {
+			epoch = max(m.Epoch, epoch)
+		}
+		t := g.told[m.pod.UID]
+		if t != nil && t.role == role && (role != r.roles.Active || t.epoch == epoch) {
+			if t.inflight || t.acked || t.giveUp || now.Sub(t.failedAt) < r.Config.NotifyRetry {
+				continue
+			}
+		}
+		// A pod that is not Ready may not be listening yet; it is told once
+		// it turns Ready. A demoted pod being deleted gets one try.
+		if !podIsReady(m.pod) && m.Status.Fault != election.Deleting {
+			continue
+		}
+		r.startNotify(ctx, req, g, m, role, epoch, nil)
+	}
+}
+
+// startNotify sends one role message in the background. g.mu is held by
+// the caller; the goroutine takes it to record the outcome.
+func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *groupState, m *member, role string, epoch uint64, promo *promotion) {
+	addr, ok := r.podAddr(m.pod)
+	if !ok {
+		return
+	}
+	deleting := m.Status.Fault == election.Deleting
+	g.told[m.pod.UID] = &told{role: role, epoch: epoch, inflight: true}
+	pod := m.pod
+	target := notify.Target{Addr: addr, Group: req.String(), Pod: pod.Name, UID: string(pod.UID), Role: role, Epoch: epoch}
+	go func() {
+		res := r.Notifier.Send(ctx, target)
+		acked := r.Now()
+		result := res.Status
+		if !res.Acked && result == "" {
+			result = "timeout"
+		}
+		r.Metrics.Notifications.WithLabelValues(role, result).Inc()
+
+		g.mu.Lock()
+		if t := g.told[pod.UID]; t != nil && t.role == role && t.epoch == epoch {
+			t.inflight, t.acked = false, res.Acked
+			if !res.Acked {
+				t.failedAt, t.giveUp = acked, deleting
+			}
+		}
+		g.mu.Unlock()
+
+		log := logf.FromContext(ctx).WithValues("group", req.String(), "pod", pod.Name, "role", role, "epoch", epoch)
+		if promo != nil {
+			r.reportPromotion(pod, role, epoch, promo, res, acked)
+		}
+		if res.Acked {
+			log.V(1).Info("Role acknowledged", "attempts", res.Attempts, "latency", res.Latency)
+			return
+		}
+		log.Info("Role not acknowledged", "result", result, "attempts", res.Attempts, "err", res.Err)
+		if !deleting && ctx.Err() == nil {
+			time.AfterFunc(r.Config.NotifyRetry, func() { r.enqueue(req.NamespacedName) })
+		}
+	}()
+}
+
+// reportPromotion emits the promotion's Event once the app answered (or
+// did not), with the durations the user cares about.
+func (r *Reconciler) reportPromotion(pod *corev1.Pod, role string, epoch uint64, p *promotion, res notify.Result, done time.Time) {
+	labelled := p.labelledAt()
+	labelMs := "?"
+	if !labelled.IsZero() {
+		labelMs = ms(labelled.Sub(p.trigger))
+	}
+	replaced := p.replaced
+	if replaced == "" {
+		replaced = "none"
+	}
+	if res.Acked {
+		r.Metrics.FailoverSeconds.WithLabelValues("ack").Observe(done.Sub(p.trigger).Seconds())
+		r.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, "Promoted", "Promote",
+			"%s at epoch %d (reason %s, replaced %s): label committed %sms and app acked %sms after the trigger was seen",
+			role, epoch, p.reason, replaced, labelMs, ms(done.Sub(p.trigger)))
+		return
+	}
+	r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, "PromotedNotAcked", "Promote",
+		"%s at epoch %d (reason %s, replaced %s): label committed %sms after the trigger; the app did not ack (%s, %d attempts)",
+		role, epoch, p.reason, replaced, labelMs, res.Status, res.Attempts)
+}
+
+func (r *Reconciler) enqueue(key types.NamespacedName) {
+	select {
+	case r.requeue <- event.TypedGenericEvent[reconcile.Request]{Object: reconcile.Request{NamespacedName: key}}:
+	default:
+		// The channel is full only under a storm of retries; the periodic
+		// resync will come back to this group.
+	}
+}
+
+func podIsReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

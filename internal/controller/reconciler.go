@@ -1,0 +1,440 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/election"
+	"github.com/hapod/hapod/internal/notify"
+)
+
+// Names the controller writes into the API.
+const (
+	// EpochAnnotation on a pod records the epoch at which it was promoted.
+	EpochAnnotation = "hapod.io/epoch"
+	// GroupLabel on a Lease names the group whose epoch it keeps.
+	GroupLabel = "hapod.io/group"
+	// FieldOwner is the field manager of every write.
+	FieldOwner = "hapod-controller"
+	managedBy  = "app.kubernetes.io/managed-by"
+)
+
+// Notifier delivers role messages; *notify.Notifier is the real one.
+type Notifier interface {
+	Send(ctx context.Context, t notify.Target) notify.Result
+}
+
+// Reconciler reconciles one group (namespace + group label value) per
+// request. controller-runtime never runs two reconciles of the same request
+// at once, which is what makes the per-group memory safe.
+type Reconciler struct {
+	Client    client.Client // cached reads, direct writes
+	APIReader client.Reader // uncached, for the epoch Lease
+	Recorder  events.EventRecorder
+	Notifier  Notifier
+	Config    config.Config
+	Metrics   *Metrics
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+
+	groups states
+	seen   seenTimes
+	// requeue re-enqueues a group from outside the watch (a failed
+	// notification's retry timer).
+	requeue chan event.TypedGenericEvent[reconcile.Request]
+	opts    election.Options
+	roles   election.Roles
+}
+
+// seenTimes remembers when an event for a group was first seen since its
+// last reconcile: the start of the failover clock.
+type seenTimes struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName]time.Time
+}
+
+func (s *seenTimes) note(key types.NamespacedName, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[types.NamespacedName]time.Time{}
+	}
+	if _, ok := s.m[key]; !ok {
+		s.m[key] = at
+	}
+}
+
+func (s *seenTimes) take(key types.NamespacedName, now time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.m[key]
+	if !ok {
+		return now
+	}
+	delete(s.m, key)
+	return at
+}
+
+// member pairs a pod with its election view.
+type member struct {
+	pod *corev1.Pod
+	election.Member
+}
+
+// Reconcile brings one group to the state election.Decide asks for.
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	log := logf.FromContext(ctx).WithValues("group", req.String())
+	now := r.Now()
+	trigger := r.seen.take(req.NamespacedName, now)
+
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(req.Namespace), client.MatchingFields{groupIndex: req.Name}); err != nil {
+		return reconcile.Result{}, err
+	}
+	g := r.groups.get(req.NamespacedName)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(pods.Items) == 0 {
+		// Nothing to manage; the Lease stays so the epoch survives.
+		r.groups.drop(req.NamespacedName)
+		return reconcile.Result{}, nil
+	}
+	if err := r.loadEpoch(ctx, req, g); err != nil {
+		return reconcile.Result{}, err
+	}
+
+	members, present := r.assess(ctx, pods.Items, g, now)
+	in := election.Input{Roles: r.roles, Epoch: g.epoch, Now: now}
+	for _, m := range members {
+		in.Members = append(in.Members, m.Member)
+		in.Epoch = max(in.Epoch, m.Epoch)
+	}
+	d := election.Decide(in)
+	if d.Promote != nil && d.Reason == election.Initial && g.active != "" && !present[g.active] {
+		d.Reason = election.Gone
+	}
+
+	byUID := make(map[string]*member, len(members))
+	for i := range members {
+		byUID[members[i].UID] = &members[i]
+	}
+	err := r.apply(ctx, req, g, d, byUID, trigger)
+	r.notifyAll(ctx, req, g, d, members)
+	g.forget(present)
+	if err != nil {
+		log.Error(err, "Group not settled; will retry")
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{RequeueAfter: d.RequeueAfter}, nil
+}
+
+// loadEpoch reads the group's Lease once after start, or again after a
+// conflict showed that the memory was out of date.
+func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *groupState) error {
+	if g.loaded {
+		return nil
+	}
+	var lease coordinationv1.Lease
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: LeaseName(r.Config.LeasePrefix, req.Name)}, &lease)
+	switch {
+	case apierrors.IsNotFound(err):
+		g.lease, g.epoch = nil, 0
+	case err != nil:
+		return fmt.Errorf("reading epoch lease: %w", err)
+	default:
+		g.lease = &lease
+		if lease.Spec.LeaseTransitions != nil {
+			g.epoch = uint64(*lease.Spec.LeaseTransitions)
+		}
+		if lease.Spec.HolderIdentity != nil && g.activeName == "" {
+			g.activeName = *lease.Spec.HolderIdentity
+		}
+	}
+	g.loaded = true
+	return nil
+}
+
+// assess builds the election view of every pod, overlaying the controller's
+// own recent label writes where the cache has not caught up.
+func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupState, now time.Time) ([]member, map[types.UID]bool) {
+	members := make([]member, 0, len(pods))
+	present := make(map[types.UID]bool, len(pods))
+	for i := range pods {
+		pod := &pods[i]
+		present[pod.UID] = true
+		var node *corev1.Node
+		if r.Config.WatchNodes && pod.Spec.NodeName != "" {
+			var n corev1.Node
+			if err := r.Client.Get(ctx, types.NamespacedName{Name: pod.Spec.NodeName}, &n); err == nil {
+				node = &n
+			}
+		}
+		st := election.Assess(pod, node, now, r.opts)
+		if len(st.UnknownCriticality) > 0 && !g.warned[pod.UID] {
+			g.warned[pod.UID] = true
+			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, "UnknownCriticality", "Assess",
+				"containers %v set %s to a value other than %q; treated as non-critical",
+				st.UnknownCriticality, r.Config.CriticalEnv, r.Config.CriticalValue)
+		}
+		m := member{pod: pod, Member: election.Member{
+			Name: pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
+			Role: pod.Labels[r.Config.RoleLabel], Epoch: podEpoch(pod), Status: st,
+		}}
+		if w, ok := g.written[pod.UID]; ok {
+			if m.Role == w.role || now.Sub(w.at) > writtenTTL {
+				delete(g.written, pod.UID)
+			} else {
+				m.Role, m.Epoch = w.role, max(m.Epoch, w.epoch)
+			}
+		}
+		if m.Role == r.roles.Active && st.Fault == election.NoFault {
+			g.active, g.activeName = pod.UID, pod.Name
+		}
+		members = append(members, m)
+	}
+	return members, present
+}
+
+func podEpoch(pod *corev1.Pod) uint64 {
+	e, err := strconv.ParseUint(pod.Annotations[EpochAnnotation], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return e
+}
+
+// apply writes a decision: demotions and the epoch Lease first, then the
+// promotion, then standby labels and deletions.
+func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, byUID map[string]*member, trigger time.Time) error {
+	if d.Promote != nil || len(d.Demote) > 0 {
+		if err := r.switchActive(ctx, req, g, d, byUID, trigger); err != nil {
+			return err
+		}
+	}
+	if d.NoCandidate && g.noStandbyAt != g.epoch+1 {
+		g.noStandbyAt = g.epoch + 1
+		r.Metrics.NoStandby.Inc()
+		if m := anyMember(d, byUID); m != nil {
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, "NoStandbyReady", "Elect",
+				"group %s has no active pod and no Ready standby; the first standby to become Ready will be promoted", req.Name)
+		}
+	}
+
+	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, s := range d.LabelStandby {
+		m := byUID[s.UID]
+		wg.Go(func() {
+			if err := r.patchRole(ctx, m.pod, r.roles.Standby, 0); err != nil && !apierrors.IsNotFound(err) {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				return
+			}
+			mu.Lock()
+			g.written[m.pod.UID] = written{role: r.roles.Standby, at: r.Now()}
+			m.Role = r.roles.Standby
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+
+	for _, del := range d.Delete {
+		m := byUID[del.UID]
+		if err := r.deleteDoomed(ctx, m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// switchActive demotes and promotes. The Lease (the epoch's durable home)
+// and the demotions are written in parallel; only when both are committed
+// is the new active labelled and told, so the Service never selects two
+// pods and an epoch is never handed to two pods.
+func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, byUID map[string]*member, trigger time.Time) error {
+	log := logf.FromContext(ctx)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
+	if d.Promote != nil {
+		wg.Go(func() {
+			if err := r.writeLease(ctx, req, g, d.Promote.Name, d.Epoch); err != nil {
+				fail(err)
+			}
+		})
+	}
+	for _, dm := range d.Demote {
+		m := byUID[dm.Member.UID]
+		wg.Go(func() {
+			err := r.patchRole(ctx, m.pod, r.roles.Standby, 0)
+			if apierrors.IsNotFound(err) {
+				return // gone already: it selects nothing
+			}
+			if err != nil {
+				fail(fmt.Errorf("demoting %s: %w", m.Name, err))
+				return
+			}
+			mu.Lock()
+			g.written[m.pod.UID] = written{role: r.roles.Standby, at: r.Now()}
+			m.Role = r.roles.Standby
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, dm := range d.Demote {
+		r.Metrics.Demotions.Inc()
+		why := string(dm.Reason)
+		if why == "" {
+			why = "DuplicateActive"
+		}
+		log.Info("Demoted", "pod", dm.Member.Name, "reason", why, "epoch", g.epoch)
+		if m := byUID[dm.Member.UID]; m != nil {
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeNormal, "Demoted", "Demote", "no longer active (%s)", why)
+		}
+	}
+	if d.Promote == nil {
+		return nil
+	}
+
+	m := byUID[d.Promote.UID]
+	old := g.activeName
+	// The app is told while its label is being written: both only need the
+	// epoch to be committed, and the ack is what the app's users wait for.
+	promo := &promotion{trigger: trigger, reason: d.Reason, replaced: old}
+	r.startNotify(ctx, req, g, m, r.roles.Active, d.Epoch, promo)
+	if err := r.patchRole(ctx, m.pod, r.roles.Active, d.Epoch); err != nil {
+		return fmt.Errorf("promoting %s: %w", m.Name, err)
+	}
+	labelled := r.Now()
+	promo.setLabelled(labelled)
+	g.written[m.pod.UID] = written{role: r.roles.Active, epoch: d.Epoch, at: labelled}
+	g.active, g.activeName = m.pod.UID, m.Name
+	m.Role = r.roles.Active
+	r.Metrics.Promotions.WithLabelValues(string(d.Reason)).Inc()
+	r.Metrics.FailoverSeconds.WithLabelValues("label").Observe(labelled.Sub(trigger).Seconds())
+	log.Info("Promoted", "pod", m.Name, "epoch", d.Epoch, "reason", d.Reason, "replaced", old,
+		"labelMs", ms(labelled.Sub(trigger)))
+	return nil
+}
+
+// writeLease records a promotion in the group's Lease with optimistic
+// concurrency: a conflict means another writer (a previous leader) moved
+// the epoch, so the memory is dropped and the group reconciled afresh.
+func (r *Reconciler) writeLease(ctx context.Context, req reconcile.Request, g *groupState, holder string, epoch uint64) error {
+	now := metav1.NewMicroTime(r.Now())
+	transitions := int32(min(epoch, uint64(1<<31-1)))
+	var lease *coordinationv1.Lease
+	var err error
+	if g.lease == nil {
+		lease = &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{
+				Name: LeaseName(r.Config.LeasePrefix, req.Name), Namespace: req.Namespace,
+				Labels: map[string]string{managedBy: FieldOwner, GroupLabel: req.Name},
+			},
+		}
+		lease.Spec = coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseTransitions: &transitions, AcquireTime: &now, RenewTime: &now}
+		err = r.Client.Create(ctx, lease, client.FieldOwner(FieldOwner))
+	} else {
+		lease = g.lease.DeepCopy()
+		lease.Spec.HolderIdentity, lease.Spec.LeaseTransitions = &holder, &transitions
+		lease.Spec.AcquireTime, lease.Spec.RenewTime = &now, &now
+		err = r.Client.Update(ctx, lease, client.FieldOwner(FieldOwner))
+	}
+	if err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+			g.loaded = false
+		}
+		return fmt.Errorf("writing epoch lease: %w", err)
+	}
+	g.lease, g.epoch = lease, epoch
+	return nil
+}
+
+// patchRole sets the role label (and, for a promotion, the epoch). The uid
+// in the patch makes it fail rather than touch a same-named successor.
+func (r *Reconciler) patchRole(ctx context.Context, pod *corev1.Pod, role string, epoch uint64) error {
+	meta := map[string]any{
+		"uid":    pod.UID,
+		"labels": map[string]string{r.Config.RoleLabel: role},
+	}
+	if epoch > 0 {
+		meta["annotations"] = map[string]string{EpochAnnotation: strconv.FormatUint(epoch, 10)}
+	}
+	data, err := json.Marshal(map[string]any{"metadata": meta})
+	if err != nil {
+		return err
+	}
+	target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
+	return r.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, data), client.FieldOwner(FieldOwner))
+}
+
+// deleteDoomed deletes a pod whose critical container died, so that its
+// controller replaces it instead of the kubelet restarting the container.
+func (r *Reconciler) deleteDoomed(ctx context.Context, m *member) error {
+	death := m.Status.Death
+	err := r.Client.Delete(ctx, m.pod, client.Preconditions{UID: &m.pod.UID})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone, or already replaced by a same-named pod
+	}
+	if err != nil {
+		return fmt.Errorf("deleting %s: %w", m.Name, err)
+	}
+	r.Metrics.CriticalDeletions.Inc()
+	logf.FromContext(ctx).Info("Deleted pod whose critical container died", "pod", m.Name,
+		"container", death.Container, "exitCode", death.ExitCode, "reason", death.Reason)
+	r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, "CriticalContainerDied", "Delete",
+		"critical container %s died (exit code %d, reason %s); pod deleted so that it is replaced",
+		death.Container, death.ExitCode, death.Reason)
+	return nil
+}
+
+func anyMember(d election.Decision, byUID map[string]*member) *member {
+	if len(d.Demote) > 0 {
+		return byUID[d.Demote[0].Member.UID]
+	}
+	for _, m := range byUID {
+		return m
+	}
+	return nil
+}
+
+func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) }
+
+// podAddr is where the pod's role listener is, if the pod has an IP.
+func (r *Reconciler) podAddr(pod *corev1.Pod) (netip.AddrPort, bool) {
+	ip, err := netip.ParseAddr(pod.Status.PodIP)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ip, uint16(r.Config.RolePort)), true
+}

@@ -1,0 +1,146 @@
+package controller
+
+import (
+	"context"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/hapod/hapod/internal/election"
+)
+
+// Field indexes on the pod cache.
+const (
+	groupIndex = "hapod.io/group"
+	nodeIndex  = "spec.nodeName"
+)
+
+// DefaultGroup names the group of pods that lack the group label.
+const DefaultGroup = "default"
+
+// GroupOf returns the group a pod belongs to.
+func GroupOf(pod *corev1.Pod, groupLabel string) string {
+	if g := pod.Labels[groupLabel]; g != "" {
+		return g
+	}
+	return DefaultGroup
+}
+
+// SetupWithManager wires the reconciler into mgr: field indexes, watches on
+// pods (and nodes) and the controller's worker pool.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Now == nil {
+		r.Now = time.Now
+	}
+	if r.Metrics == nil {
+		r.Metrics = NewMetrics(nil)
+	}
+	r.requeue = make(chan event.TypedGenericEvent[reconcile.Request], 1024)
+	r.opts = election.Options{
+		Criticality:   election.Criticality{EnvName: r.Config.CriticalEnv, EnvValue: r.Config.CriticalValue},
+		NotReadyGrace: r.Config.NotReadyGrace,
+	}
+	r.roles = election.Roles{Active: r.Config.ActiveValue, Standby: r.Config.StandbyValue}
+
+	ctx := context.Background() // index functions ignore it; the manager owns the cache's lifetime
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &corev1.Pod{}, groupIndex, func(o client.Object) []string {
+		return []string{GroupOf(o.(*corev1.Pod), r.Config.GroupLabel)}
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &corev1.Pod{}, nodeIndex, func(o client.Object) []string {
+		if n := o.(*corev1.Pod).Spec.NodeName; n != "" {
+			return []string{n}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named("hapod").
+		WithOptions(controller.Options{
+			MaxConcurrentReconciles: r.Config.Workers,
+			// Failover retries must be quick: the default limiter starts at
+			// 5 ms but also caps the whole queue at 10 qps.
+			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, 5*time.Second),
+		}).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.podToGroup)).
+		WatchesRawSource(source.Channel(r.requeue, handler.TypedFuncs[reconcile.Request, reconcile.Request]{
+			GenericFunc: func(_ context.Context, e event.TypedGenericEvent[reconcile.Request], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				q.Add(e.Object)
+			},
+		}))
+	if r.Config.WatchNodes {
+		b = b.Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.nodeToGroups),
+			builder.WithPredicates(nodeReadyChanged()))
+	}
+	return b.Complete(r)
+}
+
+// podToGroup maps a pod event to its group, noting when it was seen: the
+// start of the failover clock.
+func (r *Reconciler) podToGroup(_ context.Context, o client.Object) []reconcile.Request {
+	pod, ok := o.(*corev1.Pod)
+	if !ok {
+		return nil
+	}
+	key := types.NamespacedName{Namespace: pod.Namespace, Name: GroupOf(pod, r.Config.GroupLabel)}
+	r.seen.note(key, r.Now())
+	return []reconcile.Request{{NamespacedName: key}}
+}
+
+// nodeToGroups maps a node's readiness change to every group with a pod on
+// that node: a node failure is a failover for each of their actives.
+func (r *Reconciler) nodeToGroups(ctx context.Context, o client.Object) []reconcile.Request {
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.MatchingFields{nodeIndex: o.GetName()}); err != nil {
+		return nil
+	}
+	now := r.Now()
+	seen := map[types.NamespacedName]bool{}
+	var reqs []reconcile.Request
+	for i := range pods.Items {
+		key := types.NamespacedName{Namespace: pods.Items[i].Namespace, Name: GroupOf(&pods.Items[i], r.Config.GroupLabel)}
+		if !seen[key] {
+			seen[key] = true
+			r.seen.note(key, now)
+			reqs = append(reqs, reconcile.Request{NamespacedName: key})
+		}
+	}
+	return reqs
+}
+
+// nodeReadyChanged passes node events whose Ready condition changed;
+// heartbeats, which update nodes all the time, are dropped.
+func nodeReadyChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*corev1.Node)
+			n, ok2 := e.ObjectNew.(*corev1.Node)
+			return !ok1 || !ok2 || nodeReadyStatus(o) != nodeReadyStatus(n)
+		},
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
+}
+
+func nodeReadyStatus(n *corev1.Node) corev1.ConditionStatus {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status
+		}
+	}
+	return corev1.ConditionUnknown
+}
