@@ -41,19 +41,19 @@ func main() {
 }
 
 type flags struct {
-	cfg            config.Config
-	kubeconfig     string
-	metricsAddr    string
-	probeAddr      string
-	notifyAddr     string
-	leaderElect    bool
-	leaderNS       string
-	leaseDuration  time.Duration
-	renewDeadline  time.Duration
-	retryPeriod    time.Duration
-	qps            float64
-	burst          int
-	log            *textlogger.Config
+	cfg           config.Config
+	kubeconfig    string
+	metricsAddr   string
+	probeAddr     string
+	notifyAddr    string
+	leaderElect   bool
+	leaderNS      string
+	leaseDuration time.Duration
+	renewDeadline time.Duration
+	retryPeriod   time.Duration
+	qps           float64
+	burst         int
+	log           *textlogger.Config
 }
 
 func parseFlags(args []string) (*flags, error) {

@@ -41,7 +41,7 @@ type Config struct {
 	// Workers is how many groups are reconciled at once.
 	Workers int
 	// LeasePrefix names the per-group Lease that keeps the epoch.
-	LeasePrefix string
+	LeasePrefix  string
 	ResyncPeriod time.Duration
 }
 

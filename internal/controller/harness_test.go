@@ -28,8 +28,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	hconfig "github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/clustertest"
+	hconfig "github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/notify"
 	"github.com/hapod/hapod/pkg/role"

@@ -428,7 +428,9 @@ func anyMember(d election.Decision, byUID map[string]*member) *member {
 	return nil
 }
 
-func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) }
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
+}
 
 // podAddr is where the pod's role listener is, if the pod has an IP.
 func (r *Reconciler) podAddr(pod *corev1.Pod) (netip.AddrPort, bool) {
