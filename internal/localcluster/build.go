@@ -1,0 +1,412 @@
+package localcluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Versions pins the version of every component of the control plane.
+type Versions struct {
+	// Kubernetes is the k8s.io/kubernetes version of kube-apiserver,
+	// kube-controller-manager and kube-scheduler, e.g. "v1.37.2".
+	Kubernetes string
+	// Etcd is the go.etcd.io/etcd/server/v3 version, e.g. "v3.6.16".
+	Etcd string
+	// Kwok is the sigs.k8s.io/kwok version, e.g. "v0.8.0".
+	Kwok string
+}
+
+// DefaultVersions returns the versions hapod is tested with.
+func DefaultVersions() Versions {
+	return Versions{Kubernetes: "v1.37.2", Etcd: "v3.6.16", Kwok: "v0.8.0"}
+}
+
+func (v Versions) withDefaults() Versions {
+	d := DefaultVersions()
+	if v.Kubernetes == "" {
+		v.Kubernetes = d.Kubernetes
+	}
+	if v.Etcd == "" {
+		v.Etcd = d.Etcd
+	}
+	if v.Kwok == "" {
+		v.Kwok = d.Kwok
+	}
+	return v
+}
+
+// Binaries holds the absolute paths of the component binaries.
+type Binaries struct {
+	Etcd                  string
+	KubeAPIServer         string
+	KubeControllerManager string
+	KubeScheduler         string
+	Kwok                  string
+}
+
+// BuildOptions configures [Build].
+type BuildOptions struct {
+	// CacheDir is the cluster cache; empty means .cache/cluster under the repository
+	// root (the nearest directory above the working directory holding go.mod).
+	CacheDir string
+	// Versions of the components; zero fields take [DefaultVersions].
+	Versions Versions
+	// Logger receives progress; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// The names of the binaries, which are also the component names in the cache layout.
+const (
+	etcdBin      = "etcd"
+	apiserverBin = "kube-apiserver"
+	kcmBin       = "kube-controller-manager"
+	schedulerBin = "kube-scheduler"
+	kwokBin      = "kwok"
+)
+
+// coldBuildNote is logged with every build so nobody wonders why it takes so long.
+const coldBuildNote = "a cold build takes about 8 minutes on 2 cores (kube-apiserver and kube-controller-manager dominate); with a warm Go build cache about 20 seconds"
+
+// buildGroup is one go invocation that produces one or more binaries at one version.
+type buildGroup struct {
+	name     string // for logs and the build directory
+	version  string
+	binaries []string
+	build    func(ctx context.Context, b *builder, version, outDir string) error
+}
+
+func buildGroups(v Versions) []buildGroup {
+	return []buildGroup{
+		{name: "etcd", version: v.Etcd, binaries: []string{etcdBin}, build: buildEtcd},
+		{name: "kubernetes", version: v.Kubernetes, binaries: []string{apiserverBin, kcmBin, schedulerBin}, build: buildKubernetes},
+		{name: "kwok", version: v.Kwok, binaries: []string{kwokBin}, build: buildKwok},
+	}
+}
+
+// binaryPath is where the cache keeps binary name at version.
+func binaryPath(cacheDir, name, version string) string {
+	return filepath.Join(cacheDir, "bin", name+"-"+version, name)
+}
+
+func binariesIn(cacheDir string, v Versions) Binaries {
+	return Binaries{
+		Etcd:                  binaryPath(cacheDir, etcdBin, v.Etcd),
+		KubeAPIServer:         binaryPath(cacheDir, apiserverBin, v.Kubernetes),
+		KubeControllerManager: binaryPath(cacheDir, kcmBin, v.Kubernetes),
+		KubeScheduler:         binaryPath(cacheDir, schedulerBin, v.Kubernetes),
+		Kwok:                  binaryPath(cacheDir, kwokBin, v.Kwok),
+	}
+}
+
+// Build makes sure every component binary is in the cache at its pinned version and
+// returns their paths. Cached binaries whose stamp verifies are reused; the others are
+// built from the Go module proxy with the go command on PATH. Concurrent calls (also from
+// other processes) are serialised by a lock file in the cache.
+func Build(ctx context.Context, opts BuildOptions) (Binaries, error) {
+	cacheDir, err := resolveCacheDir(opts.CacheDir)
+	if err != nil {
+		return Binaries{}, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	v := opts.Versions.withDefaults()
+	for _, d := range []string{filepath.Join(cacheDir, "bin"), filepath.Join(cacheDir, "build")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return Binaries{}, fmt.Errorf("create cluster cache: %w", err)
+		}
+	}
+	unlock, err := lockFile(ctx, filepath.Join(cacheDir, "build.lock"))
+	if err != nil {
+		return Binaries{}, err
+	}
+	defer unlock()
+
+	b := &builder{cacheDir: cacheDir, log: log}
+	for _, g := range buildGroups(v) {
+		reason := verifyGroup(cacheDir, g)
+		if reason == nil {
+			log.Debug("cluster binaries cached", "component", g.name, "version", g.version)
+			continue
+		}
+		log.Info("building cluster binaries", "component", g.name, "version", g.version,
+			"binaries", strings.Join(g.binaries, ","), "reason", reason.Error(), "note", coldBuildNote)
+		start := time.Now()
+		if err := b.buildGroup(ctx, g); err != nil {
+			return Binaries{}, err
+		}
+		log.Info("built cluster binaries", "component", g.name, "version", g.version,
+			"took", time.Since(start).Round(100*time.Millisecond).String())
+	}
+	return binariesIn(cacheDir, v), nil
+}
+
+// verifyGroup returns nil if every binary of g is in the cache with a valid stamp, else
+// the first reason it is not.
+func verifyGroup(cacheDir string, g buildGroup) error {
+	errs := make([]error, len(g.binaries))
+	var wg sync.WaitGroup
+	for i, name := range g.binaries {
+		wg.Go(func() { errs[i] = verifyStamp(binaryPath(cacheDir, name, g.version), name, g.version) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type builder struct {
+	cacheDir string
+	log      *slog.Logger
+	logFile  io.Writer
+	logPath  string
+}
+
+func (b *builder) buildGroup(ctx context.Context, g buildGroup) (err error) {
+	logPath := filepath.Join(b.cacheDir, "build", g.name+"-"+g.version+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		return fmt.Errorf("create build log: %w", err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	b.logFile, b.logPath = f, logPath
+
+	out, err := os.MkdirTemp(filepath.Join(b.cacheDir, "bin"), ".build-"+g.name+"-")
+	if err != nil {
+		return fmt.Errorf("create build output dir: %w", err)
+	}
+	defer func() { _ = os.RemoveAll(out) }()
+
+	if err := g.build(ctx, b, g.version, out); err != nil {
+		return fmt.Errorf("build %s %s: %w", g.name, g.version, err)
+	}
+	for _, name := range g.binaries {
+		if err := install(filepath.Join(out, name), b.cacheDir, name, g.version); err != nil {
+			return fmt.Errorf("install %s %s: %w", name, g.version, err)
+		}
+	}
+	return nil
+}
+
+// install moves a freshly built binary into the cache: it goes with its stamp into a
+// temporary directory, which then replaces <cache>/bin/<name>-<version> by rename, so a
+// reader sees either the old directory or the complete new one.
+func install(built, cacheDir, name, version string) error {
+	final := filepath.Dir(binaryPath(cacheDir, name, version))
+	staging, err := os.MkdirTemp(filepath.Dir(final), ".install-"+name+"-")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(staging) }()
+	bin := filepath.Join(staging, name)
+	if err := os.Rename(built, bin); err != nil {
+		return err
+	}
+	if err := os.Chmod(bin, 0o755); err != nil {
+		return err
+	}
+	if err := writeStamp(bin, name, version); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(final); err != nil {
+		return err
+	}
+	return os.Rename(staging, final)
+}
+
+// goCmd runs the go command in dir with a build environment that matches how the
+// binaries are meant to be built (static, no VCS stamping), appending output to the
+// build log.
+func (b *builder) goCmd(ctx context.Context, dir string, extraEnv []string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"GOTOOLCHAIN=local", "CGO_ENABLED=0", "GOFLAGS=-mod=mod -buildvcs=false", "GOWORK=off", "GO111MODULE=on")
+	cmd.Env = append(cmd.Env, extraEnv...)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = b.logFile
+	_, _ = fmt.Fprintf(b.logFile, "+ (cd %s && go %s)\n", dir, strings.Join(args, " "))
+	if err := cmd.Run(); err != nil {
+		tail, _ := tailFile(b.logPath, 30)
+		return nil, fmt.Errorf("go %s: %w; tail of %s:\n%s", args[0], err, b.logPath, tail)
+	}
+	return stdout.Bytes(), nil
+}
+
+// moduleDir makes a fresh throwaway module for a build under <cache>/build.
+func (b *builder) moduleDir(name, version, goMod string) (string, error) {
+	dir := filepath.Join(b.cacheDir, "build", name+"-"+version)
+	if err := os.RemoveAll(dir); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return dir, os.WriteFile(filepath.Join(dir, "go.mod"), []byte(goMod), 0o644)
+}
+
+// buildEtcd: etcd's own go.mod has replace directives, so `go install` cannot build it;
+// a throwaway module that requires the server module can.
+func buildEtcd(ctx context.Context, b *builder, version, out string) error {
+	dir, err := b.moduleDir("etcd", version, "module hapod.local/clusterbuild/etcd\n\ngo 1.26.0\n")
+	if err != nil {
+		return err
+	}
+	const pkg = "go.etcd.io/etcd/server/v3"
+	if _, err := b.goCmd(ctx, dir, nil, "get", pkg+"@"+version); err != nil {
+		return err
+	}
+	_, err = b.goCmd(ctx, dir, nil, "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(out, etcdBin), pkg)
+	return err
+}
+
+// buildKubernetes: k8s.io/kubernetes replaces every staging module k8s.io/X with a local
+// directory, so a throwaway module points each of them at its published v0.N.P version.
+func buildKubernetes(ctx context.Context, b *builder, version, out string) error {
+	minor, staging, err := stagingVersion(version)
+	if err != nil {
+		return err
+	}
+	dir, err := b.moduleDir("kubernetes", version, "module hapod.local/clusterbuild/kubernetes\n\ngo 1.26.0\n")
+	if err != nil {
+		return err
+	}
+	js, err := b.goCmd(ctx, dir, nil, "mod", "download", "-json", "k8s.io/kubernetes@"+version)
+	if err != nil {
+		return err
+	}
+	var info struct{ GoMod string }
+	if err := json.Unmarshal(js, &info); err != nil || info.GoMod == "" {
+		return fmt.Errorf("go mod download k8s.io/kubernetes@%s: no go.mod in its answer", version)
+	}
+	upstream, err := os.ReadFile(info.GoMod)
+	if err != nil {
+		return err
+	}
+	goMod, err := kubernetesGoMod(upstream, version, staging)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), goMod, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tools.go"), []byte(kubernetesTools), 0o644); err != nil {
+		return err
+	}
+	if _, err := b.goCmd(ctx, dir, nil, "mod", "tidy"); err != nil {
+		return err
+	}
+	// Without these the binaries report v0.0.0-master, which kubectl and clients warn about.
+	var ldflags []string
+	ldflags = append(ldflags, "-s", "-w")
+	for _, p := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		ldflags = append(ldflags,
+			"-X", p+".gitVersion="+version,
+			"-X", p+".gitMajor=1",
+			"-X", p+".gitMinor="+minor,
+			"-X", p+".gitTreeState=clean")
+	}
+	_, err = b.goCmd(ctx, dir, nil, "build", "-trimpath", "-ldflags", strings.Join(ldflags, " "), "-o", out+string(filepath.Separator),
+		"k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler")
+	return err
+}
+
+const kubernetesTools = `//go:build tools
+
+// Package tools pins the commands this throwaway module builds.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+)
+`
+
+var stagingReplace = regexp.MustCompile(`(?m)^\s*(k8s\.io/[a-z0-9-]+)\s+=>\s+\./staging/`)
+
+// kubernetesGoMod writes the throwaway module's go.mod from k8s.io/kubernetes's own.
+func kubernetesGoMod(upstream []byte, version, staging string) ([]byte, error) {
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "module hapod.local/clusterbuild/kubernetes\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n", version)
+	n := 0
+	for _, m := range stagingReplace.FindAllSubmatch(upstream, -1) {
+		mod := string(m[1])
+		if mod == "k8s.io/sample-cli-plugin" || mod == "k8s.io/sample-controller" {
+			continue // not needed by the commands, and not always published
+		}
+		fmt.Fprintf(&buf, "\t%s => %s %s\n", mod, mod, staging)
+		n++
+	}
+	buf.WriteString(")\n")
+	if n == 0 {
+		return nil, errors.New("k8s.io/kubernetes go.mod has no staging replace directives; cannot build it this way")
+	}
+	return buf.Bytes(), nil
+}
+
+// stagingVersion maps v1.37.2 to ("37", "v0.37.2").
+func stagingVersion(version string) (minor, staging string, err error) {
+	parts := strings.Split(strings.TrimPrefix(version, "v"), ".")
+	if len(parts) != 3 || parts[0] != "1" {
+		return "", "", fmt.Errorf("kubernetes version %q: want v1.MINOR.PATCH", version)
+	}
+	return parts[1], "v0." + parts[1] + "." + parts[2], nil
+}
+
+// buildKwok: kwok's go.mod has no replace directives, so `go install` builds it.
+func buildKwok(ctx context.Context, b *builder, version, out string) error {
+	dir, err := b.moduleDir("kwok", version, "module hapod.local/clusterbuild/kwok\n\ngo 1.26.0\n")
+	if err != nil {
+		return err
+	}
+	_, err = b.goCmd(ctx, dir, []string{"GOBIN=" + out},
+		"install", "-trimpath", "-ldflags", "-s -w", "sigs.k8s.io/kwok/cmd/kwok@"+version)
+	return err
+}
+
+// lockFile takes an exclusive flock on path, waiting until ctx is done.
+func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open build lock: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { _ = f.Close() }, nil // closing releases the lock
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			_ = f.Close()
+			return nil, fmt.Errorf("waiting for another build of the cluster binaries (lock %s): %w", path, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,561 @@
+package localcluster
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// PodIPAnnotation on a pod chooses its IP: kwok's pod-ready stage uses the annotation's
+// value instead of an address from the node's pod CIDR. It must be set when the pod is
+// created (kwok reads it once, when it makes the pod Running).
+const PodIPAnnotation = "hapod.io/pod-ip"
+
+// DefaultNodePodCIDRs are the pod CIDRs of the nodes Start creates, kwok-node-0 and
+// kwok-node-1: inside 127.0.0.0/8, so local processes can bind the pods' IPs.
+var DefaultNodePodCIDRs = []string{"127.64.0.0/24", "127.64.1.0/24"}
+
+// Fixed address ranges of every cluster.
+const (
+	// kwokFallbackCIDR gives IPs to pods on nodes without a pod CIDR (kwok --cidr).
+	kwokFallbackCIDR = "127.63.0.0/16"
+	// serviceCIDR holds Service cluster IPs. Nothing routes them (there is no kube-proxy);
+	// they are API data only.
+	serviceCIDR = "10.96.0.0/16"
+	// nodeIP is every kwok node's InternalIP, and so the hostIP of every pod.
+	nodeIP = "127.0.0.1"
+)
+
+//go:embed stages.yaml
+var kwokStages []byte
+
+// Options configures [Start]. The zero value is ready to use.
+type Options struct {
+	// CacheDir is the cluster cache (binaries, run directories); empty means
+	// .cache/cluster under the repository root.
+	CacheDir string
+	// RunDir is where certificates, data and logs go; it is removed by Stop. Empty means a
+	// fresh directory under <CacheDir>/run.
+	RunDir string
+	// Binaries to run; nil means Build (which builds only what is not cached).
+	Binaries *Binaries
+	// Versions for Build when Binaries is nil.
+	Versions Versions
+	// NodePodCIDRs: one kwok node named kwok-node-<i> is created per entry. nil means
+	// DefaultNodePodCIDRs; an empty non-nil slice creates no node.
+	NodePodCIDRs []string
+	// Timeout bounds the start of the whole control plane (not the build); 0 means 2 minutes.
+	Timeout time.Duration
+	// StopGrace is how long Stop waits for each process after SIGTERM before SIGKILL;
+	// 0 means 10 seconds.
+	StopGrace time.Duration
+	// KeepRunDir leaves the run directory (logs, data) in place after Stop, for debugging.
+	KeepRunDir bool
+	// Logger receives progress; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Cluster is a running control plane. Its methods are safe for concurrent use.
+type Cluster struct {
+	runDir     string
+	kubeconfig string
+	restConfig *rest.Config
+	client     kubernetes.Interface
+	log        *slog.Logger
+	stopGrace  time.Duration
+	keepRunDir bool
+	bins       Binaries
+	ports      ports
+
+	mu    sync.Mutex // guards procs and state
+	procs []*process
+	state State
+
+	stopping atomic.Bool
+	failed   chan struct{} // closed when a component exits while not stopping
+	failOnce sync.Once
+	failErr  error
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+type ports struct {
+	etcdClient, etcdPeer, apiserver, kcm, scheduler int
+}
+
+// errPortTaken marks a start that failed because another process took a port between
+// our probe and the component's bind; Start then tries again with new ports.
+var errPortTaken = errors.New("port taken")
+
+// Start builds (if needed) and starts a control plane and returns when every component
+// is healthy and the nodes are Ready. On error nothing is left running.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	cacheDir, err := resolveCacheDir(opts.CacheDir)
+	if err != nil {
+		return nil, err
+	}
+	var bins Binaries
+	if opts.Binaries != nil {
+		bins = *opts.Binaries
+	} else if bins, err = Build(ctx, BuildOptions{CacheDir: cacheDir, Versions: opts.Versions, Logger: log}); err != nil {
+		return nil, err
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 2 * time.Minute
+	}
+	if opts.StopGrace == 0 {
+		opts.StopGrace = 10 * time.Second
+	}
+	if opts.NodePodCIDRs == nil {
+		opts.NodePodCIDRs = DefaultNodePodCIDRs
+	}
+	runRoot := filepath.Join(cacheDir, "run")
+	removeStaleRunDirs(runRoot, opts.StopGrace)
+
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	for attempt := 1; ; attempt++ {
+		runDir := opts.RunDir
+		if runDir == "" {
+			runDir = filepath.Join(runRoot, time.Now().Format("20060102-150405")+"-"+randomHex(3))
+		}
+		runDir, err = filepath.Abs(runDir)
+		if err != nil {
+			return nil, err
+		}
+		c, err := start(ctx, opts, log, bins, runDir)
+		if err == nil || !errors.Is(err, errPortTaken) || attempt == 3 {
+			return c, err
+		}
+		log.Info("a port was taken by another process, starting again", "attempt", attempt, "err", err.Error())
+	}
+}
+
+func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, runDir string) (_ *Cluster, err error) {
+	began := time.Now()
+	c := &Cluster{
+		runDir:     runDir,
+		kubeconfig: filepath.Join(runDir, "kubeconfig"),
+		log:        log,
+		stopGrace:  opts.StopGrace,
+		keepRunDir: opts.KeepRunDir,
+		bins:       bins,
+		failed:     make(chan struct{}),
+	}
+	for _, d := range []string{"logs", "etcd", "kwok", "kcm", "scheduler"} {
+		if err := os.MkdirAll(filepath.Join(runDir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("create run dir: %w", err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			if stopErr := c.Stop(); stopErr != nil {
+				err = fmt.Errorf("%w (and stopping what had started: %v)", err, stopErr)
+			}
+		}
+	}()
+	ownerStart, err := ProcStartTime(os.Getpid())
+	if err != nil {
+		return c, err
+	}
+	c.state = State{OwnerPID: os.Getpid(), OwnerStartTime: ownerStart, Kubeconfig: c.kubeconfig}
+	if err := writeState(runDir, &c.state); err != nil {
+		return c, err
+	}
+
+	p, err := freePorts(5)
+	if err != nil {
+		return c, err
+	}
+	c.ports = ports{etcdClient: p[0], etcdPeer: p[1], apiserver: p[2], kcm: p[3], scheduler: p[4]}
+
+	_, svcNet, _ := net.ParseCIDR(serviceCIDR)
+	svcIP := append(net.IP{}, svcNet.IP.To4()...)
+	svcIP[3]++ // the first address is the kubernetes Service's
+	pk, err := newPKI(svcIP)
+	if err != nil {
+		return c, err
+	}
+	if err := pk.write(filepath.Join(runDir, "pki")); err != nil {
+		return c, err
+	}
+	c.restConfig = &rest.Config{
+		Host: "https://127.0.0.1:" + strconv.Itoa(c.ports.apiserver),
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData: pk.CACert, CertData: pk.AdminCert, KeyData: pk.AdminKey,
+		},
+	}
+	if err := writeKubeconfig(c.kubeconfig, c.restConfig); err != nil {
+		return c, err
+	}
+	stages := filepath.Join(runDir, "kwok", "stages.yaml")
+	if err := os.WriteFile(stages, kwokStages, 0o644); err != nil {
+		return c, err
+	}
+
+	// etcd
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(c.ports.etcdClient)
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(c.ports.etcdPeer)
+	etcd, err := c.startProcess("etcd", bins.Etcd, nil,
+		"--name", "hapod",
+		"--data-dir", filepath.Join(runDir, "etcd"),
+		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "hapod="+peerURL,
+		"--unsafe-no-fsync", // throwaway data: durability buys nothing, fsync costs latency
+		"--log-level", "warn")
+	if err != nil {
+		return c, err
+	}
+	if err := c.waitHealthy(ctx, etcd, etcdURL+"/health", plainClient(), `"health":"true"`); err != nil {
+		return c, err
+	}
+	log.Debug("component healthy", "component", "etcd", "after", time.Since(began).String())
+
+	// kube-apiserver
+	pkiPath := pk.path
+	apiserver, err := c.startProcess("kube-apiserver", bins.KubeAPIServer, nil,
+		"--etcd-servers", etcdURL,
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.apiserver),
+		"--advertise-address", "127.0.0.1",
+		// The default reconciler refuses a loopback advertise address; nothing needs the
+		// kubernetes Service's endpoints here.
+		"--endpoint-reconciler-type", "none",
+		"--tls-cert-file", pkiPath("apiserver.crt"), "--tls-private-key-file", pkiPath("apiserver.key"),
+		"--client-ca-file", pkiPath("ca.crt"),
+		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file", pkiPath("sa.pub"),
+		"--service-account-signing-key-file", pkiPath("sa.key"),
+		"--service-cluster-ip-range", serviceCIDR,
+		"--authorization-mode", "RBAC",
+		"--allow-privileged=true",
+		"--profiling=false")
+	if err != nil {
+		return c, err
+	}
+	adminHTTP, err := adminClient(pk)
+	if err != nil {
+		return c, err
+	}
+	if err := c.waitHealthy(ctx, apiserver, c.restConfig.Host+"/readyz", adminHTTP, ""); err != nil {
+		return c, err
+	}
+	log.Debug("component healthy", "component", "kube-apiserver", "after", time.Since(began).String())
+
+	// kube-controller-manager, kube-scheduler and kwok only need the API server.
+	kcm, err := c.startProcess("kube-controller-manager", bins.KubeControllerManager, nil,
+		"--kubeconfig", c.kubeconfig,
+		"--authentication-kubeconfig", c.kubeconfig, "--authorization-kubeconfig", c.kubeconfig,
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.kcm),
+		"--cert-dir", filepath.Join(runDir, "kcm"),
+		"--leader-elect=false",
+		"--controllers", "*",
+		"--allocate-node-cidrs=false", // nodes get their pod CIDR from whoever creates them
+		"--service-account-private-key-file", pkiPath("sa.key"),
+		"--root-ca-file", pkiPath("ca.crt"),
+		"--cluster-signing-cert-file", pkiPath("ca.crt"), "--cluster-signing-key-file", pkiPath("ca.key"),
+		"--service-cluster-ip-range", serviceCIDR,
+		"--profiling=false")
+	if err != nil {
+		return c, err
+	}
+	scheduler, err := c.startProcess("kube-scheduler", bins.KubeScheduler, nil,
+		"--kubeconfig", c.kubeconfig,
+		"--authentication-kubeconfig", c.kubeconfig, "--authorization-kubeconfig", c.kubeconfig,
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.scheduler),
+		"--cert-dir", filepath.Join(runDir, "scheduler"),
+		"--leader-elect=false",
+		"--profiling=false")
+	if err != nil {
+		return c, err
+	}
+	kwok, err := c.startProcess("kwok", bins.Kwok,
+		// kwok would also read ~/.kwok/kwok.yaml; point its work dir into the run dir.
+		[]string{"KWOK_WORKDIR=" + filepath.Join(runDir, "kwok")},
+		"--kubeconfig", c.kubeconfig,
+		"--config", stages,
+		"--manage-all-nodes=true",
+		"--node-lease-duration-seconds", "40",
+		"--cidr", kwokFallbackCIDR,
+		"--node-ip", nodeIP)
+	if err != nil {
+		return c, err
+	}
+	insecure := insecureClient()
+	if err := c.waitHealthy(ctx, kcm, "https://127.0.0.1:"+strconv.Itoa(c.ports.kcm)+"/healthz", insecure, ""); err != nil {
+		return c, err
+	}
+	if err := c.waitHealthy(ctx, scheduler, "https://127.0.0.1:"+strconv.Itoa(c.ports.scheduler)+"/healthz", insecure, ""); err != nil {
+		return c, err
+	}
+	if kwok.exited() {
+		return c, kwok.exitError()
+	}
+	log.Debug("components healthy", "after", time.Since(began).String())
+
+	client, err := kubernetes.NewForConfig(c.RESTConfig())
+	if err != nil {
+		return c, err
+	}
+	c.client = client
+	// kwok's health is that it makes nodes Ready: create the nodes at once, then wait.
+	for i, cidr := range opts.NodePodCIDRs {
+		if _, err := client.CoreV1().Nodes().Create(ctx, NewNode(fmt.Sprintf("kwok-node-%d", i), cidr), metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
+			return c, fmt.Errorf("create node kwok-node-%d: %w", i, err)
+		}
+	}
+	for i := range opts.NodePodCIDRs {
+		if _, err := WaitNodeReady(ctx, client, fmt.Sprintf("kwok-node-%d", i)); err != nil {
+			return c, err
+		}
+	}
+	log.Info("local cluster up", "kubeconfig", c.kubeconfig, "apiserver", c.restConfig.Host,
+		"nodes", len(opts.NodePodCIDRs), "took", time.Since(began).Round(10*time.Millisecond).String())
+	return c, nil
+}
+
+// startProcess starts a component with its output in logs/<name>.log and records it in
+// the state file.
+func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (*process, error) {
+	if bin == "" {
+		return nil, fmt.Errorf("no binary for %s", name)
+	}
+	logPath := filepath.Join(c.runDir, "logs", name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }() // the child has its own descriptor
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = c.runDir
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = childAttr()
+	if err := spawn(cmd); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.done)
+		if !c.stopping.Load() {
+			c.failOnce.Do(func() {
+				c.failErr = p.exitError()
+				close(c.failed)
+			})
+		}
+	}()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.procs = append(c.procs, p)
+	c.state.Processes = append(c.state.Processes, StateProcess{Name: name, PID: cmd.Process.Pid, Exe: bin})
+	return p, writeState(c.runDir, &c.state)
+}
+
+// waitHealthy polls url until it answers 200 (with want in the body, if set), the
+// process exits, or ctx ends.
+func (c *Cluster) waitHealthy(ctx context.Context, p *process, url string, hc *http.Client, want string) error {
+	lastErr := errors.New("not probed yet")
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if p.exited() {
+			err := p.exitError()
+			if strings.Contains(err.Error(), "address already in use") {
+				return fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return err
+		}
+		if lastErr = probe(ctx, hc, url, want); lastErr == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not healthy at %s before the deadline (%w), last probe: %v; tail of %s:\n%s",
+				p.name, url, ctx.Err(), lastErr, p.logPath, logTail(p.logPath))
+		case <-tick.C:
+		}
+	}
+}
+
+func probe(ctx context.Context, hc *http.Client, url, want string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	if want != "" && !strings.Contains(string(body), want) {
+		return fmt.Errorf("answer %q lacks %q", body, want)
+	}
+	return nil
+}
+
+func plainClient() *http.Client { return &http.Client{Transport: &http.Transport{Proxy: nil}} }
+
+// insecureClient probes kube-controller-manager and kube-scheduler, whose serving
+// certificates are self-signed at start (curl -k).
+func insecureClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:           nil,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // self-signed health endpoints on 127.0.0.1
+	}}
+}
+
+func adminClient(pk *pki) (*http.Client, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pk.CACert) {
+		return nil, errors.New("bad CA certificate")
+	}
+	cert, err := tls.X509KeyPair(pk.AdminCert, pk.AdminKey)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{
+		Proxy:           nil,
+		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	}}, nil
+}
+
+// writeKubeconfig writes an admin kubeconfig with the certificates embedded, so it can be
+// copied elsewhere.
+func writeKubeconfig(path string, rc *rest.Config) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["hapod-local"] = &clientcmdapi.Cluster{Server: rc.Host, CertificateAuthorityData: rc.CAData}
+	cfg.AuthInfos["hapod-admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: rc.CertData, ClientKeyData: rc.KeyData}
+	cfg.Contexts["hapod-local"] = &clientcmdapi.Context{Cluster: "hapod-local", AuthInfo: "hapod-admin"}
+	cfg.CurrentContext = "hapod-local"
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// freePorts returns n distinct free TCP ports on 127.0.0.1: all are held open together,
+// then released for the components to bind.
+func freePorts(n int) ([]int, error) {
+	ls := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	ps := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ps = append(ps, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ps, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Kubeconfig returns the path of the admin kubeconfig (certificates embedded).
+func (c *Cluster) Kubeconfig() string { return c.kubeconfig }
+
+// RESTConfig returns a copy of the admin client configuration.
+func (c *Cluster) RESTConfig() *rest.Config { return rest.CopyConfig(c.restConfig) }
+
+// RunDir returns the run directory, which Stop removes.
+func (c *Cluster) RunDir() string { return c.runDir }
+
+// Failed is closed when a component exits while the cluster is not being stopped;
+// Err then says which and why.
+func (c *Cluster) Failed() <-chan struct{} { return c.failed }
+
+// Err returns why the cluster failed, or nil while it has not.
+func (c *Cluster) Err() error {
+	select {
+	case <-c.failed:
+		return c.failErr
+	default:
+		return nil
+	}
+}
+
+// CreateNode creates a kwok node with the given pod CIDR and waits until it is Ready and
+// untainted; see the package function [CreateNode].
+func (c *Cluster) CreateNode(ctx context.Context, name, podCIDR string) error {
+	_, err := CreateNode(ctx, c.client, name, podCIDR)
+	return err
+}
+
+// Stop stops every component the cluster started, one at a time in reverse start order
+// (kwok, kube-scheduler, kube-controller-manager, kube-apiserver, etcd: the apiserver
+// hangs if etcd goes first), each with SIGTERM and SIGKILL after the grace period, then
+// removes the run directory. It is idempotent.
+func (c *Cluster) Stop() error {
+	c.stopOnce.Do(func() { c.stopErr = c.stop() })
+	return c.stopErr
+}
+
+func (c *Cluster) stop() error {
+	c.stopping.Store(true)
+	began := time.Now()
+	c.mu.Lock()
+	procs := append([]*process(nil), c.procs...)
+	c.mu.Unlock()
+	var errs []error
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
+		killed, err := p.stop(c.stopGrace)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if killed {
+			c.log.Info("component did not stop on SIGTERM, killed it", "component", p.name, "grace", c.stopGrace.String())
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("stop local cluster: %w", errors.Join(errs...))
+	}
+	if !c.keepRunDir {
+		if err := os.RemoveAll(c.runDir); err != nil {
+			return fmt.Errorf("remove run dir: %w", err)
+		}
+	}
+	c.log.Debug("local cluster stopped", "took", time.Since(began).String())
+	return nil
+}

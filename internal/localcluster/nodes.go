@@ -1,0 +1,87 @@
+package localcluster
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// FieldManager names this package (and the test helpers) in managed fields.
+const FieldManager = "hapod-localcluster"
+
+// NewNode returns a kwok node: annotated and labelled as kwok's own nodes are, without
+// taints, with the given pod CIDR (kwok takes pod IPs from it; empty means kwok's
+// fallback range 127.63.0.0/16).
+func NewNode(name, podCIDR string) *corev1.Node {
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name,
+			Annotations: map[string]string{
+				"kwok.x-k8s.io/node":           "fake",
+				"node.alpha.kubernetes.io/ttl": "0",
+			},
+			Labels: map[string]string{
+				"type":                          "kwok",
+				"kubernetes.io/hostname":        name,
+				"kubernetes.io/os":              "linux",
+				"kubernetes.io/arch":            "amd64",
+				"kubernetes.io/role":            "agent",
+				"node-role.kubernetes.io/agent": "",
+			},
+		},
+	}
+	if podCIDR != "" {
+		n.Spec.PodCIDR = podCIDR
+		n.Spec.PodCIDRs = []string{podCIDR}
+	}
+	return n
+}
+
+// CreateNode creates a kwok node (see NewNode) and waits until it is Ready and
+// untainted, so the scheduler places pods on it.
+func CreateNode(ctx context.Context, client kubernetes.Interface, name, podCIDR string) (*corev1.Node, error) {
+	if _, err := client.CoreV1().Nodes().Create(ctx, NewNode(name, podCIDR), metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
+		return nil, fmt.Errorf("create node %s: %w", name, err)
+	}
+	return WaitNodeReady(ctx, client, name)
+}
+
+// WaitNodeReady waits until the node's Ready condition is True and it has no taints (the
+// API server taints a new node not-ready; the node lifecycle controller lifts the taint
+// once kwok has made it Ready).
+func WaitNodeReady(ctx context.Context, client kubernetes.Interface, name string) (*corev1.Node, error) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var last string
+	for {
+		n, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case err != nil:
+			last = err.Error()
+		case !nodeReady(n):
+			last = "not Ready"
+		case len(n.Spec.Taints) > 0:
+			last = fmt.Sprintf("Ready but tainted %v", n.Spec.Taints)
+		default:
+			return n, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("node %s not Ready and untainted (%s): %w; is kwok running?", name, last, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

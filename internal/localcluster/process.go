@@ -1,0 +1,263 @@
+package localcluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// process is one component the cluster started.
+type process struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{} // closed once the process has exited and been reaped
+	waitErr error         // valid after done is closed
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// exitError describes an unexpected exit with the tail of the component's log.
+func (p *process) exitError() error {
+	return fmt.Errorf("%s exited (%v); tail of %s:\n%s", p.name, p.waitErr, p.logPath, logTail(p.logPath))
+}
+
+func logTail(path string) string {
+	tail, err := tailFile(path, 25)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	return tail
+}
+
+// stop sends SIGTERM to the process group, then SIGKILL if it has not exited within
+// grace. It reports whether SIGKILL was needed.
+func (p *process) stop(grace time.Duration) (killed bool, err error) {
+	if p.exited() {
+		return false, nil
+	}
+	pid := p.cmd.Process.Pid
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return false, nil
+	case <-time.After(grace):
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+		return true, nil
+	case <-time.After(10 * time.Second):
+		return true, fmt.Errorf("%s (pid %d) has not exited 10s after SIGKILL", p.name, pid)
+	}
+}
+
+// spawn starts cmd from a goroutine locked to an OS thread that never exits. Pdeathsig is
+// delivered when the thread that forked the child exits, not the process; a goroutine of
+// the caller's could later lock that thread and make it exit, killing the cluster.
+func spawn(cmd *exec.Cmd) error {
+	spawnerOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: this goroutine lives as long as the process
+			for r := range spawnReqs {
+				r.result <- r.cmd.Start()
+			}
+		}()
+	})
+	r := spawnReq{cmd: cmd, result: make(chan error, 1)}
+	spawnReqs <- r
+	return <-r.result
+}
+
+type spawnReq struct {
+	cmd    *exec.Cmd
+	result chan error
+}
+
+var (
+	spawnerOnce sync.Once
+	spawnReqs   chan spawnReq
+)
+
+// childAttr puts the child in its own process group (so signals reach it and anything it
+// starts, and a terminal's Ctrl-C does not) and kills it when its parent dies.
+func childAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// State is the content of the state file in a run directory: enough for another
+// process to find and stop the cluster.
+type State struct {
+	// OwnerPID is the process that started the cluster, OwnerStartTime its start time
+	// (field 22 of /proc/<pid>/stat) to tell it from a later process with the same pid.
+	OwnerPID       int    `json:"ownerPID"`
+	OwnerStartTime uint64 `json:"ownerStartTime"`
+	Kubeconfig     string `json:"kubeconfig"`
+	// Processes in start order.
+	Processes []StateProcess `json:"processes"`
+}
+
+// StateProcess is one started component.
+type StateProcess struct {
+	Name string `json:"name"`
+	PID  int    `json:"pid"`
+	Exe  string `json:"exe"` // absolute path of the binary, checked against /proc/<pid>/exe
+}
+
+const stateFile = "state.json"
+
+func writeState(runDir string, s *State) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(runDir, stateFile+".tmp")
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(runDir, stateFile))
+}
+
+// ReadState reads the state file of a run directory.
+func ReadState(runDir string) (*State, error) {
+	data, err := os.ReadFile(filepath.Join(runDir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("state file of %s: %w", runDir, err)
+	}
+	return &s, nil
+}
+
+// StopRunDir stops a cluster from its run directory's state file, as another process
+// (hapod-cluster down) does: each recorded process that still runs its recorded binary
+// gets SIGTERM, then SIGKILL after grace, in reverse start order; then the run directory
+// is removed. It is safe to call for a cluster that is already gone.
+func StopRunDir(runDir string, grace time.Duration) error {
+	s, err := ReadState(runDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return os.RemoveAll(runDir)
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := len(s.Processes) - 1; i >= 0; i-- {
+		if err := stopPID(s.Processes[i], grace); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return os.RemoveAll(runDir)
+}
+
+func stopPID(p StateProcess, grace time.Duration) error {
+	if !runs(p.PID, p.Exe) {
+		return nil
+	}
+	_ = syscall.Kill(p.PID, syscall.SIGTERM)
+	if waitGone(p, grace) {
+		return nil
+	}
+	_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	if waitGone(p, 10*time.Second) {
+		return nil
+	}
+	return fmt.Errorf("%s (pid %d) still runs after SIGKILL", p.Name, p.PID)
+}
+
+func waitGone(p StateProcess, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for runs(p.PID, p.Exe) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// runs reports whether pid is a live process executing exe. A zombie has no exe link,
+// so it does not count; a reused pid runs another binary, so it does not either.
+func runs(pid int, exe string) bool {
+	got, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		return false
+	}
+	return got == exe || got == exe+" (deleted)"
+}
+
+// ProcStartTime returns field 22 of /proc/<pid>/stat (start time in clock ticks since
+// boot), which with the pid identifies a process.
+func ProcStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	fields := strings.Fields(s[i+1:]) // fields[0] is field 3
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// ownerAlive reports whether the process that wrote s still runs.
+func ownerAlive(s *State) bool {
+	st, err := ProcStartTime(s.OwnerPID)
+	return err == nil && st == s.OwnerStartTime
+}
+
+// removeStaleRunDirs stops and removes run directories under root whose owner process
+// has died (a test binary that crashed or was killed). Pdeathsig has already killed
+// their components; this removes what is left, checking pids first all the same.
+func removeStaleRunDirs(root string, grace time.Duration) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		s, err := ReadState(dir)
+		if err != nil {
+			// No state yet: a cluster being set up right now, or one that died before
+			// writing it. Only the latter is old.
+			if info, ierr := e.Info(); ierr == nil && time.Since(info.ModTime()) > 10*time.Minute {
+				_ = os.RemoveAll(dir)
+			}
+			continue
+		}
+		if !ownerAlive(s) {
+			_ = StopRunDir(dir, grace)
+		}
+	}
+}
