@@ -17,9 +17,9 @@ import (
 
 // Errors in Result.Err.
 var (
-	// ErrTimeout: no ack arrived before Config.Deadline.
+	// ErrTimeout means no ack arrived before Config.Deadline.
 	ErrTimeout = errors.New("notify: no ack before deadline")
-	// ErrClosed: the Notifier was closed before or during Send.
+	// ErrClosed means the Notifier was closed before or during Send.
 	ErrClosed = errors.New("notify: notifier closed")
 )
 

@@ -262,9 +262,8 @@ func TestBadAcksIgnored(t *testing.T) {
 	n, reg := newNotifier(t, Config{})
 	addr := fakePod(t, func(_ int, m wire.Message) [][]byte {
 		other := m
-		other.Seq++ // an ack for a Send that is not waiting
-		role := m   // a role message where an ack belongs
-		rb, _ := wire.Encode(role)
+		other.Seq++             // an ack for a Send that is not waiting
+		rb, _ := wire.Encode(m) // a role message where an ack belongs
 		return [][]byte{
 			[]byte("garbage"),
 			[]byte(`{"v":9,"type":"ack"}`),

@@ -157,9 +157,9 @@ func validate(m Message) error {
 
 // quote keeps error messages bounded when fed hostile input.
 func quote(s string) string {
-	const max = 32
-	if len(s) > max {
-		s = s[:max] + "..."
+	const limit = 32
+	if len(s) > limit {
+		s = s[:limit] + "..."
 	}
 	return fmt.Sprintf("%q", s)
 }
