@@ -45,7 +45,9 @@ type Result struct {
 
 // Config configures New. Zero fields take the defaults.
 type Config struct {
-	ListenAddr     string        // local UDP address, default "0.0.0.0:0"
+	// ListenAddr is the local UDP address, default "0.0.0.0:0". Go opens a
+	// wildcard address as a dual-stack socket, so IPv6 pod IPs work too.
+	ListenAddr     string
 	InitialBackoff time.Duration // first wait before a resend, default 5ms; doubles each retry
 	MaxBackoff     time.Duration // cap on the wait, default 200ms
 	Deadline       time.Duration // per Send, default 3s
