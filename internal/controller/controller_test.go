@@ -15,14 +15,30 @@ import (
 	"github.com/hapod/hapod/pkg/role"
 )
 
-// The seed's setup: the earliest-created Ready pod becomes active, the
-// Service routes to it alone, its app is told it is active and the other
-// that it is standby.
+// The Service routes to the elected pod alone, and follows a failover.
+func TestServiceFollowsActive(t *testing.T) {
+	e := newEnv(t)
+	e.serviceNode()
+	e.neverTwoActive("hapod")
+	e.replicaSet("hapod", 2)
+	e.service("hapod")
+	e.runningPods("hapod", 2)
+	e.startController()
+	first := e.active("hapod")
+	e.waitEndpoints("hapod", first.Status.PodIP)
+	if err := e.cs.CoreV1().Pods(e.ns).Delete(t.Context(), first.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	second := e.active("hapod", first.Name)
+	e.waitEndpoints("hapod", second.Status.PodIP)
+}
+
+// The seed's setup: the earliest-created Ready pod becomes active, its app
+// is told it is active and the other that it is standby.
 func TestInitialElection(t *testing.T) {
 	e := newEnv(t)
 	e.neverTwoActive("hapod")
 	e.replicaSet("hapod", 2)
-	e.service("hapod")
 	pods := e.runningPods("hapod", 2)
 	ls := e.listeners(pods)
 	e.startController()
@@ -41,7 +57,6 @@ func TestInitialElection(t *testing.T) {
 	if epochOf(act) != 1 || e.leaseEpoch("hapod") != 1 {
 		t.Errorf("epoch on pod %d, lease %d; want 1", epochOf(act), e.leaseEpoch("hapod"))
 	}
-	e.waitEndpoints("hapod", act.Status.PodIP)
 	waitRole(t, ls[act.Name], role.Active, 1)
 	for _, p := range pods {
 		if p.Name != act.Name {
@@ -57,7 +72,6 @@ func TestFailoverOnDelete(t *testing.T) {
 	e := newEnv(t)
 	e.neverTwoActive("hapod")
 	e.replicaSet("hapod", 2)
-	e.service("hapod")
 	ls := e.listeners(e.runningPods("hapod", 2))
 	e.startController()
 	first := e.active("hapod")
@@ -74,7 +88,6 @@ func TestFailoverOnDelete(t *testing.T) {
 	if st.Epoch != epochOf(second) {
 		t.Errorf("app told epoch %d, pod annotated %d", st.Epoch, epochOf(second))
 	}
-	e.waitEndpoints("hapod", second.Status.PodIP)
 
 	// The replacement comes up Ready and is standby.
 	pods := e.runningPods("hapod", 2)
@@ -94,7 +107,6 @@ func TestCriticalContainerOnActive(t *testing.T) {
 	e := newEnv(t)
 	e.neverTwoActive("hapod")
 	e.replicaSet("hapod", 2)
-	e.service("hapod")
 	ls := e.listeners(e.runningPods("hapod", 2))
 	e.startController()
 	first := e.active("hapod")

@@ -38,7 +38,7 @@ import (
 // env is one test's world: a namespace, a kwok node whose pod IPs are on
 // loopback, and a role port no other test uses.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	ns   string
 	node string
 	port int
@@ -46,7 +46,27 @@ type env struct {
 	cfg  hconfig.Config
 }
 
-func newEnv(t *testing.T) *env {
+// loopbackOnly keeps tests from sending UDP anywhere but loopback: pods on
+// TEST-NET nodes (for EndpointSlice checks) have addresses that are API
+// data only.
+type loopbackOnly struct{ n *notify.Notifier }
+
+func (l loopbackOnly) Send(ctx context.Context, t notify.Target) notify.Result {
+	if !t.Addr.Addr().IsLoopback() {
+		return notify.Result{Err: fmt.Errorf("test refuses to send to non-loopback %s", t.Addr)}
+	}
+	return l.n.Send(ctx, t)
+}
+
+// serviceNode creates a node whose pod IPs the API accepts in
+// EndpointSlices (it refuses loopback ones): RFC 2544 benchmark addresses,
+// to which loopbackOnly sends nothing.
+func (e *env) serviceNode() {
+	e.t.Helper()
+	e.node = clustertest.Node(e.t, fmt.Sprintf("198.18.%d.0/24", rand.IntN(256)))
+}
+
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	cfg := hconfig.Default()
 	cfg.RolePort = 20000 + rand.IntN(40000)
@@ -98,7 +118,7 @@ func (e *env) startController() *running {
 	m := controller.NewMetrics(prometheus.NewRegistry())
 	r := &controller.Reconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("hapod-controller"),
-		Notifier: n, Config: e.cfg, Metrics: m,
+		Notifier: loopbackOnly{n}, Config: e.cfg, Metrics: m,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
@@ -246,7 +266,7 @@ func (e *env) listen(p corev1.Pod) *role.Listener {
 }
 
 // waitRole waits until the listener holds role at an epoch >= minEpoch.
-func waitRole(t *testing.T, l *role.Listener, want role.Role, minEpoch uint64) role.State {
+func waitRole(t testing.TB, l *role.Listener, want role.Role, minEpoch uint64) role.State {
 	t.Helper()
 	var s role.State
 	clustertest.Eventually(t, 10*time.Second, func() (bool, error) {
@@ -415,7 +435,7 @@ func (e *env) hasEvent(podName, reason string) {
 
 // stays checks, for a bounded time, that cond keeps holding: used where
 // the assertion is that nothing happens.
-func stays(t *testing.T, d time.Duration, cond func() error) {
+func stays(t testing.TB, d time.Duration, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {

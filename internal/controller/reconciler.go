@@ -30,6 +30,11 @@ import (
 const (
 	// EpochAnnotation on a pod records the epoch at which it was promoted.
 	EpochAnnotation = "hapod.io/epoch"
+	// RoleAddressAnnotation on a pod tells where its role listener is
+	// ("ip" or "ip:port") when that is not the pod IP: a listener in a
+	// node-local agent, or the local demo, whose processes live on
+	// loopback addresses that the API does not accept as pod IPs.
+	RoleAddressAnnotation = "hapod.io/role-address"
 	// GroupLabel on a Lease names the group whose epoch it keeps.
 	GroupLabel = "hapod.io/group"
 	// FieldOwner is the field manager of every write.
@@ -432,11 +437,27 @@ func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
 }
 
-// podAddr is where the pod's role listener is, if the pod has an IP.
+// podAddr is where the pod's role listener is: the address in the
+// RoleAddressAnnotation if the pod has one, else the pod IP and the role
+// port.
 func (r *Reconciler) podAddr(pod *corev1.Pod) (netip.AddrPort, bool) {
+	if a, ok := pod.Annotations[RoleAddressAnnotation]; ok {
+		return parseRoleAddress(a, uint16(r.Config.RolePort))
+	}
 	ip, err := netip.ParseAddr(pod.Status.PodIP)
 	if err != nil {
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(ip, uint16(r.Config.RolePort)), true
+}
+
+// parseRoleAddress accepts "ip" or "ip:port".
+func parseRoleAddress(s string, defaultPort uint16) (netip.AddrPort, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, ap.Port() != 0
+	}
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(ip, defaultPort), true
+	}
+	return netip.AddrPort{}, false
 }
