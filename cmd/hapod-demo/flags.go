@@ -1,0 +1,118 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hapod/hapod/pkg/role"
+)
+
+// options is what the command line and environment configure.
+type options struct {
+	httpAddr  string
+	roleAddr  string
+	podName   string
+	podUID    string
+	initDelay time.Duration
+	readyFile string
+}
+
+// envFallback names the environment variable each flag falls back to.
+var envFallback = map[string]string{
+	"http-addr":  "HTTP_ADDR",
+	"role-addr":  "ROLE_ADDR",
+	"pod-name":   "POD_NAME",
+	"pod-uid":    "POD_UID",
+	"init-delay": "INIT_DELAY",
+	"ready-file": "READY_FILE",
+}
+
+// usageError is a mistake on the command line or in the environment; the
+// process exits 2 for it, as the flag package does.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() + " (see hapod-demo -h)" }
+func (e usageError) Unwrap() error { return e.err }
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("hapod-demo", flag.ContinueOnError)
+	// Errors are returned and printed once by main; usage only on -h.
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.httpAddr, "http-addr", ":8080", "HTTP listen address")
+	fs.StringVar(&o.roleAddr, "role-addr", fmt.Sprintf(":%d", role.DefaultPort), "UDP listen address for role messages from the hapod controller")
+	fs.StringVar(&o.podName, "pod-name", "", "this pod's name; role messages addressed to another pod are refused")
+	fs.StringVar(&o.podUID, "pod-uid", "", "this pod's UID (downward API metadata.uid); role messages for another UID are refused")
+	fs.DurationVar(&o.initDelay, "init-delay", 3*time.Second, "simulated start-up time; /readyz and GET / fail until it has passed")
+	fs.StringVar(&o.readyFile, "ready-file", "", "file to create once ready and remove on exit (optional)")
+	return fs
+}
+
+// parseOptions reads flags, then, for each flag not given, its environment
+// variable.
+func parseOptions(args []string, getenv func(string) string) (options, error) {
+	var o options
+	fs := newFlagSet(&o)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return o, usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envFallback[f.Name]
+		if given[f.Name] || env == "" {
+			return
+		}
+		if v := getenv(env); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q (for -%s): %w", env, v, f.Name, err))
+			}
+		}
+	})
+	if o.initDelay < 0 {
+		errs = append(errs, fmt.Errorf("-init-delay: must not be negative, got %v", o.initDelay))
+	}
+	for _, a := range []struct{ flag, addr string }{{"http-addr", o.httpAddr}, {"role-addr", o.roleAddr}} {
+		if err := checkAddr(a.addr); err != nil {
+			errs = append(errs, fmt.Errorf("-%s %q: %w", a.flag, a.addr, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return o, usageError{err}
+	}
+	return o, nil
+}
+
+// checkAddr accepts host:port with a numeric port, host possibly empty.
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port, such as :8080 or 10.0.0.5:8080")
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("bad port %q", port)
+	}
+	return nil
+}
+
+func printUsage(w io.Writer) {
+	fs := newFlagSet(&options{})
+	fs.SetOutput(w)
+	fmt.Fprintln(w, "Usage: hapod-demo [flags]")
+	fmt.Fprintln(w, "\nA demo application for hapod: GET / answers 200 while this pod is active, 503 while standby.")
+	fmt.Fprintln(w, "Each flag falls back to an environment variable (the flag wins):")
+	fs.VisitAll(func(f *flag.Flag) { fmt.Fprintf(w, "  -%-11s %s\n", f.Name, envFallback[f.Name]) })
+	fmt.Fprintln(w, "\nFlags:")
+	fs.PrintDefaults()
+}
