@@ -84,6 +84,8 @@ func BenchmarkFailover(b *testing.B) {
 		ack = append(ack, max(st.Changed.Sub(t0), 0))
 
 		// Settle: the replacement Running with a listener, as a new standby.
+		// kwok reuses the old pod's IP for its replacement.
+		ls[act.Name].Close()
 		delete(ls, act.Name)
 		for _, p := range e.runningPods("hapod", 2) {
 			if ls[p.Name] == nil {

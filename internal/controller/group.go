@@ -21,7 +21,10 @@ type groupState struct {
 
 	loaded bool // lease read from the API since start (or since a conflict)
 	lease  *coordinationv1.Lease
-	epoch  uint64
+	// epoch is the highest epoch handed out; reserved the highest the
+	// Lease allows (epoch <= reserved).
+	epoch    uint64
+	reserved uint64
 	// active is the pod last known active, to tell "the active vanished"
 	// from "the group never had one".
 	active     types.UID

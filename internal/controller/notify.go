@@ -60,9 +60,11 @@ func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *gr
 				continue
 			}
 		}
-		// A pod that is not Ready may not be listening yet; it is told once
-		// it turns Ready. A demoted pod being deleted gets one try.
-		if !podIsReady(m.pod) && m.Status.Fault != election.Deleting {
+		// A pod that was never told anything and is not Ready may not be
+		// listening yet: it is told once it turns Ready. A pod told before
+		// (a demoted active, say) is told even when not Ready: it may still
+		// be running and must be fenced.
+		if t == nil && !podIsReady(m.pod) && m.Status.Fault != election.Deleting {
 			continue
 		}
 		r.startNotify(ctx, req, g, m, role, epoch, nil)

@@ -144,6 +144,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	err := r.apply(ctx, req, g, d, byUID, trigger)
 	r.notifyAll(ctx, req, g, d, members)
 	g.forget(present)
+	if err == nil && g.epoch >= g.reserved && g.active != "" {
+		// Keep a reserve so that the next failover needs no Lease write.
+		err = r.reserveEpochs(ctx, req, g, g.activeName, g.epoch+epochBlock)
+	}
 	if err != nil {
 		log.Error(err, "Group not settled; will retry")
 		return reconcile.Result{}, err
@@ -161,13 +165,16 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: LeaseName(r.Config.LeasePrefix, req.Name)}, &lease)
 	switch {
 	case apierrors.IsNotFound(err):
-		g.lease, g.epoch = nil, 0
+		g.lease, g.epoch, g.reserved = nil, 0, 0
 	case err != nil:
 		return fmt.Errorf("reading epoch lease: %w", err)
 	default:
 		g.lease = &lease
 		if lease.Spec.LeaseTransitions != nil {
-			g.epoch = uint64(*lease.Spec.LeaseTransitions)
+			// Every reserved epoch may have been handed out before a
+			// restart: continue after the whole reservation.
+			g.reserved = uint64(*lease.Spec.LeaseTransitions)
+			g.epoch = g.reserved
 		}
 		if lease.Spec.HolderIdentity != nil && g.activeName == "" {
 			g.activeName = *lease.Spec.HolderIdentity
@@ -288,12 +295,24 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		errs = append(errs, err)
 		mu.Unlock()
 	}
+	var promo *promotion
+	var m *member
 	if d.Promote != nil {
-		wg.Go(func() {
-			if err := r.writeLease(ctx, req, g, d.Promote.Name, d.Epoch); err != nil {
-				fail(err)
+		// Epochs come from a block reserved in the Lease ahead of time, so
+		// a failover normally writes nothing before telling the new active;
+		// the reservation is the epoch's durable home.
+		if d.Epoch > g.reserved {
+			if err := r.reserveEpochs(ctx, req, g, d.Promote.Name, d.Epoch+epochBlock-1); err != nil {
+				return err
 			}
-		})
+		}
+		g.epoch = d.Epoch
+		m = byUID[d.Promote.UID]
+		// The app is told at once, while the old active's label is removed
+		// and its own label written; the old active is told "standby" with
+		// the same new epoch, which fences it.
+		promo = &promotion{trigger: trigger, reason: d.Reason, replaced: g.activeName}
+		r.startNotify(ctx, req, g, m, r.roles.Active, d.Epoch, promo)
 	}
 	for _, dm := range d.Demote {
 		m := byUID[dm.Member.UID]
@@ -331,12 +350,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		return nil
 	}
 
-	m := byUID[d.Promote.UID]
 	old := g.activeName
-	// The app is told while its label is being written: both only need the
-	// epoch to be committed, and the ack is what the app's users wait for.
-	promo := &promotion{trigger: trigger, reason: d.Reason, replaced: old}
-	r.startNotify(ctx, req, g, m, r.roles.Active, d.Epoch, promo)
 	if err := r.patchRole(ctx, m.pod, r.roles.Active, d.Epoch); err != nil {
 		return fmt.Errorf("promoting %s: %w", m.Name, err)
 	}
@@ -352,12 +366,17 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	return nil
 }
 
-// writeLease records a promotion in the group's Lease with optimistic
-// concurrency: a conflict means another writer (a previous leader) moved
-// the epoch, so the memory is dropped and the group reconciled afresh.
-func (r *Reconciler) writeLease(ctx context.Context, req reconcile.Request, g *groupState, holder string, epoch uint64) error {
+// epochBlock is how many epochs one Lease write reserves. A restart skips
+// what was reserved and unused, which keeps epochs increasing.
+const epochBlock = 8
+
+// reserveEpochs records in the group's Lease that epochs up to upTo may be
+// handed out. Optimistic concurrency: a conflict means another writer (a
+// previous leader) moved the epoch, so the memory is dropped and the group
+// reconciled afresh.
+func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g *groupState, holder string, upTo uint64) error {
 	now := metav1.NewMicroTime(r.Now())
-	transitions := int32(min(epoch, uint64(1<<31-1)))
+	transitions := int32(min(upTo, uint64(1<<31-1)))
 	var lease *coordinationv1.Lease
 	var err error
 	if g.lease == nil {
@@ -372,16 +391,16 @@ func (r *Reconciler) writeLease(ctx context.Context, req reconcile.Request, g *g
 	} else {
 		lease = g.lease.DeepCopy()
 		lease.Spec.HolderIdentity, lease.Spec.LeaseTransitions = &holder, &transitions
-		lease.Spec.AcquireTime, lease.Spec.RenewTime = &now, &now
+		lease.Spec.RenewTime = &now
 		err = r.Client.Update(ctx, lease, client.FieldOwner(FieldOwner))
 	}
 	if err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
 			g.loaded = false
 		}
-		return fmt.Errorf("writing epoch lease: %w", err)
+		return fmt.Errorf("reserving epochs in lease: %w", err)
 	}
-	g.lease, g.epoch = lease, epoch
+	g.lease, g.reserved = lease, uint64(transitions)
 	return nil
 }
 
