@@ -47,10 +47,7 @@ func (c current) readOwner() (owner, bool) {
 	return owner{pid: pid, start: start}, true
 }
 
-func (o owner) alive() bool {
-	st, err := localcluster.ProcStartTime(o.pid)
-	return err == nil && st == o.start
-}
+func (o owner) alive() bool { return localcluster.ProcessAlive(o.pid, o.start) }
 
 // running returns the owner of a running cluster, if there is one.
 func (c current) running() (owner, bool) {

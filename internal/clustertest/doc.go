@@ -17,7 +17,7 @@
 // Main starts a cluster (building the binaries first if they are missing: about 8
 // minutes cold) unless HAPOD_KUBECONFIG names the kubeconfig of a running one, such as the
 // one 'make cluster' starts (.cache/cluster/current/kubeconfig); then every test binary
-// shares that cluster, which saves the 4-5 s start per binary.
+// shares that cluster, which saves the start (about 4 s) per binary.
 //
 // Pod IPs and EndpointSlices: kwok gives pods IPs from their node's pod CIDR, which Node
 // puts inside 127.0.0.0/8 so local processes can own them. The API server refuses
