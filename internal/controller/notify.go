@@ -103,6 +103,14 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 		log := logf.FromContext(ctx).WithValues("group", req.String(), "pod", pod.Name, "role", role, "epoch", epoch)
 		if promo != nil {
 			r.reportPromotion(pod, role, epoch, promo, res, acked)
+			if r.OnPromotion != nil {
+				p := Promotion{Group: req.NamespacedName, Pod: pod.Name, Epoch: epoch, Reason: promo.reason,
+					Replaced: promo.replaced, Seen: promo.trigger, Labelled: promo.labelledAt(), Result: res}
+				if res.Acked {
+					p.Acked = acked
+				}
+				r.OnPromotion(p)
+			}
 		}
 		if res.Acked {
 			log.V(1).Info("Role acknowledged", "attempts", res.Attempts, "latency", res.Latency)

@@ -59,6 +59,10 @@ type Reconciler struct {
 	Metrics   *Metrics
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
+	// OnPromotion, if set, is called once per promotion when the new
+	// active's ack arrived or its notification gave up (from a background
+	// goroutine): benchmarks and tests read the timings from it.
+	OnPromotion func(Promotion)
 
 	groups states
 	seen   seenTimes
@@ -96,6 +100,19 @@ func (s *seenTimes) take(key types.NamespacedName, now time.Time) time.Time {
 	}
 	delete(s.m, key)
 	return at
+}
+
+// Promotion is the record of one promotion.
+type Promotion struct {
+	Group    types.NamespacedName
+	Pod      string
+	Epoch    uint64
+	Reason   election.Fault
+	Replaced string    // the previous active's name, "" if none known
+	Seen     time.Time // first watch event of the trigger
+	Labelled time.Time // the new active's label committed (zero if it failed)
+	Acked    time.Time // the app's ack received (zero without one)
+	Result   notify.Result
 }
 
 // member pairs a pod with its election view.
