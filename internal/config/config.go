@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -35,6 +36,10 @@ type Config struct {
 	// NotifyRetry is the pause before a failed one is tried again.
 	NotifyDeadline time.Duration
 	NotifyRetry    time.Duration
+	// NotifyNetworks, if not empty, are the only networks role messages
+	// may be sent to: a guard against telling an address outside the pod
+	// network (or, in the local demo, anything but loopback).
+	NotifyNetworks []netip.Prefix
 	// WatchNodes enables failover when the active's node goes NotReady
 	// (needs RBAC on nodes).
 	WatchNodes bool
@@ -88,6 +93,20 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.NotReadyGrace, "not-ready-grace", c.NotReadyGrace, "how long the active may be not Ready before failover")
 	fs.DurationVar(&c.NotifyDeadline, "notify-deadline", c.NotifyDeadline, "how long one role notification is retried before giving up")
 	fs.DurationVar(&c.NotifyRetry, "notify-retry", c.NotifyRetry, "pause before a failed role notification is tried again")
+	fs.Func("notify-cidrs", "comma-separated networks role messages may be sent to (default: any)", func(s string) error {
+		c.NotifyNetworks = nil
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p == "" {
+				continue
+			}
+			prefix, err := netip.ParsePrefix(p)
+			if err != nil {
+				return err
+			}
+			c.NotifyNetworks = append(c.NotifyNetworks, prefix.Masked())
+		}
+		return nil
+	})
 	fs.BoolVar(&c.WatchNodes, "watch-nodes", c.WatchNodes, "fail over when the active's node is NotReady (needs nodes get/list/watch)")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "groups reconciled concurrently")
 	fs.StringVar(&c.LeasePrefix, "lease-prefix", c.LeasePrefix, "name prefix of the per-group Lease that stores the epoch")
@@ -142,6 +161,19 @@ func (c *Config) Validate() error {
 		bad("lease-prefix", "%q does not make valid object names", c.LeasePrefix)
 	}
 	return errors.Join(errs...)
+}
+
+// MayNotify reports whether role messages may be sent to addr.
+func (c *Config) MayNotify(addr netip.Addr) bool {
+	if len(c.NotifyNetworks) == 0 {
+		return true
+	}
+	for _, p := range c.NotifyNetworks {
+		if p.Contains(addr.Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 // PodSelector parses Selector. An empty selector would take over every pod

@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,26 @@ func TestFlags(t *testing.T) {
 	}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestNotifyNetworks(t *testing.T) {
+	c := Default()
+	if !c.MayNotify(netip.MustParseAddr("10.1.2.3")) {
+		t.Error("no networks set must allow any address")
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.Bind(fs)
+	if err := fs.Parse([]string{"-notify-cidrs", "127.0.0.0/8, 10.0.0.0/8"}); err != nil {
+		t.Fatal(err)
+	}
+	for addr, want := range map[string]bool{"127.64.0.9": true, "10.9.9.9": true, "198.51.100.7": false, "::ffff:127.0.0.1": true} {
+		if got := c.MayNotify(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("MayNotify(%s) = %v, want %v", addr, got, want)
+		}
+	}
+	if err := fs.Parse([]string{"-notify-cidrs", "127.0.0.0/33"}); err == nil {
+		t.Error("a bad prefix was accepted")
 	}
 }
 

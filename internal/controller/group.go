@@ -38,8 +38,14 @@ type groupState struct {
 	told map[types.UID]*told
 	// warned holds pods already warned about, per warning, to avoid
 	// repeating the same Event on every reconcile.
-	warned      map[types.UID]bool
+	warned      map[warning]bool
 	noStandbyAt uint64 // epoch at which "no standby" was last reported, +1
+}
+
+// warning is one warning about one pod.
+type warning struct {
+	uid    types.UID
+	reason string
 }
 
 type written struct {
@@ -62,7 +68,7 @@ type told struct {
 const writtenTTL = 10 * time.Second
 
 func newGroupState() *groupState {
-	return &groupState{written: map[types.UID]written{}, told: map[types.UID]*told{}, warned: map[types.UID]bool{}}
+	return &groupState{written: map[types.UID]written{}, told: map[types.UID]*told{}, warned: map[warning]bool{}}
 }
 
 // forget drops memory of pods that no longer exist.
@@ -77,9 +83,9 @@ func (g *groupState) forget(present map[types.UID]bool) {
 			delete(g.told, uid)
 		}
 	}
-	for uid := range g.warned {
-		if !present[uid] {
-			delete(g.warned, uid)
+	for w := range g.warned {
+		if !present[w.uid] {
+			delete(g.warned, w)
 		}
 	}
 }

@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,20 +21,29 @@ type promotion struct {
 	reason   election.Fault
 	replaced string
 
-	mu       sync.Mutex
-	labelled time.Time
+	labelled  time.Time
+	labelDone chan struct{} // closed once the label write ended
 }
 
-func (p *promotion) setLabelled(at time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func newPromotion(trigger time.Time, reason election.Fault, replaced string) *promotion {
+	return &promotion{trigger: trigger, reason: reason, replaced: replaced, labelDone: make(chan struct{})}
+}
+
+// finishLabel records the label write's end; zero means it failed.
+func (p *promotion) finishLabel(at time.Time) {
 	p.labelled = at
+	close(p.labelDone)
 }
 
-func (p *promotion) labelledAt() time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.labelled
+// labelledAt waits for the label write to end, which happens within one
+// API round trip of the ack, so the report has both times.
+func (p *promotion) labelledAt(ctx context.Context) time.Time {
+	select {
+	case <-p.labelDone:
+		return p.labelled
+	case <-ctx.Done():
+		return time.Time{}
+	}
 }
 
 // notifyAll makes sure every reachable pod has been told its role: the
@@ -78,6 +86,14 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 	if !ok {
 		return
 	}
+	if !r.Config.MayNotify(addr.Addr()) {
+		if w := (warning{m.pod.UID, "RoleAddressRefused"}); !g.warned[w] {
+			g.warned[w] = true
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, "RoleAddressRefused", "Notify",
+				"role address %s is outside -notify-cidrs; the pod is not told its role", addr)
+		}
+		return
+	}
 	deleting := m.Status.Fault == election.Deleting
 	g.told[m.pod.UID] = &told{role: role, epoch: epoch, inflight: true}
 	pod := m.pod
@@ -102,10 +118,10 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 
 		log := logf.FromContext(ctx).WithValues("group", req.String(), "pod", pod.Name, "role", role, "epoch", epoch)
 		if promo != nil {
-			r.reportPromotion(pod, role, epoch, promo, res, acked)
+			r.reportPromotion(ctx, pod, role, epoch, promo, res, acked)
 			if r.OnPromotion != nil {
 				p := Promotion{Group: req.NamespacedName, Pod: pod.Name, Epoch: epoch, Reason: promo.reason,
-					Replaced: promo.replaced, Seen: promo.trigger, Labelled: promo.labelledAt(), Result: res}
+					Replaced: promo.replaced, Seen: promo.trigger, Labelled: promo.labelledAt(ctx), Result: res}
 				if res.Acked {
 					p.Acked = acked
 				}
@@ -125,8 +141,8 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 
 // reportPromotion emits the promotion's Event once the app answered (or
 // did not), with the durations the user cares about.
-func (r *Reconciler) reportPromotion(pod *corev1.Pod, role string, epoch uint64, p *promotion, res notify.Result, done time.Time) {
-	labelled := p.labelledAt()
+func (r *Reconciler) reportPromotion(ctx context.Context, pod *corev1.Pod, role string, epoch uint64, p *promotion, res notify.Result, done time.Time) {
+	labelled := p.labelledAt(ctx)
 	labelMs := "?"
 	if !labelled.IsZero() {
 		labelMs = ms(labelled.Sub(p.trigger))

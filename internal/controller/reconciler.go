@@ -217,8 +217,8 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 			}
 		}
 		st := election.Assess(pod, node, now, r.opts)
-		if len(st.UnknownCriticality) > 0 && !g.warned[pod.UID] {
-			g.warned[pod.UID] = true
+		if w := (warning{pod.UID, "UnknownCriticality"}); len(st.UnknownCriticality) > 0 && !g.warned[w] {
+			g.warned[w] = true
 			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, "UnknownCriticality", "Assess",
 				"containers %v set %s to a value other than %q; treated as non-critical",
 				st.UnknownCriticality, r.Config.CriticalEnv, r.Config.CriticalValue)
@@ -328,7 +328,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		// The app is told at once, while the old active's label is removed
 		// and its own label written; the old active is told "standby" with
 		// the same new epoch, which fences it.
-		promo = &promotion{trigger: trigger, reason: d.Reason, replaced: g.activeName}
+		promo = newPromotion(trigger, d.Reason, g.activeName)
 		r.startNotify(ctx, req, g, m, r.roles.Active, d.Epoch, promo)
 	}
 	for _, dm := range d.Demote {
@@ -350,6 +350,9 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	}
 	wg.Wait()
 	if len(errs) > 0 {
+		if promo != nil {
+			promo.finishLabel(time.Time{})
+		}
 		return errors.Join(errs...)
 	}
 	for _, dm := range d.Demote {
@@ -369,10 +372,11 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 
 	old := g.activeName
 	if err := r.patchRole(ctx, m.pod, r.roles.Active, d.Epoch); err != nil {
+		promo.finishLabel(time.Time{})
 		return fmt.Errorf("promoting %s: %w", m.Name, err)
 	}
 	labelled := r.Now()
-	promo.setLabelled(labelled)
+	promo.finishLabel(labelled)
 	g.written[m.pod.UID] = written{role: r.roles.Active, epoch: d.Epoch, at: labelled}
 	g.active, g.activeName = m.pod.UID, m.Name
 	m.Role = r.roles.Active
