@@ -322,3 +322,29 @@ func (e *env) replicaSetLabelled(group string, replicas int32) string {
 	}
 	return group
 }
+
+// A controller that died mid-failover (epochs reserved, old active demoted,
+// new one not yet labelled) finishes the job on restart with a fresh epoch
+// above the reservation.
+func TestRestartMidFailover(t *testing.T) {
+	e := newEnv(t)
+	e.neverTwoActive("hapod")
+	e.replicaSet("hapod", 2)
+	ls := e.listeners(e.runningPods("hapod", 2))
+	r := e.startController()
+	first := e.active("hapod")
+	r.stop()
+	reserved := uint64(e.leaseEpoch("hapod"))
+
+	// What the dead controller left: the old active demoted, nobody active.
+	patch := []byte(`{"metadata":{"labels":{"role":"standby"}}}`)
+	if _, err := e.cs.CoreV1().Pods(e.ns).Patch(t.Context(), first.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.startController()
+	act := e.active("hapod")
+	if epochOf(act) != reserved+1 {
+		t.Errorf("epoch after restart = %d, want %d (above the reservation)", epochOf(act), reserved+1)
+	}
+	waitRole(t, ls[act.Name], role.Active, reserved+1)
+}
