@@ -383,7 +383,7 @@ func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (
 // waitHealthy polls url until it answers 200 (with want in the body, if set), the
 // process exits, or ctx ends.
 func (c *Cluster) waitHealthy(ctx context.Context, p *process, url string, hc *http.Client, want string) error {
-	lastErr := errors.New("not probed yet")
+	var lastErr error
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	for {
