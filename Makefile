@@ -5,7 +5,7 @@
 #                      (builds it first: about 8 minutes cold, then cached in .cache/cluster)
 #   make cluster-down  stop it
 #   make test          build the control plane if needed, then every test with -race
-#   make lint          gofmt and go vet
+#   make lint          gofmt, go vet and staticcheck
 
 GO ?= go
 export GOTOOLCHAIN := local
@@ -38,6 +38,7 @@ lint:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.cache/*' -not -path './bin/*')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 demo:
 	@echo "not yet"
