@@ -267,26 +267,14 @@ func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupS
 		}
 	}
 
-	var errs []error
-	var mu sync.Mutex
-	var wg sync.WaitGroup
+	var standby []*member
 	for _, s := range d.LabelStandby {
-		m := byUID[s.UID]
-		wg.Go(func() {
-			if err := r.patchRole(ctx, m.pod, r.roles.Standby, 0); err != nil && !apierrors.IsNotFound(err) {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				return
-			}
-			mu.Lock()
-			g.written[m.pod.UID] = written{role: r.roles.Standby, at: r.Now()}
-			m.Role = r.roles.Standby
-			mu.Unlock()
-		})
+		standby = append(standby, byUID[s.UID])
 	}
-	wg.Wait()
-
+	var errs []error
+	if err := r.setStandby(ctx, g, standby); err != nil {
+		errs = append(errs, err)
+	}
 	for _, del := range d.Delete {
 		m := byUID[del.UID]
 		if err := r.deleteDoomed(ctx, m); err != nil {
@@ -296,22 +284,12 @@ func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupS
 	return errors.Join(errs...)
 }
 
-// switchActive demotes and promotes. The Lease (the epoch's durable home)
-// and the demotions are written in parallel; only when both are committed
-// is the new active labelled and told, so the Service never selects two
-// pods and an epoch is never handed to two pods.
+// switchActive demotes and promotes. The new active is told first (its
+// epoch is already reserved), then the old active's label is removed, and
+// only then is the new one labelled, so that the Service never selects two
+// pods.
 func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, byUID map[string]*member, trigger time.Time) error {
 	log := logf.FromContext(ctx)
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	fail := func(err error) {
-		mu.Lock()
-		errs = append(errs, err)
-		mu.Unlock()
-	}
 	var promo *promotion
 	var m *member
 	if d.Promote != nil {
@@ -331,29 +309,15 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		promo = newPromotion(trigger, d.Reason, g.activeName)
 		r.startNotify(ctx, req, g, m, r.roles.Active, d.Epoch, promo)
 	}
+	var demote []*member
 	for _, dm := range d.Demote {
-		m := byUID[dm.Member.UID]
-		wg.Go(func() {
-			err := r.patchRole(ctx, m.pod, r.roles.Standby, 0)
-			if apierrors.IsNotFound(err) {
-				return // gone already: it selects nothing
-			}
-			if err != nil {
-				fail(fmt.Errorf("demoting %s: %w", m.Name, err))
-				return
-			}
-			mu.Lock()
-			g.written[m.pod.UID] = written{role: r.roles.Standby, at: r.Now()}
-			m.Role = r.roles.Standby
-			mu.Unlock()
-		})
+		demote = append(demote, byUID[dm.Member.UID])
 	}
-	wg.Wait()
-	if len(errs) > 0 {
+	if err := r.setStandby(ctx, g, demote); err != nil {
 		if promo != nil {
 			promo.finishLabel(time.Time{})
 		}
-		return errors.Join(errs...)
+		return err
 	}
 	for _, dm := range d.Demote {
 		r.Metrics.Demotions.Inc()
@@ -390,6 +354,33 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 // epochBlock is how many epochs one Lease write reserves. A restart skips
 // what was reserved and unused, which keeps epochs increasing.
 const epochBlock = 8
+
+// setStandby labels pods standby, all at once. A pod already gone is fine:
+// it selects nothing.
+func (r *Reconciler) setStandby(ctx context.Context, g *groupState, ms []*member) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, m := range ms {
+		wg.Go(func() {
+			err := r.patchRole(ctx, m.pod, r.roles.Standby, 0)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case apierrors.IsNotFound(err):
+			case err != nil:
+				errs = append(errs, fmt.Errorf("labelling %s standby: %w", m.Name, err))
+			default:
+				g.written[m.pod.UID] = written{role: r.roles.Standby, at: r.Now()}
+				m.Role = r.roles.Standby
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
 
 // reserveEpochs records in the group's Lease that epochs up to upTo may be
 // handed out. Optimistic concurrency: a conflict means another writer (a
