@@ -98,7 +98,10 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		changes: make(chan State, 1),
 		done:    make(chan struct{}),
 	}
-	l.stopCtx = context.AfterFunc(ctx, func() { _ = l.Close() })
+	// The hook closes the socket itself rather than through Close: Close
+	// reads stopCtx, which this goroutine is still writing when a ctx that
+	// is already done runs the hook at once.
+	l.stopCtx = context.AfterFunc(ctx, func() { _ = l.shutdown() })
 	go l.serve()
 	return l, nil
 }
@@ -137,10 +140,12 @@ func (l *Listener) Stats() Stats {
 // Changes, once that call returns. Calling Close again returns the first
 // result.
 func (l *Listener) Close() error {
-	l.once.Do(func() {
-		l.stopCtx()
-		l.closeErr = l.conn.Close()
-	})
+	l.stopCtx()
+	return l.shutdown()
+}
+
+func (l *Listener) shutdown() error {
+	l.once.Do(func() { l.closeErr = l.conn.Close() })
 	return l.closeErr
 }
 

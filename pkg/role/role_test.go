@@ -393,3 +393,19 @@ func TestCloseFromOnChange(t *testing.T) {
 	for range l.Changes() {
 	}
 }
+
+// A context that is already done closes the listener without racing
+// Listen's own setup (run with -race).
+func TestListenWithDoneContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	l, err := Listen(ctx, Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range l.Changes() {
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("Close after ctx closed it: %v", err)
+	}
+}
