@@ -257,6 +257,16 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, error)) 
 	}
 }
 
+// FailNode makes the node fail like one whose kubelet died: kwok stops
+// heartbeating it and its Ready condition turns Unknown (see
+// localcluster.FailNode).
+func FailNode(t testing.TB, name string) {
+	t.Helper()
+	if err := localcluster.FailNode(t.Context(), Clientset(t), name); err != nil {
+		t.Fatalf("clustertest: %v", err)
+	}
+}
+
 // SetContainerTerminated writes what a kubelet writes when a container exits: in the
 // pod's status, the container's state becomes terminated (exit code, reason, started
 // when it was started, finished now), ready and started become false, restartCount is

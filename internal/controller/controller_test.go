@@ -348,3 +348,34 @@ func TestRestartMidFailover(t *testing.T) {
 	}
 	waitRole(t, ls[act.Name], role.Active, reserved+1)
 }
+
+// The active's node failing (its kubelet stops heartbeating) fails the
+// group over to a standby on another node, without deleting anything.
+func TestNodeFailureFailsOver(t *testing.T) {
+	e := newEnv(t)
+	e.neverTwoActive("hapod")
+	e.barePods("hapod", 1) // on e.node: the oldest, so it becomes active
+	other := clustertest.Node(t)
+	tmpl := e.podTemplate("hapod")
+	tmpl.Spec.NodeName = other
+	standby := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
+	standby.Name = "hapod-on-other-node"
+	if _, err := e.cs.CoreV1().Pods(e.ns).Create(t.Context(), standby, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ls := e.listeners(e.runningPods("hapod", 2))
+	e.startController()
+	first := e.active("hapod")
+	if first.Spec.NodeName != e.node {
+		t.Fatalf("active %s is on %s, want %s", first.Name, first.Spec.NodeName, e.node)
+	}
+	clustertest.FailNode(t, e.node)
+	second := e.active("hapod", first.Name)
+	if second.Name != standby.Name {
+		t.Errorf("promoted %s, want %s", second.Name, standby.Name)
+	}
+	waitRole(t, ls[second.Name], role.Active, epochOf(second))
+	// The old active may still run behind a partition: it is fenced with
+	// the new epoch.
+	waitRole(t, ls[first.Name], role.Standby, epochOf(second))
+}

@@ -302,7 +302,9 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		[]string{"KWOK_WORKDIR=" + filepath.Join(runDir, "kwok")},
 		"--kubeconfig", c.kubeconfig,
 		"--config", stages,
-		"--manage-all-nodes=true",
+		// Only annotated nodes (NewNode's): removing the annotation stops
+		// kwok's heartbeats, which is how tests fail a node (FailNode).
+		"--manage-nodes-with-annotation-selector", KwokNodeAnnotation+"=fake",
 		"--node-lease-duration-seconds", "40",
 		"--cidr", kwokFallbackCIDR,
 		"--node-ip", nodeIP)

@@ -2,13 +2,18 @@ package localcluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 )
+
+// KwokNodeAnnotation marks the nodes kwok manages (value "fake").
+const KwokNodeAnnotation = "kwok.x-k8s.io/node"
 
 // FieldManager names this package (and the test helpers) in managed fields.
 const FieldManager = "hapod-localcluster"
@@ -21,7 +26,7 @@ func NewNode(name, podCIDR string) *corev1.Node {
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name,
 			Annotations: map[string]string{
-				"kwok.x-k8s.io/node":           "fake",
+				KwokNodeAnnotation:             "fake",
 				"node.alpha.kubernetes.io/ttl": "0",
 			},
 			Labels: map[string]string{
@@ -84,4 +89,27 @@ func nodeReady(n *corev1.Node) bool {
 		}
 	}
 	return false
+}
+
+// FailNode makes a node fail as a dead kubelet's would: kwok stops managing
+// it (no more heartbeats), and its Ready condition turns Unknown with the
+// reason the node lifecycle controller gives, written at once instead of
+// after the node-monitor grace period.
+func FailNode(ctx context.Context, client kubernetes.Interface, name string) error {
+	unmanage := []byte(`{"metadata":{"annotations":{"` + KwokNodeAnnotation + `":null}}}`)
+	if _, err := client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, unmanage, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
+		return fmt.Errorf("stop kwok managing node %s: %w", name, err)
+	}
+	now := metav1.Now()
+	status, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{{
+		Type: corev1.NodeReady, Status: corev1.ConditionUnknown, Reason: "NodeStatusUnknown",
+		Message: "Kubelet stopped posting node status.", LastHeartbeatTime: now, LastTransitionTime: now,
+	}}}})
+	if err != nil {
+		return err
+	}
+	if _, err := client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, status, metav1.PatchOptions{FieldManager: FieldManager}, "status"); err != nil {
+		return fmt.Errorf("mark node %s NotReady: %w", name, err)
+	}
+	return nil
 }
