@@ -178,14 +178,19 @@ func TestDeadTargetDoesNotDelayOthers(t *testing.T) {
 		deadRes = n.Send(t.Context(), target(dead, wire.RoleStandby, 1))
 		deadEnd = time.Now()
 	}()
-	time.Sleep(20 * time.Millisecond) // the dead Send is now retrying
-	start := time.Now()
+	// Wait (bounded) until the dead Send is retrying.
+	for deadline := time.Now().Add(5 * time.Second); counter(t, reg, "hapod_notify_retries_total") < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the dead Send never retried")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	liveRes := n.Send(t.Context(), target(live, wire.RoleActive, 1))
 	liveEnd := time.Now()
 	wg.Wait()
 
-	if !liveRes.Acked || liveEnd.Sub(start) > 200*time.Millisecond {
-		t.Fatalf("live send %+v took %v", liveRes, liveEnd.Sub(start))
+	if !liveRes.Acked {
+		t.Fatalf("live send %+v", liveRes)
 	}
 	if !liveEnd.Before(deadEnd) {
 		t.Fatal("live send finished after the dead one")
@@ -193,10 +198,10 @@ func TestDeadTargetDoesNotDelayOthers(t *testing.T) {
 	if deadRes.Acked || !errors.Is(deadRes.Err, ErrTimeout) {
 		t.Fatalf("dead send %+v", deadRes)
 	}
-	// Sends at 0, 5, 15, 35, 75, 155, 315ms, then the 500ms deadline;
-	// a loaded -race run may lose one.
-	if deadRes.Attempts < 6 || deadRes.Attempts > 8 {
-		t.Fatalf("dead send made %d attempts, want about 7", deadRes.Attempts)
+	// Sends at 0, 5, 15, 35, 75, 155, 315ms, then the 500ms deadline: at
+	// most 7; a loaded machine may manage fewer, but it retried.
+	if deadRes.Attempts < 2 || deadRes.Attempts > 7 {
+		t.Fatalf("dead send made %d attempts, want 2 to 7", deadRes.Attempts)
 	}
 	if got := counter(t, reg, "hapod_notify_timeouts_total"); got != 1 {
 		t.Fatalf("timeouts %v", got)
