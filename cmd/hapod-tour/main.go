@@ -1,0 +1,223 @@
+// Command hapod-tour shows hapod doing its whole job on the local control plane: it is
+// what `make demo` runs.
+//
+// It builds hapod-controller and hapod-demo, starts the local control plane (or reuses
+// the one `make cluster` keeps running), runs the controller as its own process, applies
+// the seed's example (deploy/example) into the namespace hapod-demo, runs a real
+// hapod-demo process for every pod, and plays five scenes: the initial election, the
+// active pod deleted, the active's critical container dying, a sidecar dying (no
+// failover) and the standby's critical container dying (standby replaced, active
+// untouched). Each scene prints a timeline in milliseconds from its trigger; a summary
+// table ends the run. It exits 0 when every scene behaved as expected, 1 otherwise, and
+// 130 when interrupted. Whatever it started is stopped, also on Ctrl-C.
+//
+// Flags:
+//
+//	-kubeconfig FILE     use this cluster instead of the local one
+//	-init-delay D        the demo app's slow start (default 1s)
+//	-not-ready-grace D   the controller's -not-ready-grace (default 3s)
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/tour"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal the default behaviour returns: a second one ends the tour
+	// at once (its processes die with it).
+	context.AfterFunc(ctx, stop)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitFailed      = 1
+	exitUsage       = 2
+	exitInterrupted = 130
+)
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("hapod-tour", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", "", "use the cluster of this kubeconfig instead of the local control plane")
+	initDelay := fs.Duration("init-delay", time.Second, "the demo app's slow start before it is ready")
+	grace := fs.Duration("not-ready-grace", 3*time.Second, "the controller's -not-ready-grace")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "hapod-tour: unexpected arguments %q\n", fs.Args())
+		return exitUsage
+	}
+	if *initDelay <= 0 || *grace <= 0 {
+		fmt.Fprintln(stderr, "hapod-tour: -init-delay and -not-ready-grace must be positive")
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintln(stderr, "hapod-tour:", err)
+		if ctx.Err() != nil {
+			return exitInterrupted
+		}
+		return exitFailed
+	}
+
+	wd, err := os.Getwd()
+	if err != nil {
+		return fail(err)
+	}
+	root, err := localcluster.RepoRoot(wd)
+	if err != nil {
+		return fail(err)
+	}
+	say := func(format string, a ...any) { fmt.Fprintf(stdout, "• "+format+"\n", a...) }
+	say("hapod tour: the controller, the seed's example and real demo processes on a local Kubernetes control plane")
+
+	binDir := filepath.Join(root, ".cache", "tour-bin")
+	say("building hapod-controller and hapod-demo into %s", rel(root, binDir))
+	if err := build(ctx, root, binDir); err != nil {
+		return fail(err)
+	}
+
+	// The cluster: the one given, the one `make cluster` keeps, or one of our own.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	ownCluster := false
+	kc := *kubeconfig
+	if kc == "" {
+		cacheDir := filepath.Join(root, ".cache", "cluster")
+		current := filepath.Join(cacheDir, "current", "kubeconfig")
+		if answers(current) {
+			kc = current
+			say("reusing the running local cluster (make cluster): %s", rel(root, kc))
+		} else {
+			say("starting a local control plane on 127.0.0.1 (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)")
+			if _, err := os.Stat(filepath.Join(cacheDir, "bin")); err != nil {
+				say("its first start builds it from the Go module proxy: about 8 minutes on 2 cores, then cached in %s", rel(root, cacheDir))
+			}
+			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			cl, err := localcluster.Start(ctx, localcluster.Options{CacheDir: cacheDir, Logger: log})
+			if err != nil {
+				if ctx.Err() != nil {
+					return fail(errors.New("interrupted while starting the local cluster"))
+				}
+				return fail(fmt.Errorf("the local cluster did not start: %w", err))
+			}
+			ownCluster = true
+			defer func() {
+				if err := cl.Stop(); err != nil {
+					fmt.Fprintln(stderr, "hapod-tour:", err)
+				} else {
+					say("local control plane stopped")
+				}
+			}()
+			go func() {
+				select {
+				case <-cl.Failed():
+					cancel(fmt.Errorf("the local cluster failed: %w", cl.Err()))
+				case <-ctx.Done():
+				}
+			}()
+			kc = cl.Kubeconfig()
+		}
+	}
+
+	logDir := filepath.Join(root, ".cache", "tour", "logs")
+	if err := os.RemoveAll(logDir); err != nil {
+		return fail(err)
+	}
+	say("logs of this run: %s (controller.log, one file per pod process)", rel(root, logDir))
+	res, err := tour.Run(ctx, tour.Options{
+		Kubeconfig:      kc,
+		ExampleDir:      filepath.Join(root, "deploy", "example"),
+		ControllerBin:   filepath.Join(binDir, "hapod-controller"),
+		DemoBin:         filepath.Join(binDir, "hapod-demo"),
+		LogDir:          logDir,
+		InitDelay:       *initDelay,
+		NotReadyGrace:   *grace,
+		SkipCleanupWait: ownCluster,
+		Out:             stdout,
+	})
+	if res != nil && len(res.Scenes) > 0 {
+		fmt.Fprintln(stdout, "\n== summary (ms from each scene's trigger) ==")
+		_ = tour.WriteSummary(stdout, res.Scenes)
+	}
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return fail(cause)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if !res.OK() {
+		fmt.Fprintln(stdout, "\nsome scenes did not behave as expected (see UNEXPECTED above); logs:", rel(root, logDir))
+		return exitFailed
+	}
+	fmt.Fprintln(stdout, "\nevery scene behaved as expected")
+	return exitOK
+}
+
+// build compiles the controller and the demo app into dir.
+func build(ctx context.Context, root, dir string) error {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return errors.New("the go command is not in PATH")
+	}
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+string(filepath.Separator), "./cmd/hapod-controller", "./cmd/hapod-demo")
+	cmd.Dir = root
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out.String())
+	}
+	return nil
+}
+
+// answers reports whether a kubeconfig exists and its API server answers.
+func answers(kubeconfig string) bool {
+	if _, err := os.Stat(kubeconfig); err != nil {
+		return false
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return false
+	}
+	rc.Timeout = 3 * time.Second
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return false
+	}
+	_, err = cs.Discovery().ServerVersion()
+	return err == nil
+}
+
+// rel shows paths under the repository relative to it.
+func rel(root, path string) string {
+	if r, err := filepath.Rel(root, path); err == nil {
+		return r
+	}
+	return path
+}

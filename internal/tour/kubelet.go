@@ -1,0 +1,324 @@
+package tour
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/hapod/hapod/internal/controller"
+)
+
+// kubelet plays the kubelet of the tour's node: one real hapod-demo process per pod,
+// each on its own loopback address; readiness from the process's /readyz; processes
+// stopped when their pods go.
+type kubelet struct {
+	cs        kubernetes.Interface
+	ns, node  string
+	bin       string // hapod-demo
+	logDir    string
+	pool      *addrPool
+	httpPort  int
+	rolePort  int
+	initDelay time.Duration
+	// probeTimeout bounds the wait for a process's /readyz.
+	probeTimeout time.Duration
+	obs          *observer
+	ctx          context.Context // the tour's lifetime: ends every bring-up
+	http         *http.Client
+
+	mu     sync.Mutex
+	procs  map[types.UID]*proc // nil value: being started
+	gone   map[types.UID]bool  // pods deleted or deleting
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// proc is one pod's process.
+type proc struct {
+	pod     string
+	uid     types.UID
+	addr    netip.Addr
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{} // closed once the process has exited and been reaped
+	// stopping is set before the tour signals the process, so its exit is expected.
+	stopping atomic.Bool
+}
+
+func newKubelet(ctx context.Context, cs kubernetes.Interface, ns, node, bin, logDir string, pool *addrPool, p *plan, initDelay time.Duration, obs *observer) *kubelet {
+	return &kubelet{
+		cs: cs, ns: ns, node: node, bin: bin, logDir: logDir, pool: pool,
+		httpPort: p.httpPort, rolePort: p.rolePort, initDelay: initDelay,
+		probeTimeout: 30*time.Second + initDelay, obs: obs, ctx: ctx,
+		http:  &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}},
+		procs: map[types.UID]*proc{}, gone: map[types.UID]bool{},
+	}
+}
+
+// handle reacts to a pod event; it never blocks the watch.
+func (k *kubelet) handle(pod *corev1.Pod, deleted bool) {
+	if deleted || pod.DeletionTimestamp != nil {
+		k.mu.Lock()
+		k.gone[pod.UID] = true
+		p, ok := k.procs[pod.UID]
+		if ok && p != nil && !k.closed {
+			k.wg.Go(func() { k.stop(p, 5*time.Second) })
+		}
+		k.mu.Unlock()
+		return
+	}
+	if pod.Spec.NodeName != k.node || pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, started := k.procs[pod.UID]; started || k.closed || k.gone[pod.UID] {
+		return
+	}
+	k.procs[pod.UID] = nil
+	name, uid := pod.Name, pod.UID
+	k.wg.Go(func() {
+		if err := k.bringUp(name, uid); err != nil && k.ctx.Err() == nil {
+			k.obs.problem("pod %s: %v", name, err)
+		}
+	})
+}
+
+// bringUp starts the pod's process, points the controller at it, waits for its
+// /readyz and writes the pod Ready.
+func (k *kubelet) bringUp(name string, uid types.UID) error {
+	addr, err := k.pool.get()
+	if err != nil {
+		return err
+	}
+	p, err := k.start(name, uid, addr)
+	if err != nil {
+		k.pool.put(addr)
+		return err
+	}
+	if p == nil {
+		return nil // deleted meanwhile
+	}
+	k.obs.mark(uid, func(v *podView) { v.ProcStarted = time.Now() })
+
+	roleAddr := netip.AddrPortFrom(addr, uint16(k.rolePort)).String()
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"uid":         uid, // fails rather than touch a same-named successor
+		"annotations": map[string]string{controller.RoleAddressAnnotation: roleAddr},
+	}})
+	if err != nil {
+		return err
+	}
+	if _, err := k.cs.CoreV1().Pods(k.ns).Patch(k.ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return nil
+		}
+		return fmt.Errorf("annotate %s=%s: %w", controller.RoleAddressAnnotation, roleAddr, err)
+	}
+
+	if err := k.probe(p); err != nil {
+		return err
+	}
+	k.obs.mark(uid, func(v *podView) { v.ProbeOK = time.Now() })
+	sent, err := patchStatus(k.ctx, k.cs, k.ns, name, uid, markReady)
+	if err != nil {
+		if apierrors.IsNotFound(err) || k.ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("write Ready: %w", err)
+	}
+	k.obs.mark(uid, func(v *podView) { v.ReadyWritten = sent })
+	return nil
+}
+
+// start starts the pod's process. It returns nil, nil if the pod went meanwhile.
+func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, error) {
+	logPath := filepath.Join(k.logDir, name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		_ = logFile.Close()
+		return nil, err
+	}
+	cmd := exec.Command(k.bin,
+		"-http-addr", netip.AddrPortFrom(addr, uint16(k.httpPort)).String(),
+		"-role-addr", netip.AddrPortFrom(addr, uint16(k.rolePort)).String(),
+		"-pod-name", name, "-pod-uid", string(uid),
+		"-init-delay", k.initDelay.String())
+	cmd.Stdout, cmd.Stderr = logFile, pw
+	p := &proc{pod: name, uid: uid, addr: addr, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+
+	k.mu.Lock()
+	if k.closed || k.gone[uid] {
+		k.mu.Unlock()
+		_ = pr.Close()
+		_ = pw.Close()
+		_ = logFile.Close()
+		return nil, nil
+	}
+	err = spawn(cmd)
+	_ = pw.Close() // the child has its own copy
+	if err != nil {
+		k.mu.Unlock()
+		_ = pr.Close()
+		_ = logFile.Close()
+		return nil, fmt.Errorf("start hapod-demo: %w", err)
+	}
+	k.procs[uid] = p
+	k.mu.Unlock()
+
+	k.wg.Go(func() { k.readLog(p, pr, logFile) })
+	k.wg.Go(func() {
+		err := cmd.Wait()
+		k.obs.mark(uid, func(v *podView) { v.ProcExited = time.Now() })
+		if !p.stopping.Load() && k.ctx.Err() == nil {
+			k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, err, logPath, tail(logPath, 10))
+		}
+		k.pool.put(addr)
+		close(p.done)
+	})
+	return p, nil
+}
+
+// roleLine matches the demo app's log line for a role change (cmd/hapod-demo).
+var roleLine = regexp.MustCompile(`msg="Role changed" .*\brole=(\w+) epoch=(\d+)`)
+
+// readLog copies the process's stderr to its log, each line prefixed with the time the
+// tour read it, and records the role changes it logs.
+func (k *kubelet) readLog(p *proc, r io.ReadCloser, logFile *os.File) {
+	defer func() { _ = logFile.Close() }()
+	defer func() { _ = r.Close() }()
+	w := bufio.NewWriter(logFile)
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		now := time.Now()
+		line := sc.Text()
+		if m := roleLine.FindStringSubmatch(line); m != nil {
+			epoch, _ := strconv.ParseUint(m[2], 10, 64)
+			k.obs.appSaid(p.uid, now, m[1], epoch)
+		}
+		fmt.Fprintf(w, "%s %s\n", now.Format("15:04:05.000000"), line)
+		_ = w.Flush()
+	}
+}
+
+// probe polls the process's /readyz until it answers 200.
+func (k *kubelet) probe(p *proc) error {
+	url := "http://" + netip.AddrPortFrom(p.addr, uint16(k.httpPort)).String() + "/readyz"
+	ctx, cancel := context.WithTimeout(k.ctx, k.probeTimeout)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	last := "no answer yet"
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := k.http.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-p.done:
+			if p.stopping.Load() {
+				return nil // stopped on purpose before it was ready
+			}
+			return fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, tail(p.logPath, 10))
+		case <-ctx.Done():
+			if k.ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%s not 200 within %s (last: %s)", url, k.probeTimeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// proc returns the process of a pod, or nil.
+func (k *kubelet) proc(uid types.UID) *proc {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.procs[uid]
+}
+
+// stop stops a process as the kubelet stops a deleted pod's container: SIGTERM, then
+// SIGKILL after grace.
+func (k *kubelet) stop(p *proc, grace time.Duration) {
+	if p.stopping.Swap(true) {
+		<-p.done
+		return
+	}
+	terminate(p.cmd.Process.Pid, p.done, grace)
+}
+
+// kill kills a pod's process at once, as when a container crashes or is OOM-killed, and
+// returns when it has been reaped.
+func (k *kubelet) kill(uid types.UID) (time.Time, error) {
+	p := k.proc(uid)
+	if p == nil {
+		return time.Time{}, errors.New("the pod has no process")
+	}
+	p.stopping.Store(true)
+	at := time.Now()
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		return at, fmt.Errorf("kill the process of %s: %w", p.pod, err)
+	}
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return at, nil
+	case <-t.C:
+		return at, fmt.Errorf("the process of %s was not reaped 10s after SIGKILL", p.pod)
+	}
+}
+
+// shutdown stops every process and waits for everything the kubelet started.
+func (k *kubelet) shutdown() {
+	k.mu.Lock()
+	k.closed = true
+	var ps []*proc
+	for _, p := range k.procs {
+		if p != nil {
+			ps = append(ps, p)
+		}
+	}
+	k.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(func() { k.stop(p, 5*time.Second) })
+	}
+	wg.Wait()
+	k.wg.Wait()
+}

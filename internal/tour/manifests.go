@@ -1,0 +1,200 @@
+package tour
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
+
+	"github.com/hapod/hapod/internal/config"
+)
+
+// ExternalReadinessAnnotation on a pod tells the local cluster's kwok to leave it not
+// Ready: the tour writes Ready itself once the pod's process answers /readyz.
+const ExternalReadinessAnnotation = "hapod.io/external-readiness"
+
+// hostnameLabel pins the example's pods to the tour's node.
+const hostnameLabel = "kubernetes.io/hostname"
+
+// Example is the seed's example as shipped in deploy/example.
+type Example struct {
+	ReplicaSet *appsv1.ReplicaSet
+	Service    *corev1.Service
+}
+
+// strictDecoder decodes into client-go types and fails on unknown fields.
+var strictDecoder = serializer.NewCodecFactory(clientgoscheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+
+// LoadExample reads the ReplicaSet and the Service that dir's kustomization.yaml lists.
+func LoadExample(dir string) (*Example, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("the example's manifests: %w", err)
+	}
+	var k struct {
+		Resources []string `json:"resources"`
+	}
+	if err := yaml.Unmarshal(data, &k); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "kustomization.yaml"), err)
+	}
+	ex := &Example{}
+	for _, res := range k.Resources {
+		path := filepath.Join(dir, res)
+		objs, err := decodeFile(path)
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range objs {
+			switch o := o.(type) {
+			case *appsv1.ReplicaSet:
+				if ex.ReplicaSet != nil {
+					return nil, fmt.Errorf("%s: a second ReplicaSet (%s); the tour plays one", path, o.Name)
+				}
+				ex.ReplicaSet = o
+			case *corev1.Service:
+				if ex.Service != nil {
+					return nil, fmt.Errorf("%s: a second Service (%s); the tour plays one", path, o.Name)
+				}
+				ex.Service = o
+			default:
+				return nil, fmt.Errorf("%s: %T is not part of the example the tour knows how to play", path, o)
+			}
+		}
+	}
+	if ex.ReplicaSet == nil || ex.Service == nil {
+		return nil, fmt.Errorf("%s: want a ReplicaSet and a Service among the resources %v", dir, k.Resources)
+	}
+	return ex, nil
+}
+
+func decodeFile(path string) ([]runtime.Object, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+	var objs []runtime.Object
+	for i := 0; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		obj, _, err := strictDecoder.Decode(doc, nil, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%s (document %d): %w", path, i+1, err)
+		}
+		objs = append(objs, obj)
+	}
+}
+
+// stripComments drops whole-line comments, to recognise a document that has nothing else.
+func stripComments(doc []byte) []byte {
+	var out []byte
+	for line := range bytes.Lines(doc) {
+		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+// plan is the example as the tour applies it, and what the tour needs to know of it.
+type plan struct {
+	rs  *appsv1.ReplicaSet
+	svc *corev1.Service
+	// critical is the container whose death costs the pod; sidecar a non-critical one.
+	critical, sidecar string
+	// httpPort is the port the Service sends to (its targetPort in the critical
+	// container); rolePort the container port named "role" (role.DefaultPort if none).
+	httpPort, rolePort int
+}
+
+// forTour returns the example with the tour's additions: everything in namespace ns,
+// the pods pinned to node and annotated for external readiness. The shipped objects are
+// not changed.
+func (e *Example) forTour(ns, node string, cfg config.Config) (*plan, error) {
+	p := &plan{rs: e.ReplicaSet.DeepCopy(), svc: e.Service.DeepCopy(), rolePort: cfg.RolePort}
+	p.rs.Namespace, p.svc.Namespace = ns, ns
+	p.rs.APIVersion, p.rs.Kind = "apps/v1", "ReplicaSet"
+	p.svc.APIVersion, p.svc.Kind = "v1", "Service"
+	tmpl := &p.rs.Spec.Template
+	if tmpl.Annotations == nil {
+		tmpl.Annotations = map[string]string{}
+	}
+	tmpl.Annotations[ExternalReadinessAnnotation] = "true"
+	if tmpl.Spec.NodeSelector == nil {
+		tmpl.Spec.NodeSelector = map[string]string{}
+	}
+	tmpl.Spec.NodeSelector[hostnameLabel] = node
+
+	if p.rs.Spec.Replicas != nil && *p.rs.Spec.Replicas < 2 {
+		return nil, fmt.Errorf("the example's ReplicaSet has %d replicas; the scenes need an active and a standby", *p.rs.Spec.Replicas)
+	}
+	var crit *corev1.Container
+	for i := range tmpl.Spec.Containers {
+		c := &tmpl.Spec.Containers[i]
+		isCritical := false
+		for _, e := range c.Env {
+			if e.Name == cfg.CriticalEnv && e.Value == cfg.CriticalValue {
+				isCritical = true
+			}
+		}
+		switch {
+		case isCritical && crit == nil:
+			crit = c
+		case !isCritical && p.sidecar == "":
+			p.sidecar = c.Name
+		}
+	}
+	if crit == nil || p.sidecar == "" {
+		return nil, fmt.Errorf("the example's pod template needs a critical container (env %s=%s) and a non-critical one", cfg.CriticalEnv, cfg.CriticalValue)
+	}
+	p.critical = crit.Name
+	if len(p.svc.Spec.Ports) == 0 {
+		return nil, fmt.Errorf("the example's Service %s has no port", p.svc.Name)
+	}
+	var err error
+	if p.httpPort, err = containerPort(crit, p.svc.Spec.Ports[0].TargetPort, corev1.ProtocolTCP); err != nil {
+		return nil, fmt.Errorf("the example's Service %s: %w", p.svc.Name, err)
+	}
+	if port, err := containerPort(crit, intstr.FromString("role"), corev1.ProtocolUDP); err == nil {
+		p.rolePort = port
+	}
+	return p, nil
+}
+
+// containerPort resolves a Service targetPort (a number or a port name) in c.
+func containerPort(c *corev1.Container, target intstr.IntOrString, proto corev1.Protocol) (int, error) {
+	if target.Type == intstr.Int {
+		if target.IntVal == 0 {
+			return 0, errors.New("targetPort is not set")
+		}
+		return int(target.IntVal), nil
+	}
+	for _, p := range c.Ports {
+		if p.Name == target.StrVal && (p.Protocol == proto || (p.Protocol == "" && proto == corev1.ProtocolTCP)) {
+			return int(p.ContainerPort), nil
+		}
+	}
+	return 0, fmt.Errorf("container %s has no %s port named %s", c.Name, proto, strconv.Quote(target.StrVal))
+}
