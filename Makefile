@@ -41,7 +41,7 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 demo:
-	@echo "not yet"
+	$(GO) run ./cmd/hapod-tour
 
 bench:
 	@echo "not yet"
