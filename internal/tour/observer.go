@@ -151,6 +151,8 @@ type observer struct {
 
 	// onPod is called, outside the lock, for every pod event.
 	onPod func(pod *corev1.Pod, deleted bool)
+
+	factory informers.SharedInformerFactory
 }
 
 func newObserver(roleLabel, service string) *observer {
@@ -200,11 +202,15 @@ func (o *observer) start(ctx context.Context, cs kubernetes.Interface, ns string
 			return fmt.Errorf("watching %v in namespace %s: cache did not sync", typ, ns)
 		}
 	}
-	go func() {
-		<-ctx.Done()
-		f.Shutdown()
-	}()
+	o.factory = f
 	return nil
+}
+
+// shutdown waits for the watches to end; their context must be done.
+func (o *observer) shutdown() {
+	if o.factory != nil {
+		o.factory.Shutdown()
+	}
 }
 
 // changedLocked wakes the waiters.

@@ -44,6 +44,9 @@ func (t *tour) play(ctx context.Context) []*Scene {
 		t.load.count(nil)
 		WriteScene(t.o.Out, sc.s)
 		stop = !sc.s.OK()
+		if t.o.afterScene != nil {
+			t.o.afterScene(sc.s)
+		}
 	}
 	return out
 }

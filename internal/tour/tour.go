@@ -69,6 +69,9 @@ type Options struct {
 	SkipCleanupWait bool
 	// Out receives the progress and each scene's timeline; nil discards them.
 	Out io.Writer
+
+	// afterScene, if set, is called after each scene that ran (tests).
+	afterScene func(*Scene)
 }
 
 func (o *Options) defaults() error {
@@ -122,6 +125,8 @@ type tour struct {
 	kl   *kubelet
 	load *load
 	ctrl *controllerProc
+	// loadDone is closed when the load has stopped.
+	loadDone chan struct{}
 }
 
 func (t *tour) say(format string, args ...any) {
@@ -237,7 +242,11 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 		}
 	}()
 	t.load = newLoad(t.obs, t.o.LoadInterval, t.o.MaxRequests)
-	go t.load.run(ctx)
+	t.loadDone = make(chan struct{})
+	go func() {
+		defer close(t.loadDone)
+		t.load.run(ctx)
+	}()
 	return nil
 }
 
@@ -310,8 +319,9 @@ func (t *tour) deleteNode(ctx context.Context, wait bool) error {
 	return nil
 }
 
-// cleanup stops the controller first (so it does not react to the teardown), then the
-// pods' processes, then deletes the namespace and the node.
+// cleanup runs once the run's context is done. It stops the controller first (so it
+// does not react to the teardown), then the pods' processes, the load and the watches,
+// then deletes the namespace and the node.
 func (t *tour) cleanup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -320,6 +330,12 @@ func (t *tour) cleanup(ctx context.Context) error {
 	}
 	if t.kl != nil {
 		t.kl.shutdown()
+	}
+	if t.loadDone != nil {
+		<-t.loadDone
+	}
+	if t.obs != nil {
+		t.obs.shutdown()
 	}
 	if t.cs == nil {
 		return nil

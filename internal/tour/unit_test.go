@@ -1,0 +1,398 @@
+package tour
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/hapod/hapod/internal/config"
+)
+
+func TestAddrPool(t *testing.T) {
+	held := netip.MustParseAddr("127.77.0.3") // another process has its ports
+	p, err := newAddrPool(netip.MustParsePrefix("127.77.0.0/29"), func(a netip.Addr) bool { return a != held })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for range 5 {
+		a, err := p.get()
+		if err != nil {
+			t.Fatalf("get after %v: %v", got, err)
+		}
+		got = append(got, a.String())
+	}
+	// .0 (network) and .7 (broadcast) are never used; .3 is busy.
+	if want := "127.77.0.1 127.77.0.2 127.77.0.4 127.77.0.5 127.77.0.6"; strings.Join(got, " ") != want {
+		t.Fatalf("got %v, want %s", got, want)
+	}
+	if a, err := p.get(); err == nil {
+		t.Fatalf("got %s from a full pool", a)
+	}
+	// A returned address is handed out again, after the ones not used since.
+	p.put(netip.MustParseAddr("127.77.0.2"))
+	if a, err := p.get(); err != nil || a.String() != "127.77.0.2" {
+		t.Fatalf("after put: %v, %v; want 127.77.0.2", a, err)
+	}
+}
+
+func TestAddrPoolTakesTurns(t *testing.T) {
+	p, err := newAddrPool(netip.MustParsePrefix("127.77.0.0/24"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := p.get()
+	p.put(a)
+	// The next pod gets a new address, not the one just freed.
+	if b, _ := p.get(); b == a {
+		t.Fatalf("got %s again at once", b)
+	}
+}
+
+func TestAddrPoolRefusesNonLoopback(t *testing.T) {
+	for _, s := range []string{"198.51.100.0/24", "10.0.0.0/8", "::1/128", "127.0.0.0/31", "0.0.0.0/0"} {
+		if _, err := newAddrPool(netip.MustParsePrefix(s), nil); err == nil {
+			t.Errorf("%s accepted", s)
+		}
+	}
+}
+
+func TestPortsFree(t *testing.T) {
+	free := portsFree(0, 0) // port 0: the kernel picks; always free
+	if !free(netip.MustParseAddr("127.0.0.1")) {
+		t.Fatal("127.0.0.1 with port 0 reported busy")
+	}
+}
+
+func TestFormatOffset(t *testing.T) {
+	tests := []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "+0.0 ms"},
+		{20 * time.Microsecond, "+0.0 ms"},  // rounds to zero without a sign flip
+		{-20 * time.Microsecond, "+0.0 ms"}, // no "-0.0"
+		{1234567 * time.Nanosecond, "+1.2 ms"},
+		{-1072 * time.Millisecond, "-1072.0 ms"},
+		{1055650 * time.Microsecond, "+1055.7 ms"},
+	}
+	for _, tc := range tests {
+		if got := formatOffset(tc.d); got != tc.want {
+			t.Errorf("formatOffset(%v) = %q, want %q", tc.d, got, tc.want)
+		}
+	}
+}
+
+func TestTimelineLines(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tl := Timeline{Trigger: t0}
+	tl.Add(t0.Add(30*time.Millisecond), "later")
+	tl.Add(t0, "trigger")
+	tl.Add(time.Time{}, "never happened") // dropped
+	tl.Add(t0.Add(-1500*time.Millisecond), "before")
+	tl.Add(t0.Add(30*time.Millisecond), "same time, added second")
+	tl.Note("a note")
+	got := strings.Join(tl.Lines(), "\n")
+	want := strings.Join([]string{
+		"-1500.0 ms  before",
+		"   +0.0 ms  trigger",
+		"  +30.0 ms  later",
+		"  +30.0 ms  same time, added second",
+		"            a note",
+	}, "\n")
+	if got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestMsSince(t *testing.T) {
+	t0 := time.Now()
+	if got := msSince(t0, t0.Add(1500*time.Microsecond)); got != 1.5 {
+		t.Errorf("msSince = %v, want 1.5", got)
+	}
+	if !math.IsNaN(msSince(t0, time.Time{})) || !math.IsNaN(msSince(time.Time{}, t0)) {
+		t.Error("msSince with an unknown time is not NaN")
+	}
+	if formatMs(math.NaN()) != "-" || formatMs(12.34) != "12.3" {
+		t.Errorf("formatMs: %q %q", formatMs(math.NaN()), formatMs(12.34))
+	}
+}
+
+func TestWriteSummary(t *testing.T) {
+	a := newScene("a", "initial election", true)
+	a.Ran, a.Failover, a.LabelMs, a.AckMs, a.SliceMs, a.StandbyMs = true, true, 19.54, 11.5, 27.3, 21
+	b := newScene("b", "the active pod is deleted", true)
+	b.Ran, b.Failover = true, true
+	b.Requests = Requests{OK: 202, NoEndpoint: 6, ConnError: 3}
+	b.problem("something")
+	c := newScene("c", "skipped one", true)
+	var buf bytes.Buffer
+	if err := WriteSummary(&buf, []*Scene{a, b, c}); err != nil {
+		t.Fatal(err)
+	}
+	want := `scene                        failover  label ms  ack ms  slice ms  standby ms  requests ok/failed  result
+a initial election           yes       19.5      11.5    27.3      21.0        -                   ok
+b the active pod is deleted  yes       -         -       -         -           202/9               UNEXPECTED
+c skipped one                -         -         -       -         -           -                   skipped
+`
+	if buf.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", buf.String(), want)
+	}
+	r := &Result{Scenes: []*Scene{a}}
+	if !r.OK() {
+		t.Error("a result with one good scene is not OK")
+	}
+	r.Scenes = append(r.Scenes, c)
+	if r.OK() {
+		t.Error("a result with a skipped scene is OK")
+	}
+}
+
+func TestRequestsDescribe(t *testing.T) {
+	r := Requests{OK: 10}
+	if got := r.describe(); got != "10 requests, all answered 200" {
+		t.Errorf("got %q", got)
+	}
+	r = Requests{OK: 10, NoEndpoint: 2, BadStatus: 1}
+	if got := r.describe(); got != "13 requests, 10 answered 200, 3 failed (2 no ready endpoint, 1 non-200 answer)" {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestRoute(t *testing.T) {
+	loop := map[string]netip.Addr{
+		"198.51.100.1": netip.MustParseAddr("127.77.0.1"),
+		"198.51.100.2": netip.MustParseAddr("127.77.0.2"),
+		"198.51.100.9": netip.MustParseAddr("10.0.0.9"), // never a destination
+	}
+	tests := []struct {
+		name string
+		eps  []endpoint
+		n    int
+		want string // "" for an error
+		noEP bool   // the error is errNoEndpoint
+	}{
+		{"the one ready endpoint", []endpoint{{"198.51.100.1", true}}, 0, "127.77.0.1:8080", false},
+		// A not-ready endpoint gets no traffic, as with kube-proxy.
+		{"not ready skipped", []endpoint{{"198.51.100.1", false}, {"198.51.100.2", true}}, 0, "127.77.0.2:8080", false},
+		{"turns among ready", []endpoint{{"198.51.100.1", true}, {"198.51.100.2", true}}, 1, "127.77.0.2:8080", false},
+		{"none ready", []endpoint{{"198.51.100.1", false}}, 0, "", true},
+		{"empty", nil, 0, "", true},
+		// An endpoint whose pod the tour does not know (yet) has nowhere to go.
+		{"unknown pod", []endpoint{{"198.51.100.7", true}}, 0, "", true},
+		// The guard: only loopback destinations.
+		{"non-loopback refused", []endpoint{{"198.51.100.9", true}}, 0, "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := route(tc.eps, loop, 8080, tc.n)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("routed to %s, want an error", got)
+				}
+				if errors.Is(err, errNoEndpoint) != tc.noEP {
+					t.Fatalf("error %v: errNoEndpoint %t, want %t", err, errors.Is(err, errNoEndpoint), tc.noEP)
+				}
+				return
+			}
+			if err != nil || got.String() != tc.want {
+				t.Fatalf("got %v, %v; want %s", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParsePromoted(t *testing.T) {
+	p, ok := parsePromoted("active at epoch 3 (reason CriticalContainerDied, replaced hapod-plcct): label committed 24.31ms and app acked 13.02ms after the trigger was seen")
+	if !ok || p.Epoch != 3 || p.Reason != "CriticalContainerDied" || p.Replaced != "hapod-plcct" || p.LabelMs != 24.31 || p.AckMs != 13.02 {
+		t.Fatalf("got %+v, %t", p, ok)
+	}
+	// The label time is "?" when the label write failed.
+	p, ok = parsePromoted("active at epoch 1 (reason Initial, replaced none): label committed ?ms and app acked 2.00ms after the trigger was seen")
+	if !ok || !math.IsNaN(p.LabelMs) || p.AckMs != 2 {
+		t.Fatalf("got %+v, %t", p, ok)
+	}
+	// The Event is recorded when both are done: the later one ends at its time.
+	at := time.Date(2026, 1, 1, 0, 0, 1, 0, time.UTC)
+	if got, want := p.seenAt(at), at.Add(-2*time.Millisecond); !got.Equal(want) {
+		t.Errorf("seenAt = %v, want %v", got, want)
+	}
+	if _, ok := parsePromoted("something else"); ok {
+		t.Error("parsed an unrelated note")
+	}
+}
+
+func TestParsePromotedLog(t *testing.T) {
+	const line = `I1124 20:32:32.620643   31451 reconciler.go:349] "Promoted" controller="hapod" namespace="hapod-demo" name="hapod" reconcileID="6460c878" pod="hapod-4hkqk" epoch=3 reason="CriticalContainerDied" replaced="hapod-plcct" labelMs="24.31"`
+	now := time.Date(2026, 11, 24, 20, 33, 0, 0, time.UTC)
+	l, ok := parsePromotedLog(line, now)
+	want := time.Date(2026, 11, 24, 20, 32, 32, 620643000, time.UTC)
+	if !ok || l.Pod != "hapod-4hkqk" || l.Epoch != 3 || l.LabelMs != 24.31 || !l.At.Equal(want) {
+		t.Fatalf("got %+v, %t; want at %v", l, ok, want)
+	}
+	// Logged on 31 December, read on 1 January.
+	l, ok = parsePromotedLog(strings.Replace(line, "I1124", "I1231", 1), time.Date(2027, 1, 1, 0, 0, 1, 0, time.UTC))
+	if !ok || l.At.Year() != 2026 {
+		t.Fatalf("across New Year: %+v, %t", l, ok)
+	}
+	if _, ok := parsePromotedLog(`I1124 20:32:31.543575   31451 reconciler.go:328] "Demoted" pod="x" epoch=2`, now); ok {
+		t.Error("parsed a Demoted line")
+	}
+}
+
+// podStatus is what kwok's pod-ready stage leaves for a pod with external readiness.
+func podStatus() *corev1.PodStatus {
+	then := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	running := corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: then}}
+	return &corev1.PodStatus{
+		Phase: corev1.PodRunning,
+		Conditions: []corev1.PodCondition{
+			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: then},
+			{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: then},
+			{Type: corev1.ContainersReady, Status: corev1.ConditionFalse, LastTransitionTime: then},
+		},
+		ContainerStatuses: []corev1.ContainerStatus{{Name: "app", State: running}, {Name: "sidecar", State: running}},
+	}
+}
+
+func condition(st *corev1.PodStatus, typ corev1.PodConditionType) corev1.PodCondition {
+	for _, c := range st.Conditions {
+		if c.Type == typ {
+			return c
+		}
+	}
+	return corev1.PodCondition{}
+}
+
+func TestStatusChanges(t *testing.T) {
+	st := podStatus()
+	now := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 5, 0, time.UTC))
+	if err := markReady(st, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range st.ContainerStatuses {
+		if !c.Ready || c.Started == nil || !*c.Started {
+			t.Errorf("after markReady, container %s: ready %t started %v", c.Name, c.Ready, c.Started)
+		}
+	}
+	for _, typ := range []corev1.PodConditionType{corev1.PodReady, corev1.ContainersReady} {
+		if c := condition(st, typ); c.Status != corev1.ConditionTrue || !c.LastTransitionTime.Equal(&now) {
+			t.Errorf("after markReady, %s: %+v", typ, c)
+		}
+	}
+	if c := condition(st, corev1.PodInitialized); c.LastTransitionTime.Equal(&now) {
+		t.Error("markReady moved an unchanged condition's transition time")
+	}
+
+	later := metav1.NewTime(now.Add(time.Second))
+	if err := markTerminated("sidecar", 1, "Error")(st, later); err != nil {
+		t.Fatal(err)
+	}
+	sc := containerStatus(st, "sidecar")
+	if sc.State.Terminated == nil || sc.State.Terminated.ExitCode != 1 || sc.State.Running != nil || sc.Ready || sc.RestartCount != 0 {
+		t.Fatalf("after markTerminated: %+v", sc)
+	}
+	if !sc.State.Terminated.StartedAt.Equal(&metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}) {
+		t.Errorf("terminated startedAt %v, want the running container's", sc.State.Terminated.StartedAt)
+	}
+	if c := condition(st, corev1.PodReady); c.Status != corev1.ConditionFalse || c.Reason != "ContainersNotReady" {
+		t.Errorf("after markTerminated, Ready: %+v", c)
+	}
+	if !containerStatus(st, "app").Ready {
+		t.Error("markTerminated touched another container")
+	}
+
+	again := metav1.NewTime(later.Add(time.Second))
+	if err := markRestarted("sidecar")(st, again); err != nil {
+		t.Fatal(err)
+	}
+	sc = containerStatus(st, "sidecar")
+	if sc.State.Running == nil || sc.RestartCount != 1 || !sc.Ready || sc.LastTerminationState.Terminated == nil || sc.LastTerminationState.Terminated.ExitCode != 1 {
+		t.Fatalf("after markRestarted: %+v", sc)
+	}
+	if c := condition(st, corev1.PodReady); c.Status != corev1.ConditionTrue {
+		t.Errorf("after markRestarted, Ready: %+v", c)
+	}
+	if err := markRestarted("sidecar")(st, again); err == nil {
+		t.Error("restarted a running container")
+	}
+	if err := markTerminated("nope", 1, "Error")(st, again); err == nil {
+		t.Error("terminated a container that does not exist")
+	}
+}
+
+// The shipped example, as the tour applies it.
+func TestExampleForTour(t *testing.T) {
+	ex, err := LoadExample(filepath.Join("..", "..", "deploy", "example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ex.forTour("ns1", "node1", config.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := p.rs.Spec.Template
+	switch {
+	case p.rs.Namespace != "ns1" || p.svc.Namespace != "ns1":
+		t.Errorf("namespaces %q %q", p.rs.Namespace, p.svc.Namespace)
+	case tmpl.Annotations[ExternalReadinessAnnotation] != "true":
+		t.Errorf("template annotations %v", tmpl.Annotations)
+	case tmpl.Spec.NodeSelector[hostnameLabel] != "node1":
+		t.Errorf("nodeSelector %v", tmpl.Spec.NodeSelector)
+	case p.critical != "app" || p.sidecar != "sidecar":
+		t.Errorf("critical %q, sidecar %q", p.critical, p.sidecar)
+	case p.httpPort != 8080 || p.rolePort != 7477:
+		t.Errorf("ports %d %d", p.httpPort, p.rolePort)
+	case p.rs.Spec.Selector.MatchLabels["app"] != "hapod" || len(p.rs.Spec.Selector.MatchLabels) != 1:
+		t.Errorf("selector %v: the tour must not change it", p.rs.Spec.Selector)
+	}
+	// The shipped objects are untouched.
+	if ex.ReplicaSet.Namespace != "" || ex.ReplicaSet.Spec.Template.Annotations[ExternalReadinessAnnotation] != "" {
+		t.Error("forTour changed the loaded example")
+	}
+	// The apply patch carries no status and no empty timestamps.
+	data, err := applyJSON(p.rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{`"status"`, `"creationTimestamp"`} {
+		if bytes.Contains(data, []byte(bad)) {
+			t.Errorf("apply patch contains %s: %s", bad, data)
+		}
+	}
+	if !bytes.Contains(data, []byte(`"kind":"ReplicaSet"`)) {
+		t.Errorf("apply patch has no kind: %s", data)
+	}
+}
+
+func TestExampleRefusals(t *testing.T) {
+	ex, err := LoadExample(filepath.Join("..", "..", "deploy", "example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := *ex
+	one.ReplicaSet = ex.ReplicaSet.DeepCopy()
+	one.ReplicaSet.Spec.Replicas = ptrTo(int32(1))
+	if _, err := one.forTour("ns", "node", config.Default()); err == nil {
+		t.Error("a single replica accepted: the scenes need a standby")
+	}
+	noCrit := *ex
+	noCrit.ReplicaSet = ex.ReplicaSet.DeepCopy()
+	for i := range noCrit.ReplicaSet.Spec.Template.Spec.Containers {
+		noCrit.ReplicaSet.Spec.Template.Spec.Containers[i].Env = nil
+	}
+	if _, err := noCrit.forTour("ns", "node", config.Default()); err == nil {
+		t.Error("a pod without a critical container accepted")
+	}
+	if _, err := LoadExample(t.TempDir()); err == nil {
+		t.Error("a directory without kustomization.yaml accepted")
+	}
+}
