@@ -1,0 +1,212 @@
+// Command hapod-bench measures hapod's failover latency and cost on a local
+// control plane, next to client-go leader election and to having no standby
+// at all, and writes the results (Markdown, JSON and an SVG chart) to
+// bench/results. It starts the control plane itself (building it first if
+// needed) and stops everything it started.
+//
+//	go run ./cmd/hapod-bench            # full run, about 6 minutes
+//	go run ./cmd/hapod-bench -short     # CI smoke run, under 2 minutes
+//
+// See internal/bench for what is measured and how.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/hapod/hapod/internal/bench"
+	"github.com/hapod/hapod/internal/localcluster"
+)
+
+func main() {
+	bench.MaybeRunController()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "hapod-bench:", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	short      bool
+	out        string
+	work       string
+	kubeconfig string
+	profile    bool
+	failovers  int
+	groups     string
+	mass       string
+	workers    int
+	qps        float64
+	burst      int
+	only       string
+}
+
+func parseFlags(args []string) (*flags, bench.Options, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("hapod-bench", flag.ContinueOnError)
+	fs.BoolVar(&f.short, "short", false, "CI smoke run: fewer failovers, at most 100 groups, one round of the 15 s leader election")
+	fs.StringVar(&f.out, "out", "bench/results", "directory for results.md, results.json and cdf.svg (empty: do not write)")
+	fs.StringVar(&f.work, "work", ".cache/bench", "directory for the controller's logs and CPU profiles")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "run on this cluster instead of starting one")
+	fs.BoolVar(&f.profile, "profile", false, "take a CPU profile of the controller during the largest mass failover, into -work")
+	fs.IntVar(&f.failovers, "failovers", 0, "failovers per trigger in the one-group scenario (default 100, 20 with -short)")
+	fs.StringVar(&f.groups, "groups", "", "comma-separated group counts of the mass failovers (default 1,100,1000; 1,100 with -short)")
+	fs.StringVar(&f.mass, "mass", "", "mass failover trigger: node (the actives' node turns NotReady) or delete (every active deleted); default node")
+	fs.IntVar(&f.workers, "workers", 0, "controller -workers (default 64)")
+	fs.Float64Var(&f.qps, "kube-api-qps", 0, "controller -kube-api-qps (default 2000)")
+	fs.IntVar(&f.burst, "kube-api-burst", 0, "controller -kube-api-burst (default 4000)")
+	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, scale (default all)")
+	if err := fs.Parse(args); err != nil {
+		return nil, bench.Options{}, err
+	}
+	if fs.NArg() > 0 {
+		return nil, bench.Options{}, fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	o := bench.Full()
+	if f.short {
+		o = bench.Short()
+	}
+	if f.failovers > 0 {
+		o.Failovers = f.failovers
+	}
+	if f.groups != "" {
+		o.Groups = nil
+		for _, s := range strings.Split(f.groups, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || n < 1 {
+				return nil, o, fmt.Errorf("-groups: %q is not a positive number", s)
+			}
+			o.Groups = append(o.Groups, n)
+		}
+	}
+	if len(o.Groups) > 0 {
+		o.ProfileGroups = o.Groups[len(o.Groups)-1]
+	}
+	if f.mass != "" {
+		if f.mass != bench.MassNode && f.mass != bench.MassDelete {
+			return nil, o, fmt.Errorf("-mass: %q is neither node nor delete", f.mass)
+		}
+		o.Mass = f.mass
+	}
+	for _, s := range strings.Split(f.only, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "":
+		case "one", "election", "nostandby", "scale":
+			o.Scenarios = append(o.Scenarios, s)
+		default:
+			return nil, o, fmt.Errorf("-only: unknown scenario %q", s)
+		}
+	}
+	if f.workers > 0 {
+		o.Workers = f.workers
+	}
+	if f.qps > 0 {
+		o.QPS = f.qps
+	}
+	if f.burst > 0 {
+		o.Burst = f.burst
+	}
+	return f, o, nil
+}
+
+func run() error {
+	f, o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	work, err := filepath.Abs(f.work)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	if f.profile {
+		o.ProfileDir = work
+	}
+	env := &bench.Env{Exe: exe, WorkDir: work, Log: log}
+	v := localcluster.DefaultVersions()
+	cluster := fmt.Sprintf("local control plane on 127.0.0.1 started by the bench: etcd %s; kube-apiserver, kube-controller-manager, kube-scheduler %s; kwok %s playing the kubelets.",
+		v.Etcd, v.Kubernetes, v.Kwok)
+	if f.kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+		if err != nil {
+			return err
+		}
+		env.REST, env.Kubeconfig = rc, f.kubeconfig
+		cluster = "the cluster of " + f.kubeconfig + " (not started by the bench)."
+	} else {
+		began := time.Now()
+		c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := c.Stop(); err != nil {
+				log.Error("stopping the local cluster", "err", err)
+			}
+		}()
+		log.Info("local cluster up", "took", time.Since(began).Round(time.Millisecond).String())
+		env.REST, env.Kubeconfig = c.RESTConfig(), c.Kubeconfig()
+		st, err := localcluster.ReadState(c.RunDir())
+		if err != nil {
+			return err
+		}
+		for _, p := range st.Processes {
+			switch p.Name {
+			case "kube-apiserver":
+				env.APIServerPID = p.PID
+			case "etcd":
+				env.EtcdPID = p.PID
+			}
+		}
+	}
+
+	res, runErr := bench.Run(ctx, env, o)
+	if res == nil {
+		return runErr
+	}
+	res.Commit = commit()
+	res.Cluster = cluster
+	if f.out != "" {
+		if err := res.Write(f.out); err != nil {
+			return errors.Join(runErr, err)
+		}
+		log.Info("results written", "dir", f.out)
+	}
+	res.Markdown(os.Stdout)
+	return runErr
+}
+
+// commit describes the source tree the bench was built from.
+func commit() string {
+	out, err := exec.Command("git", "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}

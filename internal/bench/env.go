@@ -1,0 +1,264 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/localcluster"
+)
+
+// Labels and values the bench's pods carry. The controller child selects
+// benchLabel=true and groups by "app"; the Service selects on roleLabel.
+const (
+	benchLabel   = "hapod.io/bench"
+	roleLabel    = "role"
+	activeRole   = "active"
+	standbyRole  = "standby"
+	criticalEnv  = "pwcriticality"
+	appContainer = "app"
+	fieldManager = "hapod-bench"
+)
+
+// Env is the cluster the bench runs on.
+type Env struct {
+	// REST is an admin client configuration; Kubeconfig the same as a
+	// file, for the controller child.
+	REST       *rest.Config
+	Kubeconfig string
+	// Exe is the binary to re-execute as the controller child: one whose
+	// main (or TestMain) calls MaybeRunController first.
+	Exe string
+	// APIServerPID and EtcdPID, if not 0, have their CPU time reported
+	// next to the controller's during mass failovers.
+	APIServerPID, EtcdPID int
+	// WorkDir receives logs and profiles.
+	WorkDir string
+	Log     *slog.Logger
+
+	cs kubernetes.Interface
+}
+
+func (e *Env) init() error {
+	if e.Log == nil {
+		e.Log = slog.Default()
+	}
+	rc := rest.CopyConfig(e.REST)
+	rc.QPS, rc.Burst = 1000, 2000
+	rc.UserAgent = "hapod-bench"
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	e.cs = cs
+	return nil
+}
+
+// suffix is a short random name part, so runs on a shared cluster do not
+// collide.
+func suffix() string {
+	const alphabet = "bcdfghjklmnpqrstvwxz2456789"
+	b := make([]byte, 5)
+	for i := range b {
+		b[i] = alphabet[rand.IntN(len(alphabet))]
+	}
+	return string(b)
+}
+
+// namespace creates a namespace and waits for its default ServiceAccount
+// (pods are refused before). The returned function deletes it.
+func (e *Env) namespace(ctx context.Context, prefix string) (string, func(), error) {
+	name := prefix + "-" + suffix()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{benchLabel: "true"}}}
+	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+		return "", nil, err
+	}
+	del := func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := e.cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			e.Log.Warn("delete namespace", "namespace", name, "err", err)
+		}
+	}
+	err := poll(ctx, 30*time.Second, func() bool {
+		_, err := e.cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil
+	})
+	if err != nil {
+		del()
+		return "", nil, fmt.Errorf("namespace %s: no default ServiceAccount: %w", name, err)
+	}
+	return name, del, nil
+}
+
+// node creates a Ready kwok node. The returned function deletes it.
+func (e *Env) node(ctx context.Context, prefix, podCIDR string) (string, func(), error) {
+	name := prefix + "-" + suffix()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	del := func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := e.cs.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			e.Log.Warn("delete node", "node", name, "err", err)
+		}
+	}
+	if _, err := localcluster.CreateNode(wctx, e.cs, name, podCIDR); err != nil {
+		del()
+		return "", nil, err
+	}
+	return name, del, nil
+}
+
+// poll calls cond every 10 ms until it holds or timeout passes.
+func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	return waitUntil(ctx, timeout, "poll", func() bool {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+		return cond()
+	})
+}
+
+// addrs hands out distinct IPv4 addresses inside one /16: a.b.0.1,
+// a.b.0.2, ... a.b.0.250, a.b.1.1, ...
+type addrs struct {
+	mu   sync.Mutex
+	a, b byte
+	next int
+}
+
+func (p *addrs) take() netip.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := p.next
+	p.next++
+	return netip.AddrFrom4([4]byte{p.a, p.b, byte(i / 250 % 256), byte(i%250 + 1)})
+}
+
+// loopbackLanes are second octets of 127.x.0.0/16 blocks for listeners and
+// loopback pod IPs: above what localcluster (127.63, 127.64) and
+// clustertest (127.65-127.127) use, drawn at random so that two benches on
+// one machine rarely collide (a bind error would say so).
+func loopbackLane() byte { return byte(128 + rand.IntN(64)) }
+
+// podSpec describes one bench pod.
+type podSpec struct {
+	name, group, node string
+	ip                netip.Addr     // its pod IP, via localcluster.PodIPAnnotation
+	roleAddr          netip.AddrPort // if valid, the hapod.io/role-address annotation
+}
+
+// newPod is the seed's pod: a critical app container and a non-critical
+// sidecar, labelled standby until the controller decides, on a fixed node.
+func newPod(s podSpec) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        s.name,
+			Labels:      map[string]string{"app": s.group, benchLabel: "true", roleLabel: standbyRole},
+			Annotations: map[string]string{localcluster.PodIPAnnotation: s.ip.String()},
+		},
+		Spec: corev1.PodSpec{
+			NodeName: s.node,
+			Containers: []corev1.Container{
+				{Name: appContainer, Image: "hapod-demo", Env: []corev1.EnvVar{{Name: criticalEnv, Value: "critical"}}},
+				{Name: "sidecar", Image: "sidecar"},
+			},
+		},
+	}
+	if s.roleAddr.IsValid() {
+		p.Annotations[controller.RoleAddressAnnotation] = s.roleAddr.String()
+	}
+	return p
+}
+
+// terminateContainer writes what a kubelet writes when a container exits
+// (as clustertest.SetContainerTerminated does), from the pod as last seen;
+// it returns when the write request started. A conflict means the pod
+// changed since: it is fetched again and the write retried, and the time
+// is that of the last attempt.
+func terminateContainer(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, container string, exitCode int32, reason string) (time.Time, error) {
+	for attempt := 0; ; attempt++ {
+		patch, err := terminatedPatch(pod, container, exitCode, reason)
+		if err != nil {
+			return time.Time{}, err
+		}
+		start := time.Now()
+		_, err = cs.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch,
+			metav1.PatchOptions{FieldManager: fieldManager}, "status")
+		if err == nil {
+			return start, nil
+		}
+		if !apierrors.IsConflict(err) || attempt == 5 {
+			return time.Time{}, err
+		}
+		if pod, err = cs.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
+			return time.Time{}, err
+		}
+	}
+}
+
+func terminatedPatch(pod *corev1.Pod, container string, exitCode int32, reason string) ([]byte, error) {
+	st := pod.Status.DeepCopy()
+	now := metav1.Now()
+	found := false
+	for i := range st.ContainerStatuses {
+		c := &st.ContainerStatuses[i]
+		if c.Name != container {
+			continue
+		}
+		found = true
+		started := now
+		if c.State.Running != nil {
+			started = c.State.Running.StartedAt
+		}
+		c.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+			ExitCode: exitCode, Reason: reason, StartedAt: started, FinishedAt: now, ContainerID: c.ContainerID,
+		}}
+		c.Ready = false
+		c.Started = new(false)
+	}
+	if !found {
+		return nil, fmt.Errorf("pod %s has no status for container %q", pod.Name, container)
+	}
+	for _, typ := range []corev1.PodConditionType{corev1.PodReady, corev1.ContainersReady} {
+		for i := range st.Conditions {
+			if c := &st.Conditions[i]; c.Type == typ && c.Status != corev1.ConditionFalse {
+				c.Status, c.LastTransitionTime, c.Reason = corev1.ConditionFalse, now, "ContainersNotReady"
+			}
+		}
+	}
+	return json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": pod.ResourceVersion},
+		"status":   map[string]any{"containerStatuses": st.ContainerStatuses, "conditions": st.Conditions},
+	})
+}
+
+// podReady reports the pod's Ready condition.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// runningReady: Running, Ready, with an IP, not being deleted.
+func runningReady(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && podReady(p)
+}

@@ -1,0 +1,248 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/hapod/hapod/pkg/role"
+)
+
+// Triggers of a one-group failover.
+const (
+	TriggerDelete   = "active pod deleted"
+	TriggerCritical = "critical container terminated"
+)
+
+// Stages of a failover, each timed from the start of the trigger's write
+// request.
+const (
+	StageSeen        = "controller saw it"          // Promotion.Seen
+	StageLabelled    = "label committed"            // Promotion.Labelled: the PATCH returned
+	StageLabelWatch  = "label seen on a watch"      // the bench's own pod watch
+	StageAck         = "app has the role"           // the listener accepted the message (it acks at once)
+	StageAckReceived = "controller got the ack"     // Promotion.Acked
+	StageEndpoints   = "EndpointSlice = new active" // ready addresses are exactly the new active's
+)
+
+// OneGroupStages lists the stages in the order they are reported.
+var OneGroupStages = []string{StageSeen, StageAck, StageAckReceived, StageLabelled, StageLabelWatch, StageEndpoints}
+
+// TriggerResult is every stage of the failovers of one trigger.
+type TriggerResult struct {
+	Trigger string   `json:"trigger"`
+	Stages  []Series `json:"stages"`
+}
+
+// oneGroup fails one group over n times per trigger, alternating the
+// triggers, and times every stage of each failover.
+//
+// Pods have 198.18.x.y IPs (API data only, so that the EndpointSlice
+// controller publishes them) and the hapod.io/role-address annotation
+// pointing at their listener on loopback.
+func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) {
+	ns, delNS, err := e.namespace(ctx, "bench-one")
+	if err != nil {
+		return nil, err
+	}
+	defer delNS()
+	node, delNode, err := e.node(ctx, "bench-one", "198.18.0.0/16")
+	if err != nil {
+		return nil, err
+	}
+	defer delNode()
+
+	const group = "one"
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: group},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": group, roleLabel: activeRole},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}
+	if _, err := e.cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+		return nil, err
+	}
+	pw, err := watchPods(ctx, e.cs, ns, benchLabel+"=true")
+	if err != nil {
+		return nil, err
+	}
+	defer pw.stop()
+	sw, err := watchSlices(ctx, e.cs, ns, group)
+	if err != nil {
+		return nil, err
+	}
+	defer sw.stop()
+	ap := newApps()
+	defer ap.closeAll()
+
+	port := 20000 + rand.IntN(40000)
+	ctl, err := startController(ctx, o.controllerOptions(e, ns, port, filepath.Join(e.WorkDir, "controller-one.log")))
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = ctl.Stop() }()
+
+	podIPs := &addrs{a: 198, b: 18}
+	roleAddrs := &addrs{a: 127, b: loopbackLane()}
+	seq := 0
+	create := func() (string, error) {
+		name := fmt.Sprintf("%s-%d", group, seq)
+		seq++
+		ra := netip.AddrPortFrom(roleAddrs.take(), uint16(port))
+		if err := ap.listen(ctx, name, ra); err != nil {
+			return "", err
+		}
+		p := newPod(podSpec{name: name, group: group, node: node, ip: podIPs.take(), roleAddr: ra})
+		_, err := e.cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{FieldManager: fieldManager})
+		return name, err
+	}
+	steady := func(active, standby string) error {
+		return waitUntil(ctx, 20*time.Second, fmt.Sprintf("steady state (active %s, standby %s)", active, standby), func() bool {
+			a, ok1 := pw.get(active)
+			s, ok2 := pw.get(standby)
+			if !ok1 || !ok2 || len(pw.group(group)) != 2 || !runningReady(a) || !runningReady(s) ||
+				a.Labels[roleLabel] != activeRole || s.Labels[roleLabel] != standbyRole {
+				return false
+			}
+			as, _, _ := ap.state(active)
+			ss, _, _ := ap.state(standby)
+			if as.Role != role.Active || ss.Role != role.Standby {
+				return false
+			}
+			_, ok := sw.onlySince(a.Status.PodIP)
+			return ok
+		}, &pw.board, &sw.board, &ap.board, &ctl.promos.board)
+	}
+
+	// The first pod alone becomes active; the second joins as standby.
+	active, err := create()
+	if err != nil {
+		return nil, err
+	}
+	if err := waitUntil(ctx, 20*time.Second, "first active", func() bool {
+		s, _, _ := ap.state(active)
+		return s.Role == role.Active
+	}, &ap.board); err != nil {
+		return nil, err
+	}
+	standby, err := create()
+	if err != nil {
+		return nil, err
+	}
+	if err := steady(active, standby); err != nil {
+		return nil, err
+	}
+
+	triggers := []string{TriggerDelete, TriggerCritical}
+	samples := map[string]map[string][]time.Duration{}
+	for _, t := range triggers {
+		samples[t] = map[string][]time.Duration{}
+	}
+	for i := range 2 * o.Failovers {
+		trigger := triggers[i%2]
+		old, _ := pw.get(active)
+		next, _ := pw.get(standby)
+		var t0 time.Time
+		switch trigger {
+		case TriggerDelete:
+			uid := old.UID
+			t0 = time.Now()
+			err = e.cs.CoreV1().Pods(ns).Delete(ctx, old.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		case TriggerCritical:
+			t0, err = terminateContainer(ctx, e.cs, old, appContainer, 137, "OOMKilled")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("failover %d (%s): trigger: %w", i, trigger, err)
+		}
+		var st stageTimes
+		err := waitUntil(ctx, 15*time.Second, fmt.Sprintf("failover %d (%s) to %s", i, trigger, next.Name), func() bool {
+			return st.collect(pw, ap, sw, ctl.promos, next)
+		}, &pw.board, &sw.board, &ap.board, &ctl.promos.board)
+		if err != nil {
+			return nil, fmt.Errorf("%w (got %+v)", err, st)
+		}
+		for stage, at := range st.stages() {
+			samples[trigger][stage] = append(samples[trigger][stage], at.Sub(t0))
+		}
+
+		// The old pod goes (the controller deletes a pod whose critical
+		// container died); its app goes with it. A replacement joins.
+		if err := waitUntil(ctx, 15*time.Second, "old active gone", func() bool {
+			_, ok := pw.get(old.Name)
+			return !ok
+		}, &pw.board); err != nil {
+			return nil, err
+		}
+		ap.close(old.Name)
+		active = next.Name
+		if standby, err = create(); err != nil {
+			return nil, err
+		}
+		if err := steady(active, standby); err != nil {
+			return nil, err
+		}
+		if (i+1)%20 == 0 {
+			e.Log.Info("one group", "failovers", i+1, "of", 2*o.Failovers)
+		}
+	}
+
+	var out []TriggerResult
+	for _, t := range triggers {
+		tr := TriggerResult{Trigger: t}
+		for _, stage := range OneGroupStages {
+			tr.Stages = append(tr.Stages, newSeries(stage, durationsMs(samples[t][stage])))
+		}
+		out = append(out, tr)
+	}
+	return out, nil
+}
+
+// stageTimes are the moments one failover reached each stage.
+type stageTimes struct {
+	labelWatch, ack, endpoints time.Time
+	promo                      promotionLine
+	havePromo                  bool
+}
+
+// collect fills in what has happened so far and reports whether every
+// stage has been reached.
+func (st *stageTimes) collect(pw *podWatch, ap *apps, sw *sliceWatch, promos *promotions, next *corev1.Pod) bool {
+	if t, ok := pw.activeSince(next.UID); ok {
+		st.labelWatch = t
+	}
+	if _, at, ok := ap.state(next.Name); ok && !at.IsZero() {
+		st.ack = at
+	}
+	if t, ok := sw.onlySince(next.Status.PodIP); ok && st.endpoints.IsZero() {
+		st.endpoints = t
+	}
+	if p, ok := promos.get(next.Name); ok {
+		st.promo, st.havePromo = p, true
+	}
+	return !st.labelWatch.IsZero() && !st.ack.IsZero() && !st.endpoints.IsZero() && st.havePromo
+}
+
+func (st *stageTimes) stages() map[string]time.Time {
+	m := map[string]time.Time{
+		StageSeen:       st.promo.Seen,
+		StageLabelWatch: st.labelWatch,
+		StageAck:        st.ack,
+		StageEndpoints:  st.endpoints,
+	}
+	// Zero when the label write failed or no ack came: not a sample.
+	if !st.promo.Labelled.IsZero() {
+		m[StageLabelled] = st.promo.Labelled
+	}
+	if !st.promo.Acked.IsZero() {
+		m[StageAckReceived] = st.promo.Acked
+	}
+	return m
+}

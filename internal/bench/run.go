@@ -1,0 +1,293 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options says what to measure and how the controller runs.
+type Options struct {
+	// Mode names the option set in the report ("full", "short").
+	Mode string
+	// Failovers per trigger in the one-group scenario.
+	Failovers int
+	// Election runs of the leader-election baselines; Groups 0 skips one.
+	ElectionDefault, ElectionAggressive ElectionRun
+	// NoStandby is how many single-replica replacements to time.
+	NoStandby int
+	// InitDelay is the app's initialisation time, added to each
+	// no-standby sample: cmd/hapod-demo's default -init-delay.
+	InitDelay time.Duration
+	// Groups are the sizes of the mass failovers.
+	Groups []int
+	// Mass is the mass failover's trigger: MassNode or MassDelete.
+	Mass string
+	// Controller settings (cmd/hapod-controller flags of the same names).
+	Workers int
+	QPS     float64
+	Burst   int
+	// ProfileDir, if set, receives a CPU profile of the controller over
+	// ProfileSeconds from the start of the mass failover of ProfileGroups
+	// groups.
+	ProfileDir     string
+	ProfileGroups  int
+	ProfileSeconds int
+	// Scenarios, if not empty, limits the run to these of "one",
+	// "election", "nostandby" and "scale".
+	Scenarios []string
+}
+
+func (o Options) runs(scenario string) bool {
+	return len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, scenario)
+}
+
+// DemoInitDelay is cmd/hapod-demo's default -init-delay.
+const DemoInitDelay = 3 * time.Second
+
+// Full is what make bench runs.
+func Full() Options {
+	return Options{
+		Mode:               "full",
+		Failovers:          100,
+		ElectionDefault:    ElectionRun{Groups: 5, Rounds: 2},
+		ElectionAggressive: ElectionRun{Groups: 10, Rounds: 5},
+		NoStandby:          20,
+		InitDelay:          DemoInitDelay,
+		Groups:             []int{1, 100, 1000},
+		Mass:               MassNode,
+		Workers:            64,
+		QPS:                2000,
+		Burst:              4000,
+		ProfileGroups:      1000,
+		ProfileSeconds:     5,
+	}
+}
+
+// Short is the CI smoke run: under two minutes, numbers only indicative.
+func Short() Options {
+	o := Full()
+	o.Mode = "short"
+	o.Failovers = 20
+	o.ElectionDefault = ElectionRun{Groups: 3, Rounds: 1}
+	o.ElectionAggressive = ElectionRun{Groups: 5, Rounds: 2}
+	o.NoStandby = 5
+	o.Groups = []int{1, 100}
+	o.ProfileGroups = 100
+	return o
+}
+
+func (o Options) controllerOptions(e *Env, ns string, port int, logPath string) controllerOptions {
+	return controllerOptions{
+		Exe: e.Exe, Kubeconfig: e.Kubeconfig, Namespace: ns, RolePort: port,
+		Workers: o.Workers, QPS: o.QPS, Burst: o.Burst, LogPath: logPath,
+	}
+}
+
+// Results is everything one run measured.
+type Results struct {
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+	Mode     string    `json:"mode"`
+	Commit   string    `json:"commit,omitempty"`
+	Machine  Machine   `json:"machine"`
+	Cluster  string    `json:"cluster"`
+	Settings Settings  `json:"settings"`
+
+	OneGroup  []TriggerResult `json:"oneGroup"`
+	Baselines []Baseline      `json:"baselines"`
+	Scale     []ScaleResult   `json:"scale"`
+	// Errors are scenarios that failed; the others still count.
+	Errors []string `json:"errors,omitempty"`
+}
+
+// Settings are the controller's and the scenarios' settings.
+type Settings struct {
+	Workers     int     `json:"workers"`
+	QPS         float64 `json:"kubeApiQps"`
+	Burst       int     `json:"kubeApiBurst"`
+	NotifyCIDRs string  `json:"notifyCidrs"`
+	Mass        string  `json:"massTrigger"`
+	InitDelay   string  `json:"initDelay"`
+}
+
+// Machine is where the run happened.
+type Machine struct {
+	CPUs        int    `json:"cpus"`
+	CPUModel    string `json:"cpuModel"`
+	MemoryGiB   int    `json:"memoryGiB"`
+	Kernel      string `json:"kernel"`
+	Go          string `json:"go"`
+	LoadBefore  string `json:"loadBefore"`
+	LoadAfter   string `json:"loadAfter"`
+	Concurrency string `json:"note,omitempty"`
+}
+
+// Baseline is one alternative to hapod.
+type Baseline struct {
+	System  string `json:"system"`
+	Measure string `json:"measure"`
+	Series  Series `json:"series"`
+	// Acquired, for leader election: crash to the Lease held.
+	Acquired *Series `json:"acquired,omitempty"`
+	// Ratio is this median over hapod's (pod deleted, label committed).
+	Ratio float64 `json:"ratioToHapod"`
+}
+
+// Run runs every scenario of o on e. A scenario that fails is reported in
+// Results.Errors and the others still run; the error is non-nil if any
+// failed.
+func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
+	if err := e.init(); err != nil {
+		return nil, err
+	}
+	if e.WorkDir == "" {
+		e.WorkDir = os.TempDir()
+	}
+	r := &Results{
+		Started: time.Now().UTC(), Mode: o.Mode, Machine: machine(),
+		Settings: Settings{
+			Workers: o.Workers, QPS: o.QPS, Burst: o.Burst, NotifyCIDRs: "127.0.0.0/8",
+			Mass: o.Mass, InitDelay: o.InitDelay.String(),
+		},
+	}
+	fail := func(what string, err error) {
+		e.Log.Error("scenario failed", "scenario", what, "err", err)
+		r.Errors = append(r.Errors, what+": "+err.Error())
+	}
+
+	if o.runs("one") {
+		e.Log.Info("hapod, one group", "failovers per trigger", o.Failovers)
+		if one, err := e.oneGroup(ctx, o); err != nil {
+			fail("one group", err)
+		} else {
+			r.OneGroup = one
+		}
+	}
+
+	for _, b := range []struct {
+		t   Timings
+		run ElectionRun
+	}{{DefaultTimings, o.ElectionDefault}, {AggressiveTimings, o.ElectionAggressive}} {
+		if b.run.Groups == 0 || b.run.Rounds == 0 || !o.runs("election") {
+			continue
+		}
+		e.Log.Info("baseline: leader election", "timings", b.t.String(), "groups", b.run.Groups, "rounds", b.run.Rounds)
+		acq, lab, err := e.leaderElection(ctx, b.t, b.run)
+		if err != nil {
+			fail("leader election "+b.t.String(), err)
+		}
+		if len(lab) > 0 {
+			a := newSeries("lease held", durationsMs(acq))
+			r.Baselines = append(r.Baselines, Baseline{
+				System:   "client-go leaderelection " + b.t.String(),
+				Measure:  "leader crashed → new leader's pod labelled active",
+				Series:   newSeries("labelled", durationsMs(lab)),
+				Acquired: &a,
+			})
+		}
+	}
+	if o.NoStandby > 0 && o.runs("nostandby") {
+		e.Log.Info("baseline: no standby", "replacements", o.NoStandby)
+		ds, err := e.noStandby(ctx, o.NoStandby)
+		if err != nil {
+			fail("no standby", err)
+		}
+		if len(ds) > 0 {
+			with := make([]time.Duration, len(ds))
+			for i, d := range ds {
+				with[i] = d + o.InitDelay
+			}
+			kwokOnly := newSeries("replacement Ready (kwok)", durationsMs(ds))
+			r.Baselines = append(r.Baselines, Baseline{
+				System:   "no standby (1-replica ReplicaSet)",
+				Measure:  fmt.Sprintf("pod deleted → replacement Ready, + %v app init", o.InitDelay),
+				Series:   newSeries("ready + init", durationsMs(with)),
+				Acquired: &kwokOnly,
+			})
+		}
+	}
+	if ref := r.hapodMedian(StageLabelled); ref > 0 {
+		for i := range r.Baselines {
+			r.Baselines[i].Ratio = r.Baselines[i].Series.Summary.P50 / ref
+		}
+	}
+
+	for _, n := range o.Groups {
+		if !o.runs("scale") {
+			break
+		}
+		e.Log.Info("scale: mass failover", "groups", n, "trigger", o.Mass)
+		res, err := e.scale(ctx, o, n)
+		if err != nil {
+			fail(fmt.Sprintf("scale %d groups", n), err)
+		}
+		if res != nil {
+			r.Scale = append(r.Scale, *res)
+		}
+	}
+	r.Machine.LoadAfter = loadavg()
+	r.Seconds = time.Since(r.Started).Seconds()
+	if len(r.Errors) > 0 {
+		return r, fmt.Errorf("%d scenario(s) failed: %s", len(r.Errors), strings.Join(r.Errors, "; "))
+	}
+	return r, nil
+}
+
+// hapodMedian is the one-group median of a stage for the pod-deleted
+// trigger, the reference of the ratios.
+func (r *Results) hapodMedian(stage string) float64 {
+	for _, t := range r.OneGroup {
+		if t.Trigger != TriggerDelete {
+			continue
+		}
+		for _, s := range t.Stages {
+			if s.Name == stage {
+				return s.Summary.P50
+			}
+		}
+	}
+	return 0
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), LoadBefore: loadavg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && k == "MemTotal" {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+				m.MemoryGiB = int(kb/(1<<20) + 0.5)
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+// loadavg is the 1, 5 and 15 minute load averages.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
