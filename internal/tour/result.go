@@ -36,6 +36,8 @@ type Scene struct {
 	// Ran is false for a scene skipped because an earlier one failed or the tour was
 	// interrupted.
 	Ran bool
+	// Interrupted: the tour was stopped (Ctrl-C) during the scene.
+	Interrupted bool
 	// WantFailover is what the scene expects; Failover what happened: a new pod was
 	// made active.
 	WantFailover bool
@@ -59,7 +61,7 @@ type Scene struct {
 }
 
 // OK reports whether the scene ran and behaved as expected.
-func (s *Scene) OK() bool { return s.Ran && len(s.Problems) == 0 }
+func (s *Scene) OK() bool { return s.Ran && !s.Interrupted && len(s.Problems) == 0 }
 
 func (s *Scene) problem(format string, args ...any) {
 	s.Problems = append(s.Problems, fmt.Sprintf(format, args...))
@@ -122,6 +124,8 @@ func WriteSummary(w io.Writer, scenes []*Scene) error {
 		switch {
 		case !s.Ran:
 			fo, res = "-", "skipped"
+		case s.Interrupted:
+			res = "interrupted"
 		case len(s.Problems) > 0:
 			res = "UNEXPECTED"
 		}
@@ -144,6 +148,10 @@ func WriteScene(w io.Writer, s *Scene) {
 				formatOffset(s.Requests.LastFail.Sub(s.Timeline.Trigger)))
 		}
 		fmt.Fprintln(w)
+	}
+	if s.Interrupted {
+		fmt.Fprintln(w, "  -> interrupted")
+		return
 	}
 	if len(s.Problems) == 0 {
 		fmt.Fprintln(w, "  -> as expected")

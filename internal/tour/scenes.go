@@ -42,6 +42,10 @@ func (t *tour) play(ctx context.Context) []*Scene {
 		}
 		sc.run(ctx, sc.s)
 		t.load.count(nil)
+		if ctx.Err() != nil {
+			// What did not happen after the interruption is no finding.
+			sc.s.Interrupted, sc.s.Problems = true, nil
+		}
 		WriteScene(t.o.Out, sc.s)
 		stop = !sc.s.OK()
 		if t.o.afterScene != nil {
@@ -209,6 +213,30 @@ func (t *tour) newActiveLines(s *Scene, p podView, since time.Time) {
 	}
 }
 
+// sliceGap adds when the Service lost the old active's endpoint, if that was before it
+// listed the new one, and explains a switch that took much longer than the label.
+func (t *tour) sliceGap(s *Scene, old, a podView, t0 time.Time) {
+	listed := t.sliceListsOnly(a.IP, t0)
+	var dropped time.Time
+	t.obs.read(func() {
+		for _, sn := range t.obs.slicesSinceLocked(t0) {
+			if sn.At.After(t0) && !slices.Contains(sn.readyIPs(), old.IP) {
+				dropped = sn.At
+				return
+			}
+		}
+	})
+	if !dropped.IsZero() && (listed.IsZero() || dropped.Before(listed)) {
+		s.Timeline.Add(dropped, "EndpointSlice: %s (%s) no longer a ready endpoint; none until the switch", old.IP, old.Name)
+	}
+	labelled := a.labelledAt(t.cfg.ActiveValue, a.Epoch)
+	if !listed.IsZero() && !labelled.IsZero() && listed.Sub(labelled) > 500*time.Millisecond {
+		s.Timeline.Note("the EndpointSlice followed the label %s ms later: kube-controller-manager's EndpointSlice", formatMs(msSince(labelled, listed)))
+		s.Timeline.Note("controller retries a Service after 1 s when it finds its own cache stale (its log: \"EndpointSlice")
+		s.Timeline.Note("informer cache is out of date\"); hapod had switched the label and the app")
+	}
+}
+
 // podLines adds a pod's way up: created, Running, process, probe, Ready, told standby.
 func (t *tour) podLines(s *Scene, p podView, what string) {
 	tl := &s.Timeline
@@ -251,7 +279,7 @@ func (t *tour) election(ctx context.Context, s *Scene) {
 	for _, p := range append([]podView{a}, g.standbys...) {
 		t.podLines(s, p, "pod")
 	}
-	tl.Note("the trigger (+0.0) is %s written Ready: the first pod the controller could promote", a.Name)
+	tl.Note("the trigger (+0.0) is the Ready write of %s, the pod the controller promoted", a.Name)
 	t.promotion(ctx, s, a, time.Time{})
 	t.newActiveLines(s, a, appliedAt)
 	if len(g.standbys) > 0 {
@@ -342,6 +370,7 @@ func (t *tour) failover(ctx context.Context, s *Scene, before group, t0 time.Tim
 	}
 	t.promotion(ctx, s, a, t0)
 	t.newActiveLines(s, a, t0)
+	t.sliceGap(s, old, a, t0)
 	if o, ok := t.obs.pod(old.UID); ok {
 		s.Timeline.Add(o.Gone, "%s deleted from the API (seen on the tour's watch)", o.Name)
 		s.Timeline.Add(o.ProcExited, "the process of %s has exited", o.Name)
@@ -554,6 +583,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-tm.C:
 		return nil
 	case <-ctx.Done():
-		return errors.Join(errInterrupted, ctx.Err())
+		return fmt.Errorf("%w: %w", errInterrupted, ctx.Err())
 	}
 }

@@ -127,6 +127,8 @@ type tour struct {
 	ctrl *controllerProc
 	// loadDone is closed when the load has stopped.
 	loadDone chan struct{}
+	// touched: the cluster answered and the tour began to change it.
+	touched bool
 }
 
 func (t *tour) say(format string, args ...any) {
@@ -191,6 +193,7 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	if _, err := cs.Discovery().ServerVersion(); err != nil {
 		return fmt.Errorf("the cluster of %s does not answer: %w", t.o.Kubeconfig, err)
 	}
+	t.touched = true
 	if err := t.removeLeftovers(ctx); err != nil {
 		return err
 	}
@@ -337,8 +340,8 @@ func (t *tour) cleanup(ctx context.Context) error {
 	if t.obs != nil {
 		t.obs.shutdown()
 	}
-	if t.cs == nil {
-		return nil
+	if !t.touched {
+		return nil // nothing was created in the cluster
 	}
 	wait := !t.o.SkipCleanupWait
 	var errs []error
