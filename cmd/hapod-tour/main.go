@@ -30,6 +30,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -146,8 +147,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	logDir := filepath.Join(root, ".cache", "tour", "logs")
-	if err := os.RemoveAll(logDir); err != nil {
+	logDir, err := newLogDir(filepath.Join(root, ".cache", "tour"), time.Now())
+	if err != nil {
 		return fail(err)
 	}
 	say("logs of this run: %s (controller.log, one file per pod process)", rel(root, logDir))
@@ -178,6 +179,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "\nevery scene behaved as expected")
 	return exitOK
+}
+
+// keepRuns is how many runs' logs are kept.
+const keepRuns = 5
+
+// newLogDir creates a directory for this run's logs under dir, named after the time
+// (runs in parallel, on different clusters, each get their own), and removes all but
+// the newest keepRuns of the earlier ones.
+func newLogDir(dir string, now time.Time) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	logDir, err := os.MkdirTemp(dir, "run-"+now.Format("20060102-150405")+"-")
+	if err != nil {
+		return "", err
+	}
+	old, err := filepath.Glob(filepath.Join(dir, "run-*"))
+	if err != nil {
+		return "", err
+	}
+	// The names sort by time.
+	slices.Sort(old)
+	for len(old) > keepRuns {
+		if old[0] != logDir {
+			_ = os.RemoveAll(old[0])
+		}
+		old = old[1:]
+	}
+	return logDir, nil
 }
 
 // build compiles the controller and the demo app into dir.

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Bad command lines fail before anything is built or started.
@@ -39,5 +42,26 @@ func TestHelp(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "-kubeconfig") {
 		t.Errorf("-h: usage %q lacks the flags", stderr.String())
+	}
+}
+
+// Each run logs into a directory of its own; only the newest few are kept.
+func TestNewLogDir(t *testing.T) {
+	dir := t.TempDir()
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	var made []string
+	for i := range keepRuns + 2 {
+		d, err := newLogDir(dir, start.Add(time.Duration(i)*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, d)
+	}
+	left, err := filepath.Glob(filepath.Join(dir, "run-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := made[2:]; !slices.Equal(left, want) {
+		t.Fatalf("left %v, want the newest %d: %v", left, keepRuns, want)
 	}
 }

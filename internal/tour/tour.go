@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -127,7 +129,8 @@ type tour struct {
 	ctrl *controllerProc
 	// loadDone is closed when the load has stopped.
 	loadDone chan struct{}
-	// touched: the cluster answered and the tour began to change it.
+	// touched: the namespace and the node are this tour's (no other tour runs there),
+	// so cleanup deletes them.
 	touched bool
 }
 
@@ -193,10 +196,11 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	if _, err := cs.Discovery().ServerVersion(); err != nil {
 		return fmt.Errorf("the cluster of %s does not answer: %w", t.o.Kubeconfig, err)
 	}
-	t.touched = true
 	if err := t.removeLeftovers(ctx); err != nil {
 		return err
 	}
+	// From here on the namespace and node are this tour's, to delete at the end.
+	t.touched = true
 	t.say("node %s: a kwok node with pod CIDR %s (API data only: nothing is ever sent to these IPs)", t.o.Node, t.o.PodCIDR)
 	nodeCtx, nodeCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer nodeCancel()
@@ -204,8 +208,12 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 		return err
 	}
 	nsObj := &corev1.Namespace{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
-		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": FieldManager}},
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        ns,
+			Labels:      map[string]string{"app.kubernetes.io/managed-by": FieldManager},
+			Annotations: map[string]string{ownerAnnotation: ownerValue()},
+		},
 	}
 	if err := t.apply(ctx, nsObj); err != nil {
 		return err
@@ -253,11 +261,36 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	return nil
 }
 
+// ownerAnnotation on the tour's namespace names the process that runs the tour ("pid
+// start-time"), so that a second tour on the same cluster does not delete a running
+// one's namespace as a leftover.
+const ownerAnnotation = "hapod.io/tour-owner"
+
+func ownerValue() string {
+	start, _ := localcluster.ProcStartTime(os.Getpid())
+	return strconv.Itoa(os.Getpid()) + " " + strconv.FormatUint(start, 10)
+}
+
+// ownerAlive reports whether the owner annotation names a running process other than
+// this one.
+func ownerAlive(owner string) bool {
+	f := strings.Fields(owner)
+	if len(f) != 2 {
+		return false
+	}
+	pid, err1 := strconv.Atoi(f[0])
+	start, err2 := strconv.ParseUint(f[1], 10, 64)
+	return err1 == nil && err2 == nil && pid != os.Getpid() && localcluster.ProcessAlive(pid, start)
+}
+
 // removeLeftovers deletes the namespace and node of an earlier run that did not clean up
 // (killed with SIGKILL, say), so the tour starts from nothing.
 func (t *tour) removeLeftovers(ctx context.Context) error {
 	cs := t.cs
-	if _, err := cs.CoreV1().Namespaces().Get(ctx, t.o.Namespace, metav1.GetOptions{}); err == nil {
+	if ns, err := cs.CoreV1().Namespaces().Get(ctx, t.o.Namespace, metav1.GetOptions{}); err == nil {
+		if owner := ns.Annotations[ownerAnnotation]; ownerAlive(owner) {
+			return fmt.Errorf("namespace %s is in use by another hapod-tour on this machine (pid %s); wait for it to end", t.o.Namespace, strings.Fields(owner)[0])
+		}
 		t.say("namespace %s is left from an earlier run: deleting it", t.o.Namespace)
 		if err := t.deleteNamespace(ctx, true); err != nil {
 			return err

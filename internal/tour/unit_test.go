@@ -3,8 +3,10 @@ package tour
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/localcluster"
 )
 
 func TestAddrPool(t *testing.T) {
@@ -394,5 +397,27 @@ func TestExampleRefusals(t *testing.T) {
 	}
 	if _, err := LoadExample(t.TempDir()); err == nil {
 		t.Error("a directory without kustomization.yaml accepted")
+	}
+}
+
+func TestOwnerAlive(t *testing.T) {
+	parent := os.Getppid()
+	start, err := localcluster.ProcStartTime(parent)
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	tests := []struct {
+		owner string
+		want  bool
+	}{
+		{fmt.Sprintf("%d %d", parent, start), true},           // another live process: in use
+		{fmt.Sprintf("%d %d", parent, start+1), false},        // its pid, reused by a later process
+		{ownerValue(), false},                                 // ourselves: a leftover of this process
+		{"", false}, {"12 x", false}, {"not an owner", false}, // no or bad annotation
+	}
+	for _, tc := range tests {
+		if got := ownerAlive(tc.owner); got != tc.want {
+			t.Errorf("ownerAlive(%q) = %t, want %t", tc.owner, got, tc.want)
+		}
 	}
 }
