@@ -471,7 +471,7 @@ func (o *observer) routeTable() ([]endpoint, int, map[string]netip.Addr) {
 }
 
 // describeLocked summarises the state for error messages.
-func (o *observer) describeLocked(activeValue string) string {
+func (o *observer) describeLocked() string {
 	var parts []string
 	for _, p := range o.liveLocked() {
 		r, e := p.appRole()

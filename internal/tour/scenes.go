@@ -75,7 +75,7 @@ func (t *tour) waitSettled(ctx context.Context, what string, accept func(active 
 	active, standby := t.cfg.ActiveValue, t.cfg.StandbyValue
 	var g group
 	err := t.obs.waitFor(ctx, t.o.SceneTimeout, what, func() (bool, string) {
-		state := t.obs.describeLocked(active)
+		state := t.obs.describeLocked()
 		a := t.obs.activeLocked(active)
 		if a == nil {
 			return false, "no active pod; " + state
@@ -433,8 +433,8 @@ func (t *tour) sidecarDies(ctx context.Context, s *Scene) {
 	// Watch past the moment the controller's not-Ready timer (started at t0) ran out,
 	// and a while after the restart: a failover would have happened by then.
 	until := t0.Add(t.o.NotReadyGrace + 500*time.Millisecond)
-	if min := t1.Add(time.Second); until.Before(min) {
-		until = min
+	if atLeast := t1.Add(time.Second); until.Before(atLeast) {
+		until = atLeast
 	}
 	if err := sleep(ctx, time.Until(until)); err != nil {
 		s.problem("%v", err)

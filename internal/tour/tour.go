@@ -177,6 +177,9 @@ func Run(ctx context.Context, opts Options) (res *Result, err error) {
 		}
 	}()
 	if err := t.setUp(runCtx, cancel); err != nil {
+		if ctx.Err() != nil {
+			return res, fmt.Errorf("%w while setting up: %w", errInterrupted, err)
+		}
 		return res, err
 	}
 	res.Scenes = t.play(runCtx)
