@@ -137,6 +137,9 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 	}
 
 	if err := k.probe(p); err != nil {
+		if errors.Is(err, errStopped) {
+			return nil
+		}
 		return err
 	}
 	k.obs.mark(uid, func(v *podView) { v.ProbeOK = time.Now() })
@@ -225,6 +228,10 @@ func (k *kubelet) readLog(p *proc, r io.ReadCloser, logFile *os.File) {
 	}
 }
 
+// errStopped: the process was stopped on purpose (its pod went, or the tour ends)
+// before it was ready.
+var errStopped = errors.New("stopped")
+
 // probe polls the process's /readyz until it answers 200.
 func (k *kubelet) probe(p *proc) error {
 	url := "http://" + netip.AddrPortFrom(p.addr, uint16(k.httpPort)).String() + "/readyz"
@@ -252,12 +259,12 @@ func (k *kubelet) probe(p *proc) error {
 		select {
 		case <-p.done:
 			if p.stopping.Load() {
-				return nil // stopped on purpose before it was ready
+				return errStopped
 			}
 			return fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, tail(p.logPath, 10))
 		case <-ctx.Done():
 			if k.ctx.Err() != nil {
-				return nil
+				return errStopped
 			}
 			return fmt.Errorf("%s not 200 within %s (last: %s)", url, k.probeTimeout, last)
 		case <-tick.C:
