@@ -202,23 +202,25 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	if err := t.removeLeftovers(ctx); err != nil {
 		return err
 	}
+	// The namespace is created, not applied: if another tour created it since the
+	// check above, this one fails without touching it.
+	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name:        ns,
+		Labels:      map[string]string{"app.kubernetes.io/managed-by": FieldManager},
+		Annotations: map[string]string{ownerAnnotation: ownerValue()},
+	}}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, nsObj, metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("namespace %s was created meanwhile, by another hapod-tour?", ns)
+		}
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
 	// From here on the namespace and node are this tour's, to delete at the end.
 	t.touched = true
 	t.say("node %s: a kwok node with pod CIDR %s (API data only: nothing is ever sent to these IPs)", t.o.Node, t.o.PodCIDR)
 	nodeCtx, nodeCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer nodeCancel()
 	if _, err := localcluster.CreateNode(nodeCtx, cs, t.o.Node, t.o.PodCIDR); err != nil {
-		return err
-	}
-	nsObj := &corev1.Namespace{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
-		ObjectMeta: metav1.ObjectMeta{
-			Name:        ns,
-			Labels:      map[string]string{"app.kubernetes.io/managed-by": FieldManager},
-			Annotations: map[string]string{ownerAnnotation: ownerValue()},
-		},
-	}
-	if err := t.apply(ctx, nsObj); err != nil {
 		return err
 	}
 	// Pods are refused until the namespace's default ServiceAccount exists, and the
@@ -406,8 +408,6 @@ func (t *tour) apply(ctx context.Context, obj runtime.Object) error {
 	}
 	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptrTo(true)}
 	switch o := obj.(type) {
-	case *corev1.Namespace:
-		_, err = t.cs.CoreV1().Namespaces().Patch(ctx, o.Name, types.ApplyPatchType, data, opts)
 	case *corev1.Service:
 		_, err = t.cs.CoreV1().Services(o.Namespace).Patch(ctx, o.Name, types.ApplyPatchType, data, opts)
 	case *appsv1.ReplicaSet:
