@@ -148,6 +148,11 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 	}
 	for i := range 2 * o.Failovers {
 		trigger := triggers[i%2]
+		// Let the last failover's aftermath (the replacement's events,
+		// Lease and Event writes) settle, so that each failover starts
+		// from a quiet controller, as a real one would: the controller's
+		// clock starts at the first event since its last reconcile.
+		time.Sleep(settle + rand.N(settle/2))
 		old, _ := pw.get(active)
 		next, _ := pw.get(standby)
 		var t0 time.Time
@@ -204,6 +209,9 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 	}
 	return out, nil
 }
+
+// settle is the pause between failovers.
+const settle = 100 * time.Millisecond
 
 // stageTimes are the moments one failover reached each stage.
 type stageTimes struct {
