@@ -37,11 +37,12 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
+	"github.com/hapod/hapod/internal/bintest"
 	"github.com/hapod/hapod/internal/clustertest"
 	"github.com/hapod/hapod/internal/config"
 )
 
-func TestMain(m *testing.M) { clustertest.Main(m) }
+func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 
 // kustomizations are the directories under deploy/ that kubectl apply -k takes.
 var kustomizations = []string{"controller", "example", "default"}

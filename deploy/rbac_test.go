@@ -1,16 +1,13 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/hapod/hapod/internal/bintest"
 	"github.com/hapod/hapod/internal/clustertest"
 )
 
@@ -194,32 +192,12 @@ func impersonatingKubeconfig(t *testing.T, user string) string {
 	return path
 }
 
-var (
-	buildOnce  sync.Once
-	controller string
-	buildErr   error
-)
-
 // runController builds cmd/hapod-controller once and runs it until the test
 // ends. The returned buffer collects its output.
-func runController(t *testing.T, args []string) *syncBuffer {
+func runController(t *testing.T, args []string) *bintest.Buffer {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hapod-deploy-test")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		controller = filepath.Join(dir, "hapod-controller")
-		out, err := exec.Command("go", "build", "-o", controller, "github.com/hapod/hapod/cmd/hapod-controller").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build hapod-controller: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	out := &syncBuffer{}
+	controller := bintest.Build(t, "github.com/hapod/hapod/cmd/hapod-controller")
+	out := &bintest.Buffer{}
 	cmd := exec.Command(controller, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
@@ -235,23 +213,6 @@ func runController(t *testing.T, args []string) *syncBuffer {
 		}
 	})
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func freeAddr(t *testing.T) string {

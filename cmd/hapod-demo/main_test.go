@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hapod/hapod/internal/bintest"
 	"github.com/hapod/hapod/internal/wire"
 )
 
@@ -33,24 +34,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// syncBuffer is a log sink safe for the app's goroutines and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testOptions listen on loopback ports chosen by the kernel.
 func testOptions() options {
 	return options{httpAddr: "127.0.0.1:0", roleAddr: "127.0.0.1:0", podName: "demo-0", podUID: "uid-0"}
@@ -58,9 +41,9 @@ func testOptions() options {
 
 // startApp runs an app until the test ends and checks that it then stops
 // cleanly. stop shuts it down earlier and returns serve's result.
-func startApp(t *testing.T, o options) (a *app, logs *syncBuffer, stop func() error) {
+func startApp(t *testing.T, o options) (a *app, logs *bintest.Buffer, stop func() error) {
 	t.Helper()
-	logs = &syncBuffer{}
+	logs = &bintest.Buffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	a, err := newApp(ctx, o, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
@@ -287,7 +270,7 @@ func TestReadyAfterInitDelay(t *testing.T) {
 // returns only after it.
 func TestShutdownIsGraceful(t *testing.T) {
 	o := testOptions()
-	logs := &syncBuffer{}
+	logs := &bintest.Buffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	a, err := newApp(ctx, o, slog.New(slog.NewTextHandler(logs, nil)))
@@ -434,11 +417,11 @@ func TestHelp(t *testing.T) {
 }
 
 // startProcess runs the test binary as hapod-demo.
-func startProcess(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
+func startProcess(t *testing.T, args ...string) (*exec.Cmd, *bintest.Buffer) {
 	t.Helper()
 	cmd := exec.CommandContext(t.Context(), os.Args[0], args...)
 	cmd.Env = append(os.Environ(), envBeMain+"=1")
-	stderr := &syncBuffer{}
+	stderr := &bintest.Buffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

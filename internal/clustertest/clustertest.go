@@ -42,9 +42,14 @@ var (
 // cluster named by $HAPOD_KUBECONFIG if set, else one it builds (if needed) and starts
 // for this test binary and stops after the tests, also if TestMain panics. If the test
 // binary dies, the cluster's processes die with it (Pdeathsig) and the next start removes
-// its run directory.
-func Main(m *testing.M) {
-	os.Exit(run(m))
+// its run directory. The after functions run once the tests are done (cleanups of
+// other test helpers, such as bintest.Cleanup).
+func Main(m *testing.M, after ...func()) {
+	code := run(m)
+	for _, f := range after {
+		f()
+	}
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {

@@ -27,6 +27,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/hapod/hapod/internal/child"
 )
 
 // PodIPAnnotation on a pod chooses its IP: kwok's pod-ready stage uses the annotation's
@@ -360,8 +362,7 @@ func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (
 	cmd.Dir = c.runDir
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = childAttr()
-	if err := spawn(cmd); err != nil {
+	if err := child.Start(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}

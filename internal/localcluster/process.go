@@ -7,10 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -66,40 +64,6 @@ func (p *process) stop(grace time.Duration) (killed bool, err error) {
 	case <-time.After(10 * time.Second):
 		return true, fmt.Errorf("%s (pid %d) has not exited 10s after SIGKILL", p.name, pid)
 	}
-}
-
-// spawn starts cmd from a goroutine locked to an OS thread that never exits. Pdeathsig is
-// delivered when the thread that forked the child exits, not the process; a goroutine of
-// the caller's could later lock that thread and make it exit, killing the cluster.
-func spawn(cmd *exec.Cmd) error {
-	spawnerOnce.Do(func() {
-		spawnReqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this goroutine lives as long as the process
-			for r := range spawnReqs {
-				r.result <- r.cmd.Start()
-			}
-		}()
-	})
-	r := spawnReq{cmd: cmd, result: make(chan error, 1)}
-	spawnReqs <- r
-	return <-r.result
-}
-
-type spawnReq struct {
-	cmd    *exec.Cmd
-	result chan error
-}
-
-var (
-	spawnerOnce sync.Once
-	spawnReqs   chan spawnReq
-)
-
-// childAttr puts the child in its own process group (so signals reach it and anything it
-// starts, and a terminal's Ctrl-C does not) and kills it when its parent dies.
-func childAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 }
 
 // State is the content of the state file in a run directory: enough for another

@@ -14,6 +14,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/hapod/hapod/internal/child"
 )
 
 // startSleep starts a process that would run for a minute, reaped in the background,
@@ -21,8 +23,7 @@ import (
 func startSleep(t *testing.T) (int, string, <-chan struct{}) {
 	t.Helper()
 	cmd := exec.Command("sleep", "60")
-	cmd.SysProcAttr = childAttr()
-	if err := cmd.Start(); err != nil {
+	if err := child.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/hapod/hapod/internal/child"
 )
 
 // controllerProc is hapod-controller running as its own process, as it would in a pod.
@@ -61,7 +63,7 @@ func tryStartController(ctx context.Context, bin, kubeconfig, ns string, notRead
 	defer func() { _ = logFile.Close() }() // the child has its own descriptor
 	cmd := exec.Command(bin, controllerArgs(kubeconfig, ns, notReadyGrace, ports[0], ports[1])...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := spawn(cmd); err != nil {
+	if err := child.Start(cmd); err != nil {
 		return nil, fmt.Errorf("start hapod-controller: %w", err)
 	}
 	c := &controllerProc{cmd: cmd, logPath: logPath, done: make(chan struct{})}
@@ -111,7 +113,7 @@ func (c *controllerProc) stop() {
 		<-c.done
 		return
 	}
-	terminate(c.cmd.Process.Pid, c.done, 10*time.Second)
+	child.Terminate(c.cmd.Process.Pid, c.done, 10*time.Second)
 }
 
 // freePorts returns n distinct free TCP ports on 127.0.0.1, held open together and then

@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/hapod/hapod/internal/child"
 	"github.com/hapod/hapod/internal/controller"
 )
 
@@ -182,7 +183,7 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 		_ = logFile.Close()
 		return nil, nil
 	}
-	err = spawn(cmd)
+	err = child.Start(cmd)
 	_ = pw.Close() // the child has its own copy
 	if err != nil {
 		k.mu.Unlock()
@@ -286,7 +287,7 @@ func (k *kubelet) stop(p *proc, grace time.Duration) {
 		<-p.done
 		return
 	}
-	terminate(p.cmd.Process.Pid, p.done, grace)
+	child.Terminate(p.cmd.Process.Pid, p.done, grace)
 }
 
 // kill kills a pod's process at once, as when a container crashes or is OOM-killed, and

@@ -1,18 +1,15 @@
 package tour
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,57 +17,19 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/hapod/hapod/internal/bintest"
 	"github.com/hapod/hapod/internal/clustertest"
 	"github.com/hapod/hapod/internal/config"
-	"github.com/hapod/hapod/internal/localcluster"
 )
 
-func TestMain(m *testing.M) { clustertest.Main(m) }
-
-// syncBuffer collects the tour's output from its goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// buildBinaries builds hapod-controller and hapod-demo (without -race: they are the
-// programs under test, not this package) into a temporary directory.
-func buildBinaries(t *testing.T) (controllerBin, demoBin string) {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := localcluster.RepoRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", dir+string(filepath.Separator), "./cmd/hapod-controller", "./cmd/hapod-demo")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return filepath.Join(dir, "hapod-controller"), filepath.Join(dir, "hapod-demo")
-}
+func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 
 // testOptions are the tour's options with names of this test's own, so that it can share
 // a cluster with a running demo or other tests.
-func testOptions(t *testing.T, out *syncBuffer) Options {
+func testOptions(t *testing.T, out *bintest.Buffer) Options {
 	t.Helper()
-	ctrl, demo := buildBinaries(t)
+	ctrl := bintest.Build(t, "github.com/hapod/hapod/cmd/hapod-controller")
+	demo := bintest.Build(t, "github.com/hapod/hapod/cmd/hapod-demo")
 	suffix := fmt.Sprintf("%05d", rand.IntN(100000))
 	return Options{
 		Kubeconfig:    clustertest.Kubeconfig(t),
@@ -91,7 +50,7 @@ func testOptions(t *testing.T, out *syncBuffer) Options {
 // TestTour plays the whole tour and checks each scene's outcome (not its timings), and
 // that nothing is left afterwards.
 func TestTour(t *testing.T) {
-	out := &syncBuffer{}
+	out := &bintest.Buffer{}
 	opts := testOptions(t, out)
 	res, err := Run(t.Context(), opts)
 	t.Logf("tour output:\n%s", out.String())
@@ -152,7 +111,7 @@ func TestTour(t *testing.T) {
 
 // An interrupted tour stops where it is and cleans up all the same.
 func TestTourInterrupted(t *testing.T) {
-	out := &syncBuffer{}
+	out := &bintest.Buffer{}
 	opts := testOptions(t, out)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
