@@ -50,6 +50,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.Metrics = NewMetrics(nil)
 	}
 	r.requeue = make(chan event.TypedGenericEvent[reconcile.Request], 1024)
+	r.switches = make(chan struct{}, maxSwitches)
 	r.opts = election.Options{
 		Criticality:   election.Criticality{EnvName: r.Config.CriticalEnv, EnvValue: r.Config.CriticalValue},
 		NotReadyGrace: r.Config.NotReadyGrace,
