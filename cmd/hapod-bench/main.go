@@ -52,6 +52,7 @@ type flags struct {
 	qps        float64
 	burst      int
 	only       string
+	keepLogs   bool
 }
 
 func parseFlags(args []string) (*flags, bench.Options, error) {
@@ -65,9 +66,10 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	fs.IntVar(&f.failovers, "failovers", 0, "failovers per trigger in the one-group scenario (default 100, 20 with -short)")
 	fs.StringVar(&f.groups, "groups", "", "comma-separated group counts of the mass failovers (default 1,100,1000; 1,100 with -short)")
 	fs.StringVar(&f.mass, "mass", "", "mass failover trigger: node (the actives' node turns NotReady) or delete (every active deleted); default node")
-	fs.IntVar(&f.workers, "workers", 0, "controller -workers (default 64)")
+	fs.IntVar(&f.workers, "workers", 0, "controller -workers (default 1000)")
 	fs.Float64Var(&f.qps, "kube-api-qps", 0, "controller -kube-api-qps (default 2000)")
 	fs.IntVar(&f.burst, "kube-api-burst", 0, "controller -kube-api-burst (default 4000)")
+	fs.BoolVar(&f.keepLogs, "keep-cluster-logs", false, "leave the local cluster's run directory (component logs) in place after the run")
 	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, scale (default all)")
 	if err := fs.Parse(args); err != nil {
 		return nil, bench.Options{}, err
@@ -161,7 +163,7 @@ func run() error {
 		cluster = "the cluster of " + f.kubeconfig + " (not started by the bench)."
 	} else {
 		began := time.Now()
-		c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}})
+		c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs})
 		if err != nil {
 			return err
 		}
@@ -182,6 +184,8 @@ func run() error {
 				env.APIServerPID = p.PID
 			case "etcd":
 				env.EtcdPID = p.PID
+			case "kube-controller-manager":
+				env.KCMPID = p.PID
 			}
 		}
 	}

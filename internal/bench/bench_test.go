@@ -46,10 +46,16 @@ func TestShortRun(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if len(r.OneGroup) != 2 {
-		t.Fatalf("one group: %d triggers, want 2", len(r.OneGroup))
+	if len(r.OneGroup) != 3 {
+		t.Fatalf("one group: %d rows, want two triggers and the reference", len(r.OneGroup))
 	}
 	for _, tr := range r.OneGroup {
+		if tr.Trigger == TriggerNone {
+			for _, s := range tr.Stages {
+				checkSeries(t, "reference/"+s.Name, s, 2*o.Failovers)
+			}
+			continue
+		}
 		stage := map[string]Series{}
 		for _, s := range tr.Stages {
 			stage[s.Name] = s

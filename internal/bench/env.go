@@ -42,9 +42,10 @@ type Env struct {
 	// Exe is the binary to re-execute as the controller child: one whose
 	// main (or TestMain) calls MaybeRunController first.
 	Exe string
-	// APIServerPID and EtcdPID, if not 0, have their CPU time reported
-	// next to the controller's during mass failovers.
-	APIServerPID, EtcdPID int
+	// APIServerPID, EtcdPID and KCMPID (kube-controller-manager), if not
+	// 0, have their CPU time reported next to the controller's during mass
+	// failovers.
+	APIServerPID, EtcdPID, KCMPID int
 	// WorkDir receives logs and profiles.
 	WorkDir string
 	Log     *slog.Logger

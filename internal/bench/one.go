@@ -6,10 +6,12 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/hapod/hapod/pkg/role"
@@ -20,6 +22,19 @@ const (
 	TriggerDelete   = "active pod deleted"
 	TriggerCritical = "critical container terminated"
 )
+
+// TriggerNone is the reference row: no failover, the bench's own label
+// PATCH, the API round trip every label change costs here.
+const TriggerNone = "none (the bench's own label PATCH)"
+
+// Stages of the reference row.
+const (
+	StagePatchReturned = "PATCH returned"
+	StagePatchWatched  = "PATCH seen on a watch"
+)
+
+// probeLabel is the label the bench's reference PATCH sets.
+const probeLabel = "hapod.io/bench-probe"
 
 // Stages of a failover, each timed from the start of the trigger's write
 // request.
@@ -146,8 +161,26 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 	for _, t := range triggers {
 		samples[t] = map[string][]time.Duration{}
 	}
+	var floorReturned, floorWatched []time.Duration
 	for i := range 2 * o.Failovers {
 		trigger := triggers[i%2]
+		// The floor any controller pays: a label PATCH of the bench's own
+		// (on the standby, which the controller then ignores), timed to
+		// its response and to its event on the bench's watch.
+		probe := strconv.Itoa(i)
+		patch := fmt.Appendf(nil, `{"metadata":{"labels":{%q:%q}}}`, probeLabel, probe)
+		p0 := time.Now()
+		if _, err := e.cs.CoreV1().Pods(ns).Patch(ctx, standby, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
+			return nil, fmt.Errorf("probe patch: %w", err)
+		}
+		floorReturned = append(floorReturned, time.Since(p0))
+		if err := waitUntil(ctx, 10*time.Second, "probe patch on the watch", func() bool {
+			p, ok := pw.get(standby)
+			return ok && p.Labels[probeLabel] == probe
+		}, &pw.board); err != nil {
+			return nil, err
+		}
+		floorWatched = append(floorWatched, pw.updated(standby).Sub(p0))
 		// Let the last failover's aftermath (the replacement's events,
 		// Lease and Event writes) settle, so that each failover starts
 		// from a quiet controller, as a real one would: the controller's
@@ -207,6 +240,10 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 		}
 		out = append(out, tr)
 	}
+	out = append(out, TriggerResult{Trigger: TriggerNone, Stages: []Series{
+		newSeries(StagePatchReturned, durationsMs(floorReturned)),
+		newSeries(StagePatchWatched, durationsMs(floorWatched)),
+	}})
 	return out, nil
 }
 

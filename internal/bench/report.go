@@ -137,14 +137,21 @@ func (r *Results) Markdown(w io.Writer) {
 		p("Two pods per group, all actives on one kwok node, all standbys on another; trigger: %s. ", massText(r.Settings.Mass))
 		p("Times per group from the trigger. CPU, requests and peak memory are the controller process's over the window from the trigger until its API requests stopped; ")
 		p("peak RSS is VmHWM, reset just before the trigger.\n\n")
-		p("| groups | failed over | app has the role p50 / p99 | label committed p50 / p99 / max | controller CPU | peak RSS | API requests | per failover | window | kube-apiserver CPU |\n")
-		p("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		p("| groups | failed over | app has the role p50 / p99 / max | label committed p50 / p99 / max | API requests per failover |\n")
+		p("|--:|--:|--:|--:|--:|\n")
 		for _, sc := range r.Scale {
-			p("| %d | %d | %s / %s | %s / %s / %s | %.2f s | %.0f MiB | %.0f (%s) | %.1f | %.1f s | %s |\n",
-				sc.Groups, sc.Completed, fmtMs(sc.Ack.Summary.P50), fmtMs(sc.Ack.Summary.P99),
+			p("| %d | %d | %s / %s / %s | %s / %s / %s | %.1f (%s) |\n",
+				sc.Groups, sc.Completed, fmtMs(sc.Ack.Summary.P50), fmtMs(sc.Ack.Summary.P99), fmtMs(sc.Ack.Summary.Max),
 				fmtMs(sc.Labelled.Summary.P50), fmtMs(sc.Labelled.Summary.P99), fmtMs(sc.Labelled.Summary.Max),
-				sc.CPUSeconds, sc.PeakRSSMiB, sum(sc.APIRequests), methods(sc.APIRequests), sc.APIPerGroup, sc.WindowSeconds,
-				cpuCell(sc.APIServerCPUSeconds))
+				sc.APIPerGroup, methods(sc.APIRequests))
+		}
+		p("\nWhere the CPU went over the same windows (the machine has %d cores; – where the bench did not start the cluster):\n\n", r.Machine.CPUs)
+		p("| groups | window | controller CPU | controller peak RSS | kube-apiserver | etcd | kube-controller-manager | bench (watches, listeners) |\n")
+		p("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		for _, sc := range r.Scale {
+			p("| %d | %.2f s | %.2f s | %.0f MiB | %s | %s | %s | %.2f s |\n",
+				sc.Groups, sc.WindowSeconds, sc.CPUSeconds, sc.PeakRSSMiB,
+				cpuCell(sc.APIServerCPUSeconds), cpuCell(sc.EtcdCPUSeconds), cpuCell(sc.KCMCPUSeconds), sc.BenchCPUSeconds)
 		}
 		p("\n")
 	}
@@ -202,6 +209,8 @@ func notes(r *Results) []string {
 		"The controller runs in its own process: the bench binary re-executed as a child that wires internal/controller as cmd/hapod-controller does (same flags, cache, client and notifier options) plus an OnPromotion hook that prints each promotion's timestamps, and pprof on 127.0.0.1. Its CPU time and peak RSS come from /proc/<pid>/stat and /proc/<pid>/status, its API requests from rest_client_requests_total on its /metrics.",
 		"Apps are pkg/role listeners in the bench process, one per pod, each bound to its own 127.x.y.z address; the controller runs with -notify-cidrs 127.0.0.0/8 and sends nowhere else. Pods are created bare (the bench is their ReplicaSet) with the hapod.io/pod-ip annotation, so every address is known, and bound, before the pod exists.",
 		"One group: pod IPs are in 198.18.0.0/15 (RFC 2544 benchmark range, API data only: nothing is sent there) because the API server refuses loopback addresses in EndpointSlices; the hapod.io/role-address annotation points the controller at the listener. The EndpointSlice stage is the first watch event after which the Service's ready addresses are exactly the new active's (what kube-proxy consumes). Between failovers the bench waits for a steady state: replacement standby Running, labelled and told, EndpointSlice settled.",
+		"The reference rows are a label PATCH by the bench itself, on the standby before each failover: what one API write costs here, to its response and to its event on a watch. A failover's label stage is two such writes in a row (the old active's label removed, then the new one's set, so that the Service never selects two pods), after the new active has been told.",
+		"The EndpointSlice tail comes from kube-controller-manager, not hapod: when the pod changes of a failover come within a few milliseconds of each other, its EndpointSlice controller can find its informer behind its own previous write (it logs \"EndpointSlice informer cache is out of date\") and retries after a 1 s back-off.",
 		"Times start when the trigger's write request is sent (so they include the API server's commit of it) and end at the event's arrival in the bench (watch events, listener state) or at the controller's own timestamps (seen, label committed, ack received); all on one machine's clock.",
 		"Leader election: each app replica is a goroutine with its own client and connection running client-go leaderelection on a Lease; the leader labels its own pod active. A crash is the leader's context canceled without releasing the Lease (ReleaseOnCancel false), at a random moment of its renewal cycle; several groups run in parallel to save time.",
 		fmt.Sprintf("No standby: a 1-replica ReplicaSet (through the scheduler); its pod is deleted and the replacement's Ready event timed. kwok starts pods at once, so this is a floor for a real kubelet; the demo app's %s initialisation (cmd/hapod-demo's default -init-delay) is added by arithmetic, not run.", r.Settings.InitDelay),

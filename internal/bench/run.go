@@ -61,7 +61,7 @@ func Full() Options {
 		InitDelay:          DemoInitDelay,
 		Groups:             []int{1, 100, 1000},
 		Mass:               MassNode,
-		Workers:            64,
+		Workers:            1000,
 		QPS:                2000,
 		Burst:              4000,
 		ProfileGroups:      1000,

@@ -51,7 +51,10 @@ type ScaleResult struct {
 	// same window, when the bench started the cluster itself.
 	APIServerCPUSeconds float64 `json:"apiserverCpuSeconds,omitempty"`
 	EtcdCPUSeconds      float64 `json:"etcdCpuSeconds,omitempty"`
-	Profile             string  `json:"profile,omitempty"` // CPU profile of the controller, if taken
+	KCMCPUSeconds       float64 `json:"kubeControllerManagerCpuSeconds,omitempty"`
+	// BenchCPUSeconds is the bench process's own (watches, 2n listeners).
+	BenchCPUSeconds float64 `json:"benchCpuSeconds"`
+	Profile         string  `json:"profile,omitempty"` // CPU profile of the controller, if taken
 }
 
 // scale runs n groups of two pods on one controller, with every active on
@@ -243,6 +246,8 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	res.CPUSeconds = after.cpu - before.cpu
 	res.APIServerCPUSeconds = after.apiserverCPU - before.apiserverCPU
 	res.EtcdCPUSeconds = after.etcdCPU - before.etcdCPU
+	res.KCMCPUSeconds = after.kcmCPU - before.kcmCPU
+	res.BenchCPUSeconds = after.benchCPU - before.benchCPU
 	res.PeakRSSMiB = after.peak / (1 << 20)
 	res.APIRequests = map[string]float64{}
 	var total float64
@@ -385,9 +390,9 @@ func sum(m map[string]float64) float64 {
 // snapshot is the controller's (and the control plane's) counters at one
 // moment.
 type snapshot struct {
-	cpu, apiserverCPU, etcdCPU float64 // seconds
-	rss, peak                  float64 // bytes
-	requests                   map[string]float64
+	cpu, apiserverCPU, etcdCPU, kcmCPU, benchCPU float64 // seconds
+	rss, peak                                    float64 // bytes
+	requests                                     map[string]float64
 }
 
 func (e *Env) snapshot(ctx context.Context, ctl *controllerProc) (snapshot, error) {
@@ -405,6 +410,10 @@ func (e *Env) snapshot(ctx context.Context, ctl *controllerProc) (snapshot, erro
 	if e.EtcdPID != 0 {
 		s.etcdCPU, _ = cpuSeconds(e.EtcdPID)
 	}
+	if e.KCMPID != 0 {
+		s.kcmCPU, _ = cpuSeconds(e.KCMPID)
+	}
+	s.benchCPU, _ = cpuSeconds(os.Getpid())
 	s.requests, err = ctl.apiRequests(ctx)
 	return s, err
 }

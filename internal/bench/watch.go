@@ -104,6 +104,7 @@ type podWatch struct {
 	activeAt map[types.UID]time.Time
 	// readyAt is when a pod was first seen Running and Ready.
 	readyAt map[types.UID]time.Time
+	at      map[string]time.Time // arrival of each pod's latest event
 	board   board
 	w       watch.Interface
 }
@@ -113,7 +114,7 @@ func watchPods(ctx context.Context, cs kubernetes.Interface, ns, sel string) (*p
 	if err != nil {
 		return nil, err
 	}
-	pw := &podWatch{pods: map[string]*corev1.Pod{}, activeAt: map[types.UID]time.Time{}, readyAt: map[types.UID]time.Time{}}
+	pw := &podWatch{pods: map[string]*corev1.Pod{}, activeAt: map[types.UID]time.Time{}, readyAt: map[types.UID]time.Time{}, at: map[string]time.Time{}}
 	now := time.Now()
 	for i := range list.Items {
 		pw.apply(watch.Added, &list.Items[i], now)
@@ -141,6 +142,7 @@ func watchPods(ctx context.Context, cs kubernetes.Interface, ns, sel string) (*p
 
 func (pw *podWatch) apply(t watch.EventType, p *corev1.Pod, at time.Time) {
 	pw.mu.Lock()
+	pw.at[p.Name] = at
 	switch t {
 	case watch.Deleted:
 		if cur, ok := pw.pods[p.Name]; ok && cur.UID == p.UID {
@@ -179,6 +181,13 @@ func (pw *podWatch) activeSince(uid types.UID) (time.Time, bool) {
 	defer pw.mu.Unlock()
 	t, ok := pw.activeAt[uid]
 	return t, ok
+}
+
+// updated returns when the pod's latest event arrived.
+func (pw *podWatch) updated(name string) time.Time {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	return pw.at[name]
 }
 
 // readySince returns when the pod was first seen Running and Ready.
