@@ -44,4 +44,4 @@ demo:
 	$(GO) run ./cmd/hapod-tour
 
 bench:
-	@echo "not yet"
+	$(GO) run ./cmd/hapod-bench $(BENCH_FLAGS)
