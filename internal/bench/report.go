@@ -280,13 +280,13 @@ func (r *Results) CDF(w io.Writer) {
 		d1 = d0 + 1
 	}
 	const (
-		width, left, right, top, plotH = 820.0, 60.0, 20.0, 30.0, 360.0
+		width, left, right, top, plotH = 820.0, 60.0, 30.0, 30.0, 360.0
 		legendRow                      = 18.0
 	)
 	plotW := width - left - right
 	height := top + plotH + 50 + legendRow*float64(len(lines)) + 10
 	x := func(v float64) float64 {
-		v = math.Max(v, lo)
+		v = math.Max(v, math.Pow(10, d0))
 		return left + (math.Log10(v)-d0)/(d1-d0)*plotW
 	}
 	y := func(f float64) float64 { return top + (1-f)*plotH }
@@ -314,6 +314,10 @@ func (r *Results) CDF(w io.Writer) {
 	}
 	for _, f := range []float64{0, 0.25, 0.5, 0.75, 0.9, 0.99, 1} {
 		p(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", left, y(f), left+plotW, y(f))
+		if f == 0.99 { // too close to 1 on the left: labelled on the right
+			p(`<text x="%.1f" y="%.1f" font-size="10">p99</text>`+"\n", left+plotW+2, y(f)+8)
+			continue
+		}
 		p(`<text x="%.1f" y="%.1f" text-anchor="end">%g</text>`+"\n", left-6, y(f)+4, f)
 	}
 	p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#888"/>`+"\n", left, top, plotW, plotH)
