@@ -87,11 +87,28 @@ func (e *Env) namespace(ctx context.Context, prefix string) (string, func(), err
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
 		return "", nil, err
 	}
+	// Deleting waits until the namespace is gone, so that the garbage
+	// collection of one scenario's pods does not load the API server
+	// during the next.
 	del := func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
+		// Pods on a failed node have no kubelet to finish their graceful
+		// deletion: delete them all at once, as one would after a node loss.
+		now := int64(0)
+		if err := e.cs.CoreV1().Pods(name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &now}, metav1.ListOptions{}); err != nil {
+			e.Log.Warn("delete pods", "namespace", name, "err", err)
+		}
 		if err := e.cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			e.Log.Warn("delete namespace", "namespace", name, "err", err)
+			return
+		}
+		err := poll(ctx, 2*time.Minute, func() bool {
+			_, err := e.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err)
+		})
+		if err != nil {
+			e.Log.Warn("namespace not gone", "namespace", name, "err", err)
 		}
 	}
 	err := poll(ctx, 30*time.Second, func() bool {
