@@ -31,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/hapod/hapod/internal/child"
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/notify"
@@ -239,7 +240,6 @@ func startController(ctx context.Context, o controllerOptions) (*controllerProc,
 	cmd := exec.Command(o.Exe, o.args(metricsAddr, pprofAddr)...)
 	cmd.Env = append(os.Environ(), childEnv+"=controller")
 	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -248,7 +248,7 @@ func startController(ctx context.Context, o controllerOptions) (*controllerProc,
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := child.Start(cmd); err != nil {
 		return nil, fmt.Errorf("start controller: %w", err)
 	}
 	c := &controllerProc{
@@ -304,15 +304,8 @@ func (c *controllerProc) Pid() int { return c.cmd.Process.Pid }
 func (c *controllerProc) Stop() error {
 	select {
 	case <-c.done:
-		return nil
 	default:
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
+		child.Terminate(c.Pid(), c.done, 10*time.Second)
 	}
 	_ = c.stdin.Close()
 	return nil
