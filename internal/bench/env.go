@@ -87,28 +87,27 @@ func (e *Env) namespace(ctx context.Context, prefix string) (string, func(), err
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
 		return "", nil, err
 	}
-	// Deleting waits until the namespace is gone, so that the garbage
-	// collection of one scenario's pods does not load the API server
-	// during the next.
+	// Deleting removes the namespace (which stops controllers creating
+	// pods in it), then its pods at once (a failed node has no kubelet to
+	// finish their graceful deletion), and waits until they are gone, so
+	// that one scenario's pods do not load the API server during the next;
+	// the rest of the namespace goes in the background.
 	del := func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		// Pods on a failed node have no kubelet to finish their graceful
-		// deletion: delete them all at once, as one would after a node loss.
+		if err := e.cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			e.Log.Warn("delete namespace", "namespace", name, "err", err)
+		}
 		now := int64(0)
 		if err := e.cs.CoreV1().Pods(name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &now}, metav1.ListOptions{}); err != nil {
 			e.Log.Warn("delete pods", "namespace", name, "err", err)
 		}
-		if err := e.cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			e.Log.Warn("delete namespace", "namespace", name, "err", err)
-			return
-		}
-		err := poll(ctx, 2*time.Minute, func() bool {
-			_, err := e.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
-			return apierrors.IsNotFound(err)
+		err := poll(ctx, time.Minute, func() bool {
+			l, err := e.cs.CoreV1().Pods(name).List(ctx, metav1.ListOptions{Limit: 1})
+			return err == nil && len(l.Items) == 0
 		})
 		if err != nil {
-			e.Log.Warn("namespace not gone", "namespace", name, "err", err)
+			e.Log.Warn("pods not gone", "namespace", name, "err", err)
 		}
 	}
 	err := poll(ctx, 30*time.Second, func() bool {
