@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -53,6 +54,7 @@ type flags struct {
 	burst      int
 	only       string
 	keepLogs   bool
+	from       string
 }
 
 func parseFlags(args []string) (*flags, bench.Options, error) {
@@ -70,6 +72,7 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	fs.Float64Var(&f.qps, "kube-api-qps", 0, "controller -kube-api-qps (default 2000)")
 	fs.IntVar(&f.burst, "kube-api-burst", 0, "controller -kube-api-burst (default 4000)")
 	fs.BoolVar(&f.keepLogs, "keep-cluster-logs", false, "leave the local cluster's run directory (component logs) in place after the run")
+	fs.StringVar(&f.from, "from", "", "measure nothing: render the results.json of an earlier run into -out")
 	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, scale (default all)")
 	if err := fs.Parse(args); err != nil {
 		return nil, bench.Options{}, err
@@ -133,6 +136,9 @@ func run() error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if f.from != "" {
+		return render(f.from, f.out)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -204,6 +210,24 @@ func run() error {
 	}
 	res.Markdown(os.Stdout)
 	return runErr
+}
+
+// render writes the report of an earlier run again, e.g. after the
+// report's format changed: the numbers are those of the run.
+func render(from, out string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	var r bench.Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%s: %w", from, err)
+	}
+	if out == "" {
+		r.Markdown(os.Stdout)
+		return nil
+	}
+	return r.Write(out)
 }
 
 // commit describes the source tree the bench was built from.
