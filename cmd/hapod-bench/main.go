@@ -4,7 +4,7 @@
 // bench/results. It starts the control plane itself (building it first if
 // needed) and stops everything it started.
 //
-//	go run ./cmd/hapod-bench            # full run, about 6 minutes
+//	go run ./cmd/hapod-bench            # full run, about 3 minutes
 //	go run ./cmd/hapod-bench -short     # CI smoke run, under 2 minutes
 //
 // See internal/bench for what is measured and how.
