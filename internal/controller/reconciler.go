@@ -351,7 +351,10 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 			why = "DuplicateActive"
 		}
 		log.Info("Demoted", "pod", dm.Member.Name, "reason", why, "epoch", g.epoch)
-		if m := byUID[dm.Member.UID]; m != nil {
+		// A failover's Event is the new active's Promoted, which names this
+		// pod and the reason: one Event per failover instead of two halves
+		// the Event writes of a mass failover (a quarter of its requests).
+		if m := byUID[dm.Member.UID]; m != nil && d.Promote == nil {
 			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeNormal, "Demoted", "Demote", "no longer active (%s)", why)
 		}
 	}
