@@ -3,7 +3,6 @@ package deploy_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -95,7 +94,7 @@ func TestControllerRunsWithItsRBAC(t *testing.T) {
 		args = append(args, a)
 	}
 	args = append(args, "-kubeconfig", kubeconfig, "-namespaces", appNS,
-		"-metrics-bind-address", freeAddr(t), "-health-probe-bind-address", freeAddr(t))
+		"-metrics-bind-address", bintest.FreeAddr(t), "-health-probe-bind-address", bintest.FreeAddr(t))
 	out := runController(t, args)
 
 	// The example's ReplicaSet (its pods are made Ready by kwok).
@@ -213,14 +212,4 @@ func runController(t *testing.T, args []string) *bintest.Buffer {
 		}
 	})
 	return out
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

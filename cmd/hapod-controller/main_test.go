@@ -60,16 +60,6 @@ func (p *proc) wait(t *testing.T, d time.Duration) error {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // Bad input ends the process at once with one line naming the problem,
 // never a stack trace.
 func TestBadInputIsAClearError(t *testing.T) {
@@ -89,7 +79,7 @@ current-context: c
 		t.Fatal(err)
 	}
 	kc := clustertest.Kubeconfig(t)
-	ok := []string{"-kubeconfig", kc, "-health-probe-bind-address", freeAddr(t), "-metrics-bind-address", freeAddr(t)}
+	ok := []string{"-kubeconfig", kc, "-health-probe-bind-address", bintest.FreeAddr(t), "-metrics-bind-address", bintest.FreeAddr(t)}
 	tests := []struct {
 		name string
 		args []string
@@ -135,7 +125,7 @@ func TestLeaderElectionHandover(t *testing.T) {
 			"-leader-elect", "-leader-election-namespace", ns,
 			"-leader-elect-lease-duration", "2s", "-leader-elect-renew-deadline", "1s", "-leader-elect-retry-period", "200ms",
 			"-notify-cidrs", "127.0.0.0/8", "-role-port", "1", // nothing listens: no app in this test
-			"-metrics-bind-address", freeAddr(t), "-health-probe-bind-address", freeAddr(t),
+			"-metrics-bind-address", bintest.FreeAddr(t), "-health-probe-bind-address", bintest.FreeAddr(t),
 		}
 	}
 	a, b := start(t, args()...), start(t, args()...)
@@ -190,9 +180,9 @@ func TestLeaderElectionHandover(t *testing.T) {
 // SIGTERM stops the controller cleanly: exit 0, leader lease released.
 func TestCleanShutdown(t *testing.T) {
 	ns := clustertest.Namespace(t)
-	probe := freeAddr(t)
+	probe := bintest.FreeAddr(t)
 	p := start(t, "-kubeconfig", clustertest.Kubeconfig(t), "-namespaces", ns, "-leader-elect", "-leader-election-namespace", ns,
-		"-metrics-bind-address", freeAddr(t), "-health-probe-bind-address", probe)
+		"-metrics-bind-address", bintest.FreeAddr(t), "-health-probe-bind-address", probe)
 	clustertest.Eventually(t, 20*time.Second, func() (bool, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()

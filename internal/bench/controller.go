@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +27,7 @@ import (
 	"github.com/hapod/hapod/internal/child"
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/localcluster"
 	"github.com/hapod/hapod/internal/notify"
 )
 
@@ -204,7 +204,7 @@ type controllerProc struct {
 
 // startController starts the child and waits until its cache is synced.
 func startController(ctx context.Context, o controllerOptions) (*controllerProc, error) {
-	ports, err := freePorts(2)
+	ports, err := localcluster.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -372,26 +372,6 @@ func (c *controllerProc) cpuProfile(ctx context.Context, seconds int, path strin
 		return err
 	}
 	return f.Close()
-}
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	var ps []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ps = append(ps, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ps, nil
 }
 
 // tail returns the last lines of a log file, for error messages.

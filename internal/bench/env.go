@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/podstatus"
 )
 
 // Labels and values the bench's pods carry. The controller child selects
@@ -210,7 +210,7 @@ func newPod(s podSpec) *corev1.Pod {
 // is that of the last attempt.
 func terminateContainer(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, container string, exitCode int32, reason string) (time.Time, error) {
 	for attempt := 0; ; attempt++ {
-		patch, err := terminatedPatch(pod, container, exitCode, reason)
+		patch, err := podstatus.Patch(pod, podstatus.Terminated(container, exitCode, reason))
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -227,42 +227,6 @@ func terminateContainer(ctx context.Context, cs kubernetes.Interface, pod *corev
 			return time.Time{}, err
 		}
 	}
-}
-
-func terminatedPatch(pod *corev1.Pod, container string, exitCode int32, reason string) ([]byte, error) {
-	st := pod.Status.DeepCopy()
-	now := metav1.Now()
-	found := false
-	for i := range st.ContainerStatuses {
-		c := &st.ContainerStatuses[i]
-		if c.Name != container {
-			continue
-		}
-		found = true
-		started := now
-		if c.State.Running != nil {
-			started = c.State.Running.StartedAt
-		}
-		c.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-			ExitCode: exitCode, Reason: reason, StartedAt: started, FinishedAt: now, ContainerID: c.ContainerID,
-		}}
-		c.Ready = false
-		c.Started = new(false)
-	}
-	if !found {
-		return nil, fmt.Errorf("pod %s has no status for container %q", pod.Name, container)
-	}
-	for _, typ := range []corev1.PodConditionType{corev1.PodReady, corev1.ContainersReady} {
-		for i := range st.Conditions {
-			if c := &st.Conditions[i]; c.Type == typ && c.Status != corev1.ConditionFalse {
-				c.Status, c.LastTransitionTime, c.Reason = corev1.ConditionFalse, now, "ContainersNotReady"
-			}
-		}
-	}
-	return json.Marshal(map[string]any{
-		"metadata": map[string]any{"resourceVersion": pod.ResourceVersion},
-		"status":   map[string]any{"containerStatuses": st.ContainerStatuses, "conditions": st.Conditions},
-	})
 }
 
 // podReady reports the pod's Ready condition.

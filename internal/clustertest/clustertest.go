@@ -2,7 +2,6 @@ package clustertest
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -16,13 +15,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/podstatus"
 )
 
 // EnvKubeconfig names a kubeconfig of a running cluster for Main to use instead of
@@ -280,78 +278,10 @@ func FailNode(t testing.TB, name string) {
 // conflict). kwok leaves such a status alone.
 func SetContainerTerminated(t testing.TB, namespace, pod, container string, exitCode int32, reason string) {
 	t.Helper()
-	cs := Clientset(t)
-	ctx := t.Context()
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		p, err := cs.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		st := p.Status.DeepCopy()
-		now := metav1.Now()
-		found := false
-		for i := range st.ContainerStatuses {
-			c := &st.ContainerStatuses[i]
-			if c.Name != container {
-				continue
-			}
-			found = true
-			startedAt := now
-			if c.State.Running != nil {
-				startedAt = c.State.Running.StartedAt
-			}
-			c.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-				ExitCode:    exitCode,
-				Reason:      reason,
-				StartedAt:   startedAt,
-				FinishedAt:  now,
-				ContainerID: c.ContainerID,
-			}}
-			c.Ready = false
-			started := false
-			c.Started = &started
-		}
-		if !found {
-			return fmt.Errorf("pod %s/%s has no status for container %q (is it Running yet?)", namespace, pod, container)
-		}
-		msg := fmt.Sprintf("containers with unready status: [%s]", container)
-		setCondition(st, corev1.PodReady, "ContainersNotReady", msg, now)
-		setCondition(st, corev1.ContainersReady, "ContainersNotReady", msg, now)
-		patch, err := json.Marshal(map[string]any{
-			"metadata": map[string]any{"resourceVersion": p.ResourceVersion},
-			"status": map[string]any{
-				"containerStatuses": st.ContainerStatuses,
-				"conditions":        st.Conditions,
-			},
-		})
-		if err != nil {
-			return err
-		}
-		_, err = cs.CoreV1().Pods(namespace).Patch(ctx, pod, types.MergePatchType, patch,
-			metav1.PatchOptions{FieldManager: FieldManager}, "status")
-		return err
-	})
-	if err != nil {
+	change := podstatus.Terminated(container, exitCode, reason)
+	if _, err := podstatus.Write(t.Context(), Clientset(t), namespace, pod, "", FieldManager, change); err != nil {
 		t.Fatalf("clustertest: set container %s of pod %s/%s terminated: %v", container, namespace, pod, err)
 	}
-}
-
-// setCondition sets a pod condition to False, adding it if missing.
-func setCondition(st *corev1.PodStatus, typ corev1.PodConditionType, reason, msg string, now metav1.Time) {
-	for i := range st.Conditions {
-		c := &st.Conditions[i]
-		if c.Type != typ {
-			continue
-		}
-		if c.Status != corev1.ConditionFalse {
-			c.Status, c.LastTransitionTime = corev1.ConditionFalse, now
-		}
-		c.Reason, c.Message = reason, msg
-		return
-	}
-	st.Conditions = append(st.Conditions, corev1.PodCondition{
-		Type: typ, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: now,
-	})
 }
 
 // cleanupContext is for t.Cleanup functions, which run after t.Context() is canceled.

@@ -193,7 +193,7 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		return c, err
 	}
 
-	p, err := freePorts(5)
+	p, err := FreePorts(5)
 	if err != nil {
 		return c, err
 	}
@@ -468,9 +468,9 @@ func writeKubeconfig(path string, rc *rest.Config) error {
 	return clientcmd.WriteToFile(*cfg, path)
 }
 
-// freePorts returns n distinct free TCP ports on 127.0.0.1: all are held open together,
-// then released for the components to bind.
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct free TCP ports on 127.0.0.1: all are held open together,
+// then released for the components (or any other child processes) to bind.
+func FreePorts(n int) ([]int, error) {
 	ls := make([]net.Listener, 0, n)
 	defer func() {
 		for _, l := range ls {

@@ -140,7 +140,7 @@ func TestStartReportsComponentFailure(t *testing.T) {
 }
 
 func TestFreePortsDistinct(t *testing.T) {
-	ps, err := freePorts(5)
+	ps, err := FreePorts(5)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package tour
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hapod/hapod/internal/child"
+	"github.com/hapod/hapod/internal/localcluster"
 )
 
 // controllerProc is hapod-controller running as its own process, as it would in a pod.
@@ -52,7 +52,7 @@ func startController(ctx context.Context, bin, kubeconfig, ns string, notReadyGr
 }
 
 func tryStartController(ctx context.Context, bin, kubeconfig, ns string, notReadyGrace time.Duration, logPath string) (*controllerProc, error) {
-	ports, err := freePorts(2)
+	ports, err := localcluster.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -114,25 +114,4 @@ func (c *controllerProc) stop() {
 		return
 	}
 	child.Terminate(c.cmd.Process.Pid, c.done, 10*time.Second)
-}
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1, held open together and then
-// released for the controller to bind.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	var ps []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ps = append(ps, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ps, nil
 }

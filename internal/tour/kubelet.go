@@ -27,6 +27,7 @@ import (
 
 	"github.com/hapod/hapod/internal/child"
 	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/podstatus"
 )
 
 // kubelet plays the kubelet of the tour's node: one real hapod-demo process per pod,
@@ -144,7 +145,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 		return err
 	}
 	k.obs.mark(uid, func(v *podView) { v.ProbeOK = time.Now() })
-	sent, err := patchStatus(k.ctx, k.cs, k.ns, name, uid, markReady)
+	sent, err := podstatus.Write(k.ctx, k.cs, k.ns, name, uid, FieldManager, podstatus.Ready)
 	if err != nil {
 		if apierrors.IsNotFound(err) || k.ctx.Err() != nil {
 			return nil

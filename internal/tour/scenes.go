@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/hapod/hapod/internal/podstatus"
 )
 
 // play runs the scenes in order and prints each as it ends. A scene that does not
@@ -326,7 +328,7 @@ func (t *tour) activeCrashes(ctx context.Context, s *Scene) {
 		s.problem("%v", err)
 		return
 	}
-	t0, err := patchStatus(ctx, t.cs, t.o.Namespace, old.Name, old.UID, markTerminated(t.plan.critical, 137, "Error"))
+	t0, err := podstatus.Write(ctx, t.cs, t.o.Namespace, old.Name, old.UID, FieldManager, podstatus.Terminated(t.plan.critical, 137, "Error"))
 	if err != nil {
 		s.problem("write container %s of %s terminated: %v", t.plan.critical, old.Name, err)
 		return
@@ -405,7 +407,7 @@ func (t *tour) sidecarDies(ctx context.Context, s *Scene) {
 	a := g.active
 	s.ActiveBefore, s.EpochBefore = a.Name, a.Epoch
 	tl := &s.Timeline
-	t0, err := patchStatus(ctx, t.cs, t.o.Namespace, a.Name, a.UID, markTerminated(t.plan.sidecar, 1, "Error"))
+	t0, err := podstatus.Write(ctx, t.cs, t.o.Namespace, a.Name, a.UID, FieldManager, podstatus.Terminated(t.plan.sidecar, 1, "Error"))
 	if err != nil {
 		s.problem("write container %s of %s terminated: %v", t.plan.sidecar, a.Name, err)
 		return
@@ -418,7 +420,7 @@ func (t *tour) sidecarDies(ctx context.Context, s *Scene) {
 		s.problem("%v", err)
 		return
 	}
-	t1, err := patchStatus(ctx, t.cs, t.o.Namespace, a.Name, a.UID, markRestarted(t.plan.sidecar))
+	t1, err := podstatus.Write(ctx, t.cs, t.o.Namespace, a.Name, a.UID, FieldManager, podstatus.Restarted(t.plan.sidecar))
 	if err != nil {
 		s.problem("write container %s of %s restarted: %v", t.plan.sidecar, a.Name, err)
 		return
@@ -483,7 +485,7 @@ func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
 		s.problem("%v", err)
 		return
 	}
-	t0, err := patchStatus(ctx, t.cs, t.o.Namespace, sb.Name, sb.UID, markTerminated(t.plan.critical, 137, "OOMKilled"))
+	t0, err := podstatus.Write(ctx, t.cs, t.o.Namespace, sb.Name, sb.UID, FieldManager, podstatus.Terminated(t.plan.critical, 137, "OOMKilled"))
 	if err != nil {
 		s.problem("write container %s of %s terminated: %v", t.plan.critical, sb.Name, err)
 		return

@@ -12,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/localcluster"
 )
@@ -248,87 +245,6 @@ func TestParsePromotedLog(t *testing.T) {
 	}
 	if _, ok := parsePromotedLog(`I1124 20:32:31.543575   31451 reconciler.go:328] "Demoted" pod="x" epoch=2`, now); ok {
 		t.Error("parsed a Demoted line")
-	}
-}
-
-// podStatus is what kwok's pod-ready stage leaves for a pod with external readiness.
-func podStatus() *corev1.PodStatus {
-	then := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	running := corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: then}}
-	return &corev1.PodStatus{
-		Phase: corev1.PodRunning,
-		Conditions: []corev1.PodCondition{
-			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: then},
-			{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: then},
-			{Type: corev1.ContainersReady, Status: corev1.ConditionFalse, LastTransitionTime: then},
-		},
-		ContainerStatuses: []corev1.ContainerStatus{{Name: "app", State: running}, {Name: "sidecar", State: running}},
-	}
-}
-
-func condition(st *corev1.PodStatus, typ corev1.PodConditionType) corev1.PodCondition {
-	for _, c := range st.Conditions {
-		if c.Type == typ {
-			return c
-		}
-	}
-	return corev1.PodCondition{}
-}
-
-func TestStatusChanges(t *testing.T) {
-	st := podStatus()
-	now := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 5, 0, time.UTC))
-	if err := markReady(st, now); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range st.ContainerStatuses {
-		if !c.Ready || c.Started == nil || !*c.Started {
-			t.Errorf("after markReady, container %s: ready %t started %v", c.Name, c.Ready, c.Started)
-		}
-	}
-	for _, typ := range []corev1.PodConditionType{corev1.PodReady, corev1.ContainersReady} {
-		if c := condition(st, typ); c.Status != corev1.ConditionTrue || !c.LastTransitionTime.Equal(&now) {
-			t.Errorf("after markReady, %s: %+v", typ, c)
-		}
-	}
-	if c := condition(st, corev1.PodInitialized); c.LastTransitionTime.Equal(&now) {
-		t.Error("markReady moved an unchanged condition's transition time")
-	}
-
-	later := metav1.NewTime(now.Add(time.Second))
-	if err := markTerminated("sidecar", 1, "Error")(st, later); err != nil {
-		t.Fatal(err)
-	}
-	sc := containerStatus(st, "sidecar")
-	if sc.State.Terminated == nil || sc.State.Terminated.ExitCode != 1 || sc.State.Running != nil || sc.Ready || sc.RestartCount != 0 {
-		t.Fatalf("after markTerminated: %+v", sc)
-	}
-	if !sc.State.Terminated.StartedAt.Equal(&metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}) {
-		t.Errorf("terminated startedAt %v, want the running container's", sc.State.Terminated.StartedAt)
-	}
-	if c := condition(st, corev1.PodReady); c.Status != corev1.ConditionFalse || c.Reason != "ContainersNotReady" {
-		t.Errorf("after markTerminated, Ready: %+v", c)
-	}
-	if !containerStatus(st, "app").Ready {
-		t.Error("markTerminated touched another container")
-	}
-
-	again := metav1.NewTime(later.Add(time.Second))
-	if err := markRestarted("sidecar")(st, again); err != nil {
-		t.Fatal(err)
-	}
-	sc = containerStatus(st, "sidecar")
-	if sc.State.Running == nil || sc.RestartCount != 1 || !sc.Ready || sc.LastTerminationState.Terminated == nil || sc.LastTerminationState.Terminated.ExitCode != 1 {
-		t.Fatalf("after markRestarted: %+v", sc)
-	}
-	if c := condition(st, corev1.PodReady); c.Status != corev1.ConditionTrue {
-		t.Errorf("after markRestarted, Ready: %+v", c)
-	}
-	if err := markRestarted("sidecar")(st, again); err == nil {
-		t.Error("restarted a running container")
-	}
-	if err := markTerminated("nope", 1, "Error")(st, again); err == nil {
-		t.Error("terminated a container that does not exist")
 	}
 }
 
