@@ -292,17 +292,28 @@ func (t *tour) election(ctx context.Context, s *Scene) {
 	}
 }
 
-// deleteActive: the active pod is deleted (kubectl delete pod, a node drain...).
-func (t *tour) deleteActive(ctx context.Context, s *Scene) {
+// settledBefore waits for the example to settle before a scene and records
+// the active the scene starts from; false means the scene cannot run (the
+// problem is recorded).
+func (t *tour) settledBefore(ctx context.Context, s *Scene) (group, bool) {
 	g, err := t.waitSettled(ctx, "the example settled before the scene", nil)
 	if err != nil {
 		s.problem("%v", err)
+		return g, false
+	}
+	s.ActiveBefore, s.EpochBefore = g.active.Name, g.active.Epoch
+	return g, true
+}
+
+// deleteActive: the active pod is deleted (kubectl delete pod, a node drain...).
+func (t *tour) deleteActive(ctx context.Context, s *Scene) {
+	g, ok := t.settledBefore(ctx, s)
+	if !ok {
 		return
 	}
 	old := g.active
-	s.ActiveBefore, s.EpochBefore = old.Name, old.Epoch
 	t0 := time.Now()
-	err = t.cs.CoreV1().Pods(t.o.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &old.UID}})
+	err := t.cs.CoreV1().Pods(t.o.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &old.UID}})
 	answered := time.Now()
 	if err != nil {
 		s.problem("delete %s: %v", old.Name, err)
@@ -316,13 +327,11 @@ func (t *tour) deleteActive(ctx context.Context, s *Scene) {
 
 // activeCrashes: the active's critical container dies (a crash, an OOM kill).
 func (t *tour) activeCrashes(ctx context.Context, s *Scene) {
-	g, err := t.waitSettled(ctx, "the example settled before the scene", nil)
-	if err != nil {
-		s.problem("%v", err)
+	g, ok := t.settledBefore(ctx, s)
+	if !ok {
 		return
 	}
 	old := g.active
-	s.ActiveBefore, s.EpochBefore = old.Name, old.Epoch
 	killed, err := t.kl.kill(old.UID)
 	if err != nil {
 		s.problem("%v", err)
@@ -399,13 +408,11 @@ func (t *tour) deletionLines(ctx context.Context, s *Scene, old podView, t0 time
 // Its pod is not Ready meanwhile (the Service has no ready endpoint: that is Kubernetes'
 // doing), but the controller keeps it active: its -not-ready-grace covers such blips.
 func (t *tour) sidecarDies(ctx context.Context, s *Scene) {
-	g, err := t.waitSettled(ctx, "the example settled before the scene", nil)
-	if err != nil {
-		s.problem("%v", err)
+	g, ok := t.settledBefore(ctx, s)
+	if !ok {
 		return
 	}
 	a := g.active
-	s.ActiveBefore, s.EpochBefore = a.Name, a.Epoch
 	tl := &s.Timeline
 	t0, err := podstatus.Write(ctx, t.cs, t.o.Namespace, a.Name, a.UID, FieldManager, podstatus.Terminated(t.plan.sidecar, 1, "Error"))
 	if err != nil {
@@ -468,9 +475,8 @@ func (t *tour) sidecarDies(ctx context.Context, s *Scene) {
 // standbyCrashes: the standby's critical container dies; the controller deletes it, the
 // ReplicaSet replaces it, and the active is not touched.
 func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
-	g, err := t.waitSettled(ctx, "the example settled before the scene", nil)
-	if err != nil {
-		s.problem("%v", err)
+	g, ok := t.settledBefore(ctx, s)
+	if !ok {
 		return
 	}
 	if len(g.standbys) == 0 {
@@ -478,7 +484,6 @@ func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
 		return
 	}
 	a, sb := g.active, g.standbys[0]
-	s.ActiveBefore, s.EpochBefore = a.Name, a.Epoch
 	tl := &s.Timeline
 	killed, err := t.kl.kill(sb.UID)
 	if err != nil {
