@@ -305,6 +305,21 @@ func (t *tour) settledBefore(ctx context.Context, s *Scene) (group, bool) {
 	return g, true
 }
 
+// replaced says what is still missing for pod gone to count as replaced:
+// deleted from the API, and a standby seen after t0 (its replacement);
+// "" when nothing is.
+func (t *tour) replaced(gone podView, standbys []*podView, t0 time.Time) string {
+	if t.obs.pods[gone.UID].Gone.IsZero() {
+		return gone.Name + " is not deleted yet"
+	}
+	for _, p := range standbys {
+		if p.Seen.After(t0) {
+			return ""
+		}
+	}
+	return "no replacement standby yet"
+}
+
 // deleteActive: the active pod is deleted (kubectl delete pod, a node drain...).
 func (t *tour) deleteActive(ctx context.Context, s *Scene) {
 	g, ok := t.settledBefore(ctx, s)
@@ -359,15 +374,8 @@ func (t *tour) failover(ctx context.Context, s *Scene, before group, t0 time.Tim
 			return old.Name + " is still the active"
 		case a.Epoch <= old.Epoch:
 			return fmt.Sprintf("%s is active at epoch %d, not above %d", a.Name, a.Epoch, old.Epoch)
-		case t.obs.pods[old.UID].Gone.IsZero():
-			return old.Name + " is not deleted yet"
 		}
-		for _, p := range sbs {
-			if p.Seen.After(t0) {
-				return ""
-			}
-		}
-		return "no replacement standby yet"
+		return t.replaced(old, sbs, t0)
 	})
 	if err != nil {
 		s.problem("%v", err)
@@ -499,15 +507,7 @@ func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
 	tl.Add(killed, "SIGKILL to the process of %s (the standby): its %s container dies", sb.Name, t.plan.critical)
 	tl.Add(t0, "trigger: container %s of %s written terminated (exit 137, OOMKilled), as the kubelet would", t.plan.critical, sb.Name)
 	g2, err := t.waitSettled(ctx, "the standby replaced", func(_ *podView, sbs []*podView) string {
-		if t.obs.pods[sb.UID].Gone.IsZero() {
-			return sb.Name + " is not deleted yet"
-		}
-		for _, p := range sbs {
-			if p.Seen.After(t0) {
-				return ""
-			}
-		}
-		return "no replacement standby yet"
+		return t.replaced(sb, sbs, t0)
 	})
 	if err != nil {
 		s.problem("%v", err)
