@@ -52,7 +52,64 @@ func CreateNode(ctx context.Context, client kubernetes.Interface, name, podCIDR 
 	if _, err := client.CoreV1().Nodes().Create(ctx, NewNode(name, podCIDR), metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
 		return nil, fmt.Errorf("create node %s: %w", name, err)
 	}
-	return WaitNodeReady(ctx, client, name)
+	n, err := WaitNodeReady(ctx, client, name)
+	if err != nil {
+		return nil, err
+	}
+	if podCIDR != "" {
+		if err := warmIPPool(ctx, client, name); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// warmIPPool has kwok hand out one IP on a new node before anyone else
+// does. kwok v0.8.0 creates a node's IP pool on first use without a lock
+// (Load, then Store), so two pods starting together on a fresh node can both
+// get its first address; one pod first, alone, makes the pool exist.
+func warmIPPool(ctx context.Context, client kubernetes.Interface, node string) error {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "ip-pool-warmup-", Labels: map[string]string{"hapod.io/ip-pool-warmup": node}},
+		Spec: corev1.PodSpec{
+			NodeName:                     node,
+			AutomountServiceAccountToken: new(false),
+			Containers:                   []corev1.Container{{Name: "warmup", Image: "warmup"}},
+		},
+	}
+	pods := client.CoreV1().Pods(metav1.NamespaceDefault)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var created *corev1.Pod
+	var last error
+	for created == nil || created.Status.PodIP == "" {
+		var err error
+		if created == nil {
+			// Refused until kube-controller-manager made the namespace's
+			// default ServiceAccount, right after a cluster starts.
+			created, err = pods.Create(ctx, pod, metav1.CreateOptions{FieldManager: FieldManager})
+			if err != nil {
+				created = nil
+			}
+		} else {
+			created, err = pods.Get(ctx, created.Name, metav1.GetOptions{})
+		}
+		if err != nil {
+			last = err
+		}
+		if created != nil && created.Status.PodIP != "" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: warm-up pod got no IP (last error: %v): %w", node, last, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	if err := pods.Delete(ctx, created.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
+		return fmt.Errorf("node %s: delete warm-up pod: %w", node, err)
+	}
+	return nil
 }
 
 // WaitNodeReady waits until the node's Ready condition is True and it has no taints (the
