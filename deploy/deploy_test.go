@@ -37,8 +37,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
-	"github.com/hapod/hapod/internal/bintest"
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/bintest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/internal/config"
 )
 

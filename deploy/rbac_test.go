@@ -18,8 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/hapod/hapod/internal/bintest"
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/bintest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 )
 
 // TestControllerRunsWithItsRBAC runs the real hapod-controller, with the

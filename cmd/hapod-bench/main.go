@@ -7,7 +7,7 @@
 //	go run ./cmd/hapod-bench            # full run, about 3 minutes
 //	go run ./cmd/hapod-bench -short     # CI smoke run, under 2 minutes
 //
-// See internal/bench for what is measured and how.
+// See internal/dev/bench for what is measured and how.
 package main
 
 import (
@@ -28,8 +28,8 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/hapod/hapod/internal/bench"
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/bench"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 func main() {

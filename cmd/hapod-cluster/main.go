@@ -25,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 const usage = `usage: hapod-cluster <command> [flags]

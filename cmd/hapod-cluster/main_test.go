@@ -8,7 +8,7 @@ import (
 )
 
 // The commands that need no cluster answer plainly; the others are covered by the
-// internal/localcluster tests and by make cluster / make cluster-down.
+// internal/dev/localcluster tests and by make cluster / make cluster-down.
 func TestRun(t *testing.T) {
 	cache := t.TempDir()
 	tests := []struct {

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 // current is .cache/cluster/current: the one cluster that up manages.

@@ -16,8 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/hapod/hapod/internal/bintest"
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/bintest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapod/hapod/internal/bintest"
+	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/wire"
 )
 

@@ -37,8 +37,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/hapod/hapod/internal/localcluster"
-	"github.com/hapod/hapod/internal/tour"
+	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/tour"
 )
 
 func main() {

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/pkg/role"
 )
 

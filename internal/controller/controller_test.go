@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/pkg/role"
 )
 

@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 	hconfig "github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/notify"

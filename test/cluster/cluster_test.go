@@ -1,5 +1,5 @@
-// Package cluster_test checks that the local control plane (internal/localcluster, run by
-// internal/clustertest) behaves as hapod's tests and demo assume: kwok nodes become
+// Package cluster_test checks that the local control plane (internal/dev/localcluster, run by
+// internal/dev/clustertest) behaves as hapod's tests and demo assume: kwok nodes become
 // Ready, ReplicaSets get Running pods with IPs, Services follow pod labels through
 // EndpointSlices, a chosen pod IP is honoured, and a test can play the kubelet.
 package cluster_test
@@ -19,8 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/hapod/hapod/internal/clustertest"
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }

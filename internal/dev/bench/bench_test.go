@@ -9,7 +9,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 )
 
 func TestMain(m *testing.M) {

@@ -15,7 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/hapod/hapod/internal/child"
+	"github.com/hapod/hapod/internal/dev/child"
 )
 
 // startSleep starts a process that would run for a minute, reaped in the background,

@@ -24,7 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hapod/hapod/internal/config"
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 // Defaults of Options.

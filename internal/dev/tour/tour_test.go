@@ -17,8 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/hapod/hapod/internal/bintest"
-	"github.com/hapod/hapod/internal/clustertest"
+	"github.com/hapod/hapod/internal/dev/bintest"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/internal/config"
 )
 

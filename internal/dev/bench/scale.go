@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/pkg/role"
 )
 

@@ -28,7 +28,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/hapod/hapod/internal/child"
+	"github.com/hapod/hapod/internal/dev/child"
 )
 
 // PodIPAnnotation on a pod chooses its IP: kwok's pod-ready stage uses the annotation's

@@ -25,9 +25,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/hapod/hapod/internal/child"
+	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/controller"
-	"github.com/hapod/hapod/internal/podstatus"
+	"github.com/hapod/hapod/internal/dev/podstatus"
 )
 
 // kubelet plays the kubelet of the tour's node: one real hapod-demo process per pod,

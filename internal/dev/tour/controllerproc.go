@@ -11,8 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hapod/hapod/internal/child"
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 // controllerProc is hapod-controller running as its own process, as it would in a pod.

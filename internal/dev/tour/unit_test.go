@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/hapod/hapod/internal/config"
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 func TestAddrPool(t *testing.T) {

@@ -19,8 +19,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/hapod/hapod/internal/localcluster"
-	"github.com/hapod/hapod/internal/podstatus"
+	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/podstatus"
 )
 
 // EnvKubeconfig names a kubeconfig of a running cluster for Main to use instead of

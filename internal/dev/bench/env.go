@@ -17,8 +17,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/hapod/hapod/internal/controller"
-	"github.com/hapod/hapod/internal/localcluster"
-	"github.com/hapod/hapod/internal/podstatus"
+	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/podstatus"
 )
 
 // Labels and values the bench's pods carry. The controller child selects

@@ -24,10 +24,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/hapod/hapod/internal/child"
+	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
-	"github.com/hapod/hapod/internal/localcluster"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/notify"
 )
 

@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/hapod/hapod/internal/podstatus"
+	"github.com/hapod/hapod/internal/dev/podstatus"
 )
 
 // play runs the scenes in order and prints each as it ends. A scene that does not
