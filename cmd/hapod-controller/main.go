@@ -27,6 +27,7 @@ import (
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/notify"
+	"github.com/hapod/hapod/internal/record"
 )
 
 func main() {
@@ -41,6 +42,8 @@ type flags struct {
 	kubeconfig    string
 	metricsAddr   string
 	probeAddr     string
+	pprofAddr     string
+	records       string
 	notifyAddr    string
 	leaderElect   bool
 	leaderNS      string
@@ -59,6 +62,8 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus /metrics endpoint (0 disables)")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	fs.StringVar(&f.pprofAddr, "pprof-bind-address", "0", "address of /debug/pprof (0 disables)")
+	fs.StringVar(&f.records, "failover-records", "", "append one JSON line per promotion (timings, epoch, reason; see internal/record) to this file")
 	fs.StringVar(&f.notifyAddr, "notify-bind-address", "0.0.0.0:0", "local UDP address role messages are sent from")
 	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader among controller replicas (use with more than one replica)")
 	fs.StringVar(&f.leaderNS, "leader-election-namespace", "", "namespace of the leader-election Lease (default: the pod's namespace)")
@@ -78,7 +83,7 @@ func parseFlags(args []string) (*flags, error) {
 	if err := f.cfg.Validate(); err != nil {
 		return nil, err
 	}
-	for _, a := range []struct{ flag, addr string }{{"metrics-bind-address", f.metricsAddr}, {"health-probe-bind-address", f.probeAddr}, {"notify-bind-address", f.notifyAddr}} {
+	for _, a := range []struct{ flag, addr string }{{"metrics-bind-address", f.metricsAddr}, {"health-probe-bind-address", f.probeAddr}, {"pprof-bind-address", f.pprofAddr}, {"notify-bind-address", f.notifyAddr}} {
 		if a.addr == "0" {
 			continue
 		}
@@ -137,12 +142,24 @@ func run() error {
 		return fmt.Errorf("-notify-bind-address: %w", err)
 	}
 	defer n.Close()
-	r := &controller.Reconciler{
+	deps := controller.Deps{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
 		Recorder: mgr.GetEventRecorder("hapod-controller"),
-		Notifier: n, Config: f.cfg, Metrics: controller.NewMetrics(metrics.Registry),
+		Notifier: n, Metrics: controller.NewMetrics(metrics.Registry),
 	}
-	if err := r.SetupWithManager(mgr); err != nil {
+	if f.records != "" {
+		w, c, err := record.Create(f.records)
+		if err != nil {
+			return fmt.Errorf("-failover-records: %w", err)
+		}
+		defer func() { _ = c.Close() }()
+		deps.OnPromotion = func(rec record.Record) {
+			if err := w.Write(rec); err != nil {
+				ctrl.Log.Error(err, "Failover record not written", "group", rec.Group, "pod", rec.Pod)
+			}
+		}
+	}
+	if err := controller.New(f.cfg, deps).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -186,6 +203,7 @@ func newManager(rc *rest.Config, f *flags) (manager.Manager, error) {
 	}
 	opts.Metrics = metricsserver.Options{BindAddress: f.metricsAddr}
 	opts.HealthProbeBindAddress = f.probeAddr
+	opts.PprofBindAddress = f.pprofAddr
 	opts.LeaderElection = f.leaderElect
 	opts.LeaderElectionID = "hapod-controller"
 	opts.LeaderElectionNamespace = f.leaderNS

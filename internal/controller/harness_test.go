@@ -24,9 +24,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/hapod/hapod/internal/dev/clustertest"
 	hconfig "github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/internal/notify"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -103,10 +103,10 @@ func (e *env) startController() *running {
 		t.Fatal(err)
 	}
 	m := controller.NewMetrics(prometheus.NewRegistry())
-	r := &controller.Reconciler{
+	r := controller.New(e.cfg, controller.Deps{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("hapod-controller"),
-		Notifier: loopbackOnly{n}, Config: e.cfg, Metrics: m,
-	}
+		Notifier: loopbackOnly{n}, Metrics: m,
+	})
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +290,7 @@ func (e *env) active(group string, not ...string) corev1.Pod {
 }
 
 func epochOf(p corev1.Pod) uint64 {
-	e, _ := strconv.ParseUint(p.Annotations[controller.EpochAnnotation], 10, 64)
+	e, _ := strconv.ParseUint(p.Annotations[role.EpochAnnotation], 10, 64)
 	return e
 }
 

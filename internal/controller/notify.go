@@ -12,6 +12,7 @@ import (
 
 	"github.com/hapod/hapod/internal/election"
 	"github.com/hapod/hapod/internal/notify"
+	"github.com/hapod/hapod/internal/record"
 )
 
 // promotion carries the timing of one promotion to the goroutine that
@@ -72,7 +73,7 @@ func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *gr
 		// listening yet: it is told once it turns Ready. A pod told before
 		// (a demoted active, say) is told even when not Ready: it may still
 		// be running and must be fenced.
-		if t == nil && !podIsReady(m.pod) && m.Status.Fault != election.Deleting {
+		if t == nil && !election.PodReady(m.pod) && m.Status.Fault != election.Deleting {
 			continue
 		}
 		r.startNotify(ctx, req, g, m, role, epoch, nil)
@@ -87,9 +88,9 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 		return
 	}
 	if !r.Config.MayNotify(addr.Addr()) {
-		if w := (warning{m.pod.UID, "RoleAddressRefused"}); !g.warned[w] {
+		if w := (warning{m.pod.UID, ReasonRoleAddressRefused}); !g.warned[w] {
 			g.warned[w] = true
-			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, "RoleAddressRefused", "Notify",
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonRoleAddressRefused, "Notify",
 				"role address %s is outside -notify-cidrs; the pod is not told its role", addr)
 		}
 		return
@@ -116,12 +117,13 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 		}
 		g.mu.Unlock()
 
-		log := logf.FromContext(ctx).WithValues("group", req.String(), "pod", pod.Name, "role", role, "epoch", epoch)
+		log := logf.FromContext(ctx).WithValues("pod", pod.Name, "role", role, "epoch", epoch)
 		if promo != nil {
 			r.reportPromotion(ctx, pod, role, epoch, promo, res, acked)
 			if r.OnPromotion != nil {
-				p := Promotion{Group: req.NamespacedName, Pod: pod.Name, Epoch: epoch, Reason: promo.reason,
-					Replaced: promo.replaced, Seen: promo.trigger, Labelled: promo.labelledAt(ctx), Result: res}
+				p := record.Record{Kind: record.Promoted, Group: req.String(), Pod: pod.Name, UID: string(pod.UID),
+					Epoch: epoch, Reason: string(promo.reason), Replaced: promo.replaced,
+					Seen: promo.trigger, Labelled: promo.labelledAt(ctx), Status: result, Attempts: res.Attempts}
 				if res.Acked {
 					p.Acked = acked
 				}
@@ -129,7 +131,7 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 			}
 		}
 		if res.Acked {
-			log.V(1).Info("Role acknowledged", "attempts", res.Attempts, "latency", res.Latency)
+			log.V(1).Info("Role acknowledged", "attempts", res.Attempts, "latencyMs", msFloat(res.Latency))
 			return
 		}
 		log.Info("Role not acknowledged", "result", result, "attempts", res.Attempts, "err", res.Err)
@@ -153,12 +155,12 @@ func (r *Reconciler) reportPromotion(ctx context.Context, pod *corev1.Pod, role 
 	}
 	if res.Acked {
 		r.Metrics.FailoverSeconds.WithLabelValues("ack").Observe(done.Sub(p.trigger).Seconds())
-		r.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, "Promoted", "Promote",
+		r.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonPromoted, "Promote",
 			"%s at epoch %d (reason %s, replaced %s): label committed %sms and app acked %sms after the trigger was seen",
 			role, epoch, p.reason, replaced, labelMs, ms(done.Sub(p.trigger)))
 		return
 	}
-	r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, "PromotedNotAcked", "Promote",
+	r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonPromotedNotAcked, "Promote",
 		"%s at epoch %d (reason %s, replaced %s): label committed %sms after the trigger; the app did not ack (%s, %d attempts)",
 		role, epoch, p.reason, replaced, labelMs, res.Status, res.Attempts)
 }
@@ -170,13 +172,4 @@ func (r *Reconciler) enqueue(key types.NamespacedName) {
 		// The channel is full only under a storm of retries; the periodic
 		// resync will come back to this group.
 	}
-}
-
-func podIsReady(pod *corev1.Pod) bool {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }

@@ -24,19 +24,13 @@ import (
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/election"
 	"github.com/hapod/hapod/internal/notify"
+	"github.com/hapod/hapod/internal/record"
+	"github.com/hapod/hapod/pkg/role"
 )
 
-// Names the controller writes into the API.
+// The hapod.io/* names the controller reads and writes are in pkg/role
+// (names.go), where applications find them too.
 const (
-	// EpochAnnotation on a pod records the epoch at which it was promoted.
-	EpochAnnotation = "hapod.io/epoch"
-	// RoleAddressAnnotation on a pod tells where its role listener is
-	// ("ip" or "ip:port") when that is not the pod IP: a listener in a
-	// node-local agent, or the local demo, whose processes live on
-	// loopback addresses that the API does not accept as pod IPs.
-	RoleAddressAnnotation = "hapod.io/role-address"
-	// GroupLabel on a Lease names the group whose epoch it keeps.
-	GroupLabel = "hapod.io/group"
 	// FieldOwner is the field manager of every write.
 	FieldOwner = "hapod-controller"
 	managedBy  = "app.kubernetes.io/managed-by"
@@ -49,20 +43,10 @@ type Notifier interface {
 
 // Reconciler reconciles one group (namespace + group label value) per
 // request. controller-runtime never runs two reconciles of the same request
-// at once, which is what makes the per-group memory safe.
+// at once, which is what makes the per-group memory safe. Build it with New.
 type Reconciler struct {
-	Client    client.Client // cached reads, direct writes
-	APIReader client.Reader // uncached, for the epoch Lease
-	Recorder  events.EventRecorder
-	Notifier  Notifier
-	Config    config.Config
-	Metrics   *Metrics
-	// Now is the clock; tests may replace it.
-	Now func() time.Time
-	// OnPromotion, if set, is called once per promotion when the new
-	// active's ack arrived or its notification gave up (from a background
-	// goroutine): benchmarks and tests read the timings from it.
-	OnPromotion func(Promotion)
+	Deps
+	Config config.Config
 
 	groups states
 	seen   seenTimes
@@ -73,6 +57,46 @@ type Reconciler struct {
 	switches chan struct{}
 	opts     election.Options
 	roles    election.Roles
+}
+
+// Deps are what a Reconciler talks to. Client, APIReader, Recorder and
+// Notifier are required; the rest have defaults.
+type Deps struct {
+	Client    client.Client // cached reads, direct writes
+	APIReader client.Reader // uncached, for the epoch Lease
+	Recorder  events.EventRecorder
+	Notifier  Notifier
+	// Metrics defaults to a set registered nowhere.
+	Metrics *Metrics
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// OnPromotion, if set, is called once per promotion when the new
+	// active's ack arrived or its notification gave up (from a background
+	// goroutine): the failover record stream (-failover-records) and tests
+	// read the timings from it.
+	OnPromotion func(record.Record)
+}
+
+// New returns a Reconciler ready to be set up with a manager (or called
+// directly, as the unit tests do).
+func New(cfg config.Config, d Deps) *Reconciler {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Metrics == nil {
+		d.Metrics = NewMetrics(nil)
+	}
+	return &Reconciler{
+		Deps:     d,
+		Config:   cfg,
+		requeue:  make(chan event.TypedGenericEvent[reconcile.Request], 1024),
+		switches: make(chan struct{}, maxSwitches),
+		opts: election.Options{
+			Criticality:   election.Criticality{EnvName: cfg.CriticalEnv, EnvValue: cfg.CriticalValue},
+			NotReadyGrace: cfg.NotReadyGrace,
+		},
+		roles: election.Roles{Active: cfg.ActiveValue, Standby: cfg.StandbyValue},
+	}
 }
 
 // maxSwitches bounds the switches (a demotion and a promotion: two API
@@ -116,19 +140,6 @@ func (s *seenTimes) take(key types.NamespacedName, now time.Time) time.Time {
 	return at
 }
 
-// Promotion is the record of one promotion.
-type Promotion struct {
-	Group    types.NamespacedName
-	Pod      string
-	Epoch    uint64
-	Reason   election.Fault
-	Replaced string    // the previous active's name, "" if none known
-	Seen     time.Time // first watch event of the trigger
-	Labelled time.Time // the new active's label committed (zero if it failed)
-	Acked    time.Time // the app's ack received (zero without one)
-	Result   notify.Result
-}
-
 // member pairs a pod with its election view.
 type member struct {
 	pod *corev1.Pod
@@ -137,7 +148,8 @@ type member struct {
 
 // Reconcile brings one group to the state election.Decide asks for.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-	log := logf.FromContext(ctx).WithValues("group", req.String())
+	// Every line logged for this group carries "group".
+	ctx = logf.IntoContext(ctx, logf.FromContext(ctx).WithValues("group", req.String()))
 	now := r.Now()
 	trigger := r.seen.take(req.NamespacedName, now)
 
@@ -180,8 +192,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		err = r.reserveEpochs(ctx, req, g, g.activeName, g.epoch+epochBlock)
 	}
 	if err != nil {
-		log.Error(err, "Group not settled; will retry")
-		return reconcile.Result{}, err
+		// Returned, not logged: controller-runtime logs it once, with the
+		// group, and requeues with backoff.
+		return reconcile.Result{}, fmt.Errorf("group not settled, will retry: %w", err)
 	}
 	return reconcile.Result{RequeueAfter: d.RequeueAfter}, nil
 }
@@ -231,9 +244,9 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 			}
 		}
 		st := election.Assess(pod, node, now, r.opts)
-		if w := (warning{pod.UID, "UnknownCriticality"}); len(st.UnknownCriticality) > 0 && !g.warned[w] {
+		if w := (warning{pod.UID, ReasonUnknownCriticality}); len(st.UnknownCriticality) > 0 && !g.warned[w] {
 			g.warned[w] = true
-			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, "UnknownCriticality", "Assess",
+			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonUnknownCriticality, "Assess",
 				"containers %v set %s to a value other than %q; treated as non-critical",
 				st.UnknownCriticality, r.Config.CriticalEnv, r.Config.CriticalValue)
 		}
@@ -257,7 +270,7 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 }
 
 func podEpoch(pod *corev1.Pod) uint64 {
-	e, err := strconv.ParseUint(pod.Annotations[EpochAnnotation], 10, 64)
+	e, err := strconv.ParseUint(pod.Annotations[role.EpochAnnotation], 10, 64)
 	if err != nil {
 		return 0
 	}
@@ -276,7 +289,7 @@ func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupS
 		g.noStandbyAt = g.epoch + 1
 		r.Metrics.NoStandby.Inc()
 		if m := anyMember(d, byUID); m != nil {
-			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, "NoStandbyReady", "Elect",
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonNoStandbyReady, "Elect",
 				"group %s has no active pod and no Ready standby; the first standby to become Ready will be promoted", req.Name)
 		}
 	}
@@ -355,7 +368,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		// pod and the reason: one Event per failover instead of two halves
 		// the Event writes of a mass failover (a quarter of its requests).
 		if m := byUID[dm.Member.UID]; m != nil && d.Promote == nil {
-			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeNormal, "Demoted", "Demote", "no longer active (%s)", why)
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeNormal, ReasonDemoted, "Demote", "no longer active (%s)", why)
 		}
 	}
 	if d.Promote == nil {
@@ -375,7 +388,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	r.Metrics.Promotions.WithLabelValues(string(d.Reason)).Inc()
 	r.Metrics.FailoverSeconds.WithLabelValues("label").Observe(labelled.Sub(trigger).Seconds())
 	log.Info("Promoted", "pod", m.Name, "epoch", d.Epoch, "reason", d.Reason, "replaced", old,
-		"labelMs", ms(labelled.Sub(trigger)))
+		"labelMs", msFloat(labelled.Sub(trigger)))
 	return nil
 }
 
@@ -423,7 +436,7 @@ func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g
 		lease = &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{
 				Name: LeaseName(r.Config.LeasePrefix, req.Name), Namespace: req.Namespace,
-				Labels: map[string]string{managedBy: FieldOwner, GroupLabel: req.Name},
+				Labels: map[string]string{managedBy: FieldOwner, role.GroupLabel: req.Name},
 			},
 		}
 		lease.Spec = coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseTransitions: &transitions, AcquireTime: &now, RenewTime: &now}
@@ -446,13 +459,13 @@ func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g
 
 // patchRole sets the role label (and, for a promotion, the epoch). The uid
 // in the patch makes it fail rather than touch a same-named successor.
-func (r *Reconciler) patchRole(ctx context.Context, pod *corev1.Pod, role string, epoch uint64) error {
+func (r *Reconciler) patchRole(ctx context.Context, pod *corev1.Pod, value string, epoch uint64) error {
 	meta := map[string]any{
 		"uid":    pod.UID,
-		"labels": map[string]string{r.Config.RoleLabel: role},
+		"labels": map[string]string{r.Config.RoleLabel: value},
 	}
 	if epoch > 0 {
-		meta["annotations"] = map[string]string{EpochAnnotation: strconv.FormatUint(epoch, 10)}
+		meta["annotations"] = map[string]string{role.EpochAnnotation: strconv.FormatUint(epoch, 10)}
 	}
 	data, err := json.Marshal(map[string]any{"metadata": meta})
 	if err != nil {
@@ -476,7 +489,7 @@ func (r *Reconciler) deleteDoomed(ctx context.Context, m *member) error {
 	r.Metrics.CriticalDeletions.Inc()
 	logf.FromContext(ctx).Info("Deleted pod whose critical container died", "pod", m.Name,
 		"container", death.Container, "exitCode", death.ExitCode, "reason", death.Reason)
-	r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, "CriticalContainerDied", "Delete",
+	r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonCriticalContainerDied, "Delete",
 		"critical container %s died (exit code %d, reason %s); pod deleted so that it is replaced",
 		death.Container, death.ExitCode, death.Reason)
 	return nil
@@ -493,14 +506,18 @@ func anyMember(d election.Decision, byUID map[string]*member) *member {
 }
 
 func ms(d time.Duration) string {
-	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
+	return strconv.FormatFloat(msFloat(d), 'f', 2, 64)
 }
 
+// msFloat is a duration in milliseconds, for log values that tools read
+// as numbers.
+func msFloat(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
 // podAddr is where the pod's role listener is: the address in the
-// RoleAddressAnnotation if the pod has one, else the pod IP and the role
+// role.RoleAddressAnnotation if the pod has one, else the pod IP and the role
 // port.
 func (r *Reconciler) podAddr(pod *corev1.Pod) (netip.AddrPort, bool) {
-	if a, ok := pod.Annotations[RoleAddressAnnotation]; ok {
+	if a, ok := pod.Annotations[role.RoleAddressAnnotation]; ok {
 		return parseRoleAddress(a, uint16(r.Config.RolePort))
 	}
 	ip, err := netip.ParseAddr(pod.Status.PodIP)

@@ -46,7 +46,7 @@ func TestSeenBeforeEnqueue(t *testing.T) {
 		{"group changed", pod("g1", "1"), pod("g2", "2"), []string{"g1", "g2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &Reconciler{Config: config.Default(), Now: func() time.Time { return at }}
+			r := New(config.Default(), Deps{Now: func() time.Time { return at }})
 			q := &instantQueue{r: r, took: map[types.NamespacedName]time.Time{}}
 			seenHandler{r: r, groups: r.podToGroup}.Update(t.Context(), event.UpdateEvent{ObjectOld: tc.old, ObjectNew: tc.new}, q)
 			for _, g := range tc.groups {

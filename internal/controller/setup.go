@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/hapod/hapod/internal/election"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
@@ -19,8 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
-
-	"github.com/hapod/hapod/internal/election"
 )
 
 // Field indexes on the pod cache.
@@ -41,22 +40,9 @@ func GroupOf(pod *corev1.Pod, groupLabel string) string {
 }
 
 // SetupWithManager wires the reconciler into mgr: field indexes, watches on
-// pods (and nodes) and the controller's worker pool.
+// pods (and nodes) and the controller's worker pool. It changes nothing in
+// the reconciler itself, which New made complete.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if r.Now == nil {
-		r.Now = time.Now
-	}
-	if r.Metrics == nil {
-		r.Metrics = NewMetrics(nil)
-	}
-	r.requeue = make(chan event.TypedGenericEvent[reconcile.Request], 1024)
-	r.switches = make(chan struct{}, maxSwitches)
-	r.opts = election.Options{
-		Criticality:   election.Criticality{EnvName: r.Config.CriticalEnv, EnvValue: r.Config.CriticalValue},
-		NotReadyGrace: r.Config.NotReadyGrace,
-	}
-	r.roles = election.Roles{Active: r.Config.ActiveValue, Standby: r.Config.StandbyValue}
-
 	ctx := context.Background() // index functions ignore it; the manager owns the cache's lifetime
 	idx := mgr.GetFieldIndexer()
 	if err := idx.IndexField(ctx, &corev1.Pod{}, groupIndex, func(o client.Object) []string {
@@ -184,17 +170,8 @@ func nodeReadyChanged() predicate.Predicate {
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			o, ok1 := e.ObjectOld.(*corev1.Node)
 			n, ok2 := e.ObjectNew.(*corev1.Node)
-			return !ok1 || !ok2 || nodeReadyStatus(o) != nodeReadyStatus(n)
+			return !ok1 || !ok2 || election.NodeReadyStatus(o) != election.NodeReadyStatus(n)
 		},
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
-}
-
-func nodeReadyStatus(n *corev1.Node) corev1.ConditionStatus {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status
-		}
-	}
-	return corev1.ConditionUnknown
 }

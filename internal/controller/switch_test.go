@@ -27,16 +27,16 @@ func (f notifierFunc) Send(ctx context.Context, t notify.Target) notify.Result {
 func TestSwitchTellsBeforeWaitingForASlot(t *testing.T) {
 	sent := make(chan notify.Target, 1)
 	cfg := config.Default()
-	r := &Reconciler{
-		Config: cfg, Now: time.Now, Metrics: NewMetrics(nil), Recorder: events.NewFakeRecorder(10),
+	r := New(cfg, Deps{
+		Recorder: events.NewFakeRecorder(10),
 		Notifier: notifierFunc(func(_ context.Context, t notify.Target) notify.Result {
 			sent <- t
 			return notify.Result{Acked: true, Status: "ok", Attempts: 1}
 		}),
-		roles:    election.Roles{Active: cfg.ActiveValue, Standby: cfg.StandbyValue},
-		switches: make(chan struct{}, 1),
+	})
+	for range cap(r.switches) {
+		r.switches <- struct{}{} // every slot taken
 	}
-	r.switches <- struct{}{} // every slot taken
 
 	g := newGroupState()
 	g.reserved = 8

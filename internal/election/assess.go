@@ -75,7 +75,7 @@ func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Sta
 	s.Death = deadCritical(pod, critical)
 	s.Doomed = s.Death != nil
 
-	ready, readySince := podReady(pod)
+	ready, readySince := podReadySince(pod)
 	switch {
 	case pod.DeletionTimestamp != nil:
 		s.Fault = Deleting
@@ -85,7 +85,7 @@ func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Sta
 		s.Fault = PodSucceeded
 	case s.Doomed:
 		s.Fault = CriticalDied
-	case node != nil && !nodeReady(node):
+	case node != nil && nodeDown(node):
 		s.Fault = NodeNotReady
 	case !ready && !readySince.IsZero():
 		// Ready was seen to turn false at readySince: the pod had been up.
@@ -161,25 +161,4 @@ func criticalRunning(pod *corev1.Pod, critical map[string]bool) bool {
 		}
 	}
 	return running == len(critical)
-}
-
-// podReady returns whether the pod is Ready and when the condition last
-// changed. A zero time means the pod never reported the condition.
-func podReady(pod *corev1.Pod) (bool, time.Time) {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue, c.LastTransitionTime.Time
-		}
-	}
-	return false, time.Time{}
-}
-
-func nodeReady(node *corev1.Node) bool {
-	for _, c := range node.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	// A node that never reported Ready is unknown, not down.
-	return true
 }

@@ -24,11 +24,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/notify"
+	"github.com/hapod/hapod/internal/record"
 )
 
 // childEnv, set to "controller", makes a bench binary (the command or the
@@ -119,18 +120,18 @@ func runController(args []string) error {
 	defer func() { _ = n.Close() }()
 
 	out := &lineWriter{w: bufio.NewWriter(os.Stdout)}
-	r := &controller.Reconciler{
+	r := controller.New(cfg, controller.Deps{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
 		Recorder: mgr.GetEventRecorder("hapod-controller"),
-		Notifier: n, Config: cfg, Metrics: controller.NewMetrics(metrics.Registry),
-		OnPromotion: func(p controller.Promotion) {
+		Notifier: n, Metrics: controller.NewMetrics(metrics.Registry),
+		OnPromotion: func(p record.Record) {
 			out.write(promotionLine{
-				Event: "promotion", Group: p.Group.String(), Pod: p.Pod, Epoch: p.Epoch,
-				Reason: string(p.Reason), Replaced: p.Replaced,
-				Seen: p.Seen, Labelled: p.Labelled, Acked: p.Acked, Status: p.Result.Status,
+				Event: "promotion", Group: p.Group, Pod: p.Pod, Epoch: p.Epoch,
+				Reason: p.Reason, Replaced: p.Replaced,
+				Seen: p.Seen, Labelled: p.Labelled, Acked: p.Acked, Status: p.Status,
 			})
 		},
-	}
+	})
 	if err := r.SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -16,15 +16,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // Labels and values the bench's pods carry. The controller child selects
 // benchLabel=true and groups by "app"; the Service selects on roleLabel.
 const (
-	benchLabel   = "hapod.io/bench"
+	benchLabel   = role.BenchLabel
 	roleLabel    = "role"
 	activeRole   = "active"
 	standbyRole  = "standby"
@@ -198,7 +198,7 @@ func newPod(s podSpec) *corev1.Pod {
 		},
 	}
 	if s.roleAddr.IsValid() {
-		p.Annotations[controller.RoleAddressAnnotation] = s.roleAddr.String()
+		p.Annotations[role.RoleAddressAnnotation] = s.roleAddr.String()
 	}
 	return p
 }

@@ -34,7 +34,7 @@ const (
 )
 
 // probeLabel is the label the bench's reference PATCH sets.
-const probeLabel = "hapod.io/bench-probe"
+const probeLabel = role.BenchProbeLabel
 
 // Stages of a failover, each timed from the start of the trigger's write
 // request.

@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // EnvKubeconfig names a kubeconfig of a running cluster for Main to use instead of
@@ -34,6 +36,7 @@ const FieldManager = "hapod-clustertest"
 var (
 	baseConfig     *rest.Config
 	kubeconfigPath string
+	short          bool // -short without a cluster: cluster tests skip
 )
 
 // Main runs the tests of a package against a cluster and exits with their code: the
@@ -52,6 +55,13 @@ func Main(m *testing.M, after ...func()) {
 
 func run(m *testing.M) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// -short (make unit) runs the tests that need no cluster; the others skip
+	// themselves in config. flag.Parse is safe here: m.Run parses again.
+	flag.Parse()
+	if testing.Short() && os.Getenv(EnvKubeconfig) == "" {
+		short = true
+		return m.Run()
+	}
 	if kc := os.Getenv(EnvKubeconfig); kc != "" {
 		cfg, err := clientcmd.BuildConfigFromFlags("", kc)
 		if err != nil {
@@ -96,6 +106,9 @@ func ping(cfg *rest.Config) error {
 
 func config(t testing.TB) *rest.Config {
 	t.Helper()
+	if short {
+		t.Skip("needs the local cluster; skipped by -short")
+	}
 	if baseConfig == nil {
 		t.Fatal("clustertest: no cluster: call clustertest.Main(m) from TestMain")
 	}
@@ -136,7 +149,7 @@ func Namespace(t testing.TB) string {
 	t.Helper()
 	cs := Clientset(t)
 	name := objectName("t-", t.Name())
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"hapod.io/test": "true"}}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{role.TestNamespaceLabel: "true"}}}
 	if _, err := cs.CoreV1().Namespaces().Create(t.Context(), ns, metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
 		t.Fatalf("clustertest: create namespace %s: %v", name, err)
 	}

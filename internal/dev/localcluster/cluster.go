@@ -29,12 +29,13 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // PodIPAnnotation on a pod chooses its IP: kwok's pod-ready stage uses the annotation's
 // value instead of an address from the node's pod CIDR. It must be set when the pod is
 // created (kwok reads it once, when it makes the pod Running).
-const PodIPAnnotation = "hapod.io/pod-ip"
+const PodIPAnnotation = role.PodIPAnnotation
 
 // DefaultNodePodCIDRs are the pod CIDRs of the nodes Start creates, kwok-node-0 and
 // kwok-node-1: inside 127.0.0.0/8, so local processes can bind the pods' IPs.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hapod/hapod/pkg/role"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -70,7 +71,7 @@ func CreateNode(ctx context.Context, client kubernetes.Interface, name, podCIDR 
 // get its first address; one pod first, alone, makes the pool exist.
 func warmIPPool(ctx context.Context, client kubernetes.Interface, node string) error {
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "ip-pool-warmup-", Labels: map[string]string{"hapod.io/ip-pool-warmup": node}},
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "ip-pool-warmup-", Labels: map[string]string{role.IPPoolWarmupLabel: node}},
 		Spec: corev1.PodSpec{
 			NodeName:                     node,
 			AutomountServiceAccountToken: new(false),

@@ -26,8 +26,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/hapod/hapod/internal/dev/child"
-	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // kubelet plays the kubelet of the tour's node: one real hapod-demo process per pod,
@@ -126,7 +126,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 	roleAddr := netip.AddrPortFrom(addr, uint16(k.rolePort)).String()
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		"uid":         uid, // fails rather than touch a same-named successor
-		"annotations": map[string]string{controller.RoleAddressAnnotation: roleAddr},
+		"annotations": map[string]string{role.RoleAddressAnnotation: roleAddr},
 	}})
 	if err != nil {
 		return err
@@ -135,7 +135,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 			return nil
 		}
-		return fmt.Errorf("annotate %s=%s: %w", controller.RoleAddressAnnotation, roleAddr, err)
+		return fmt.Errorf("annotate %s=%s: %w", role.RoleAddressAnnotation, roleAddr, err)
 	}
 
 	if err := k.probe(p); err != nil {

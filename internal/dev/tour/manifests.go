@@ -20,11 +20,12 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // ExternalReadinessAnnotation on a pod tells the local cluster's kwok to leave it not
 // Ready: the tour writes Ready itself once the pod's process answers /readyz.
-const ExternalReadinessAnnotation = "hapod.io/external-readiness"
+const ExternalReadinessAnnotation = role.ExternalReadinessAnnotation
 
 // hostnameLabel pins the example's pods to the tour's node.
 const hostnameLabel = "kubernetes.io/hostname"

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // labelChange is a change of a pod's role label or epoch annotation, as the tour saw it.
@@ -244,17 +245,17 @@ func (o *observer) podEvent(obj any, deleted bool) {
 		if p.Running.IsZero() && pod.Status.Phase == corev1.PodRunning && p.IP != "" {
 			p.Running = now
 		}
-		role := pod.Labels[o.roleLabel]
-		epoch, _ := strconv.ParseUint(pod.Annotations[controller.EpochAnnotation], 10, 64)
-		if len(p.Labels) == 0 || role != p.Role || epoch != p.Epoch {
-			p.Labels = append(p.Labels, labelChange{At: now, Role: role, Epoch: epoch})
-			p.Role, p.Epoch = role, epoch
+		label := pod.Labels[o.roleLabel]
+		epoch, _ := strconv.ParseUint(pod.Annotations[role.EpochAnnotation], 10, 64)
+		if len(p.Labels) == 0 || label != p.Role || epoch != p.Epoch {
+			p.Labels = append(p.Labels, labelChange{At: now, Role: label, Epoch: epoch})
+			p.Role, p.Epoch = label, epoch
 		}
 		p.Ready = podReady(pod)
 		if pod.DeletionTimestamp != nil && p.Deleting.IsZero() {
 			p.Deleting = now
 		}
-		if ap, err := netip.ParseAddrPort(pod.Annotations[controller.RoleAddressAnnotation]); err == nil {
+		if ap, err := netip.ParseAddrPort(pod.Annotations[role.RoleAddressAnnotation]); err == nil {
 			p.Loopback = ap.Addr()
 		}
 	}

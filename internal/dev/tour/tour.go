@@ -25,6 +25,7 @@ import (
 
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // Defaults of Options.
@@ -269,7 +270,7 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 // ownerAnnotation on the tour's namespace names the process that runs the tour ("pid
 // start-time"), so that a second tour on the same cluster does not delete a running
 // one's namespace as a leftover.
-const ownerAnnotation = "hapod.io/tour-owner"
+const ownerAnnotation = role.TourOwnerAnnotation
 
 func ownerValue() string {
 	start, _ := localcluster.ProcStartTime(os.Getpid())

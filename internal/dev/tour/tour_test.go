@@ -17,9 +17,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
-	"github.com/hapod/hapod/internal/config"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
