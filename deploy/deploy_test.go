@@ -37,9 +37,9 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
+	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
-	"github.com/hapod/hapod/internal/config"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
