@@ -1,47 +1,47 @@
-# hapod: build, local cluster, tests.
-#
-#   make build         build the binaries in cmd/ into bin/
-#   make cluster       start a local Kubernetes control plane in the background
-#                      (builds it first: about 8 minutes cold, then cached in .cache/cluster)
-#   make cluster-down  stop it
-#   make test          build the control plane if needed, then every test with -race
-#   make lint          gofmt, go vet and staticcheck
+# hapod: build, local cluster, tests. `make help` lists the targets.
 
 GO ?= go
 export GOTOOLCHAIN := local
+GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build cluster cluster-down cluster-env test lint demo bench
+.PHONY: all help build unit test lint demo bench cluster cluster-down cluster-env
 
 all: build
 
-build:
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z-]+:.*## /{printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build the binaries in cmd/ into bin/
 	$(GO) build -o bin/ ./cmd/...
 
-cluster:
-	$(GO) run ./cmd/hapod-cluster up -detach
-
-cluster-down:
-	$(GO) run ./cmd/hapod-cluster down
-
-# Prints export KUBECONFIG=... for the running cluster: eval "$(make -s cluster-env)"
-cluster-env:
-	@$(GO) run ./cmd/hapod-cluster env
+unit: ## fast tests, no cluster (go test -short): under a minute warm
+	$(GO) test -short -count=1 ./...
 
 # Tests that need a cluster start one per test binary (clustertest.Main), or share the
 # one named by HAPOD_KUBECONFIG. The build goes first so it is not counted against a
 # test binary's timeout.
-test:
+test: ## every test with -race, against a real control plane (built first: ~8 min cold)
 	$(GO) run ./cmd/hapod-cluster build
 	$(GO) test -race -count=1 -v ./...
 
-lint:
+lint: ## gofmt, go vet, golangci-lint (.golangci.yml)
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.cache/*' -not -path './bin/*')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(GO) run $(GOLANGCI_LINT) run ./...
 
-demo:
+demo: ## run: local control plane, controller, example app, five failover scenes
 	$(GO) run ./cmd/hapod-tour
 
-bench:
+bench: ## failover latency against the baselines, and scale (~3 min; BENCH_FLAGS=-short ~1 min)
 	$(GO) run ./cmd/hapod-bench $(BENCH_FLAGS)
+
+cluster: ## start a local control plane in the background (.cache/cluster/current/)
+	$(GO) run ./cmd/hapod-cluster up -detach
+
+cluster-down: ## stop it
+	$(GO) run ./cmd/hapod-cluster down
+
+# Prints export KUBECONFIG=... for the running cluster: eval "$(make -s cluster-env)"
+cluster-env: ## print export KUBECONFIG=... for the running cluster
+	@$(GO) run ./cmd/hapod-cluster env

@@ -250,7 +250,7 @@ func TestParsePromotedLog(t *testing.T) {
 
 // The shipped example, as the tour applies it.
 func TestExampleForTour(t *testing.T) {
-	ex, err := LoadExample(filepath.Join("..", "..", "deploy", "example"))
+	ex, err := LoadExample(filepath.Join("..", "..", "..", "deploy", "example"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestExampleForTour(t *testing.T) {
 }
 
 func TestExampleRefusals(t *testing.T) {
-	ex, err := LoadExample(filepath.Join("..", "..", "deploy", "example"))
+	ex, err := LoadExample(filepath.Join("..", "..", "..", "deploy", "example"))
 	if err != nil {
 		t.Fatal(err)
 	}
