@@ -57,6 +57,9 @@ type Reconciler struct {
 	switches chan struct{}
 	opts     election.Options
 	roles    election.Roles
+	// watching sets opts.WatchingSince at the first reconcile: only deaths
+	// after it (or recent ones) doom a pod.
+	watching sync.Once
 }
 
 // Deps are what a Reconciler talks to. Client, APIReader, Recorder and
@@ -152,6 +155,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	ctx = logf.IntoContext(ctx, logf.FromContext(ctx).WithValues("group", req.String()))
 	now := r.Now()
 	trigger := r.seen.take(req.NamespacedName, now)
+	r.watching.Do(func() { r.opts.WatchingSince = now })
 
 	var pods corev1.PodList
 	if err := r.Client.List(ctx, &pods, client.InNamespace(req.Namespace), client.MatchingFields{groupIndex: req.Name}); err != nil {
@@ -249,6 +253,12 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonUnknownCriticality, "Assess",
 				"containers %v set %s to a value other than %q; treated as non-critical",
 				st.UnknownCriticality, r.Config.CriticalEnv, r.Config.CriticalValue)
+		}
+		if w := (warning{pod.UID, ReasonUnreadableCriticality}); len(st.UnreadableCriticality) > 0 && !g.warned[w] {
+			g.warned[w] = true
+			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonUnreadableCriticality, "Assess",
+				"containers %v may set %s through valueFrom or envFrom, which the controller cannot read; treated as non-critical (set it as a literal value)",
+				st.UnreadableCriticality, r.Config.CriticalEnv)
 		}
 		m := member{pod: pod, Member: election.Member{
 			Name: pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
