@@ -25,6 +25,10 @@ const (
 	// read; it is treated as non-critical. A literal env entry (the value,
 	// or "" for non-critical) silences it.
 	ReasonUnreadableCriticality = "UnreadableCriticality"
+	// ReasonEpochsExhausted: the group's next promotion would need an epoch
+	// beyond what its Lease can record (2^31-1); epochs never wrap, so no
+	// pod is promoted.
+	ReasonEpochsExhausted = "EpochsExhausted"
 	// ReasonRoleAddressRefused: the pod's role address is outside
 	// -notify-cidrs, so it is never told its role.
 	ReasonRoleAddressRefused = "RoleAddressRefused"

@@ -169,7 +169,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		r.groups.drop(req.NamespacedName)
 		return reconcile.Result{}, nil
 	}
-	if err := r.loadEpoch(ctx, req, g); err != nil {
+	if err := r.loadEpoch(ctx, req, g, pods.Items); err != nil {
 		return reconcile.Result{}, err
 	}
 
@@ -182,6 +182,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	d := election.Decide(in)
 	if d.Promote != nil && d.Reason == election.Initial && g.active != "" && !present[g.active] {
 		d.Reason = election.Gone
+	}
+	if d.Promote != nil && d.Epoch > maxEpoch {
+		return reconcile.Result{}, r.epochsExhausted(ctx, req, g, members, d.Epoch)
 	}
 
 	byUID := make(map[string]*member, len(members))
@@ -205,7 +208,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 
 // loadEpoch reads the group's Lease once after start, or again after a
 // conflict showed that the memory was out of date.
-func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *groupState) error {
+//
+// A Lease that is not there is either a new group's or one deleted (by
+// hand, or by a cleanup) while its reservation may still have been in use.
+// Either way the epoch continues above everything known: what memory holds
+// and the highest epoch any pod carries (hapod.io/epoch). A group with such
+// a history also skips one whole block, because the lost reservation may
+// have covered an epoch an app was told but whose annotation was never
+// written; starting below it would make that app refuse the next
+// promotion as stale. A new group (no epoch anywhere) starts at 1.
+func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *groupState, pods []corev1.Pod) error {
 	if g.loaded {
 		return nil
 	}
@@ -213,16 +225,29 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: LeaseName(r.Config.LeasePrefix, req.Name)}, &lease)
 	switch {
 	case apierrors.IsNotFound(err):
-		g.lease, g.epoch, g.reserved = nil, 0, 0
+		floor := max(g.epoch, g.reserved)
+		for i := range pods {
+			floor = max(floor, podEpoch(&pods[i]))
+		}
+		if floor > 0 {
+			floor += epochBlock
+			logf.FromContext(ctx).Info("Epoch lease missing; continuing above the epochs known", "epoch", floor)
+		}
+		g.lease, g.epoch, g.reserved = nil, floor, floor
 	case err != nil:
 		return fmt.Errorf("reading epoch lease: %w", err)
 	default:
 		g.lease = &lease
-		if lease.Spec.LeaseTransitions != nil {
+		if t := lease.Spec.LeaseTransitions; t != nil {
+			if *t < 0 {
+				// hapod never writes one (reserveEpochs stops at
+				// maxEpoch); guessing would risk reusing epochs.
+				return fmt.Errorf("epoch lease %s holds a negative epoch %d; fix or delete it", lease.Name, *t)
+			}
 			// Every reserved epoch may have been handed out before a
 			// restart: continue after the whole reservation.
-			g.reserved = uint64(*lease.Spec.LeaseTransitions)
-			g.epoch = g.reserved
+			g.reserved = max(uint64(*t), g.reserved)
+			g.epoch = max(g.reserved, g.epoch)
 		}
 		if lease.Spec.HolderIdentity != nil && g.activeName == "" {
 			g.activeName = *lease.Spec.HolderIdentity
@@ -230,6 +255,24 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	}
 	g.loaded = true
 	return nil
+}
+
+// epochsExhausted reports, once per group and epoch, that the next
+// promotion would need an epoch beyond what the Lease can hold. Wrapping
+// would restart epochs below what apps hold, so they would refuse every
+// promotion (or, worse, a stale active would win): the group stays as it
+// is and the error is returned for the retry log.
+func (r *Reconciler) epochsExhausted(ctx context.Context, req reconcile.Request, g *groupState, members []member, epoch uint64) error {
+	err := fmt.Errorf("group needs epoch %d, beyond the Lease's limit %d: no promotion; delete the group's pods' %s annotations and its Lease to start again", epoch, uint64(maxEpoch), role.EpochAnnotation)
+	if len(members) > 0 {
+		m := &members[0]
+		if w := (warning{m.pod.UID, ReasonEpochsExhausted}); !g.warned[w] {
+			g.warned[w] = true
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonEpochsExhausted, "Elect",
+				"group %s needs epoch %d, beyond the limit %d of its Lease; no pod is promoted", req.Name, epoch, uint64(maxEpoch))
+		}
+	}
+	return err
 }
 
 // assess builds the election view of every pod, overlaying the controller's
@@ -433,29 +476,25 @@ func (r *Reconciler) setStandby(ctx context.Context, g *groupState, ms []*member
 	return errors.Join(errs...)
 }
 
+// maxEpoch is the highest epoch the Lease can record: leaseTransitions is
+// an int32. Epochs never wrap (see epochsExhausted).
+const maxEpoch = 1<<31 - 1
+
 // reserveEpochs records in the group's Lease that epochs up to upTo may be
-// handed out. Optimistic concurrency: a conflict means another writer (a
-// previous leader) moved the epoch, so the memory is dropped and the group
-// reconciled afresh.
+// handed out (cut at maxEpoch). Optimistic concurrency: a conflict means
+// another writer (a previous leader) moved the epoch, so the memory is
+// dropped and the group reconciled afresh. A Lease deleted under a running
+// controller is recreated at once: memory holds every epoch handed out
+// since it was read, so failover goes on and epochs keep increasing.
 func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g *groupState, holder string, upTo uint64) error {
-	now := metav1.NewMicroTime(r.Now())
-	transitions := int32(min(upTo, uint64(1<<31-1)))
-	var lease *coordinationv1.Lease
-	var err error
-	if g.lease == nil {
-		lease = &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{
-				Name: LeaseName(r.Config.LeasePrefix, req.Name), Namespace: req.Namespace,
-				Labels: map[string]string{managedBy: FieldOwner, role.GroupLabel: req.Name},
-			},
-		}
-		lease.Spec = coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseTransitions: &transitions, AcquireTime: &now, RenewTime: &now}
-		err = r.Client.Create(ctx, lease, client.FieldOwner(FieldOwner))
-	} else {
-		lease = g.lease.DeepCopy()
-		lease.Spec.HolderIdentity, lease.Spec.LeaseTransitions = &holder, &transitions
-		lease.Spec.RenewTime = &now
-		err = r.Client.Update(ctx, lease, client.FieldOwner(FieldOwner))
+	upTo = min(upTo, maxEpoch)
+	if upTo <= g.reserved && g.lease != nil {
+		return nil // nothing more to reserve; a promotion past maxEpoch is refused before it gets here
+	}
+	lease, err := r.writeLease(ctx, req, g.lease, holder, upTo)
+	if apierrors.IsNotFound(err) && g.lease != nil {
+		logf.FromContext(ctx).Info("Epoch lease deleted; recreating it", "epoch", g.epoch, "reserved", upTo)
+		lease, err = r.writeLease(ctx, req, nil, holder, max(upTo, g.reserved))
 	}
 	if err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
@@ -463,8 +502,29 @@ func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g
 		}
 		return fmt.Errorf("reserving epochs in lease: %w", err)
 	}
-	g.lease, g.reserved = lease, uint64(transitions)
+	g.lease, g.reserved = lease, uint64(*lease.Spec.LeaseTransitions)
 	return nil
+}
+
+// writeLease creates the Lease (old == nil) or updates old, recording
+// holder and upTo (at most maxEpoch).
+func (r *Reconciler) writeLease(ctx context.Context, req reconcile.Request, old *coordinationv1.Lease, holder string, upTo uint64) (*coordinationv1.Lease, error) {
+	now := metav1.NewMicroTime(r.Now())
+	transitions := int32(upTo)
+	if old == nil {
+		lease := &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{
+				Name: LeaseName(r.Config.LeasePrefix, req.Name), Namespace: req.Namespace,
+				Labels: map[string]string{managedBy: FieldOwner, role.GroupLabel: req.Name},
+			},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseTransitions: &transitions, AcquireTime: &now, RenewTime: &now},
+		}
+		return lease, r.Client.Create(ctx, lease, client.FieldOwner(FieldOwner))
+	}
+	lease := old.DeepCopy()
+	lease.Spec.HolderIdentity, lease.Spec.LeaseTransitions = &holder, &transitions
+	lease.Spec.RenewTime = &now
+	return lease, r.Client.Update(ctx, lease, client.FieldOwner(FieldOwner))
 }
 
 // patchRole sets the role label (and, for a promotion, the epoch). The uid
