@@ -492,7 +492,9 @@ func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g
 		return nil // nothing more to reserve; a promotion past maxEpoch is refused before it gets here
 	}
 	lease, err := r.writeLease(ctx, req, g.lease, holder, upTo)
-	if apierrors.IsNotFound(err) && g.lease != nil {
+	// An update of a deleted Lease fails with a Conflict (Leases may be
+	// created by PUT, and the resourceVersion matches nothing) or NotFound.
+	if g.lease != nil && (apierrors.IsConflict(err) || apierrors.IsNotFound(err)) && r.leaseGone(ctx, req) {
 		logf.FromContext(ctx).Info("Epoch lease deleted; recreating it", "epoch", g.epoch, "reserved", upTo)
 		lease, err = r.writeLease(ctx, req, nil, holder, max(upTo, g.reserved))
 	}
@@ -504,6 +506,13 @@ func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g
 	}
 	g.lease, g.reserved = lease, uint64(*lease.Spec.LeaseTransitions)
 	return nil
+}
+
+// leaseGone reports whether the group's Lease is certainly not there.
+func (r *Reconciler) leaseGone(ctx context.Context, req reconcile.Request) bool {
+	var lease coordinationv1.Lease
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: LeaseName(r.Config.LeasePrefix, req.Name)}, &lease)
+	return apierrors.IsNotFound(err)
 }
 
 // writeLease creates the Lease (old == nil) or updates old, recording
