@@ -43,7 +43,8 @@ type Demotion struct {
 // Decision is what the controller must do for a group, in this order:
 // demote, promote, label standby, delete.
 type Decision struct {
-	// Keep is the active pod that stays active, if any.
+	// Keep is the active pod that stays active, if any: a healthy one, or
+	// a warm doomed one while no pod is eligible (lastWarm).
 	Keep *Member
 	// Demote lists pods labelled active that must become standby, so that
 	// the Service never selects two pods.
@@ -54,13 +55,15 @@ type Decision struct {
 	// Reason is why a promotion happens: the fault of the active it
 	// replaces, or Initial when the group had none.
 	Reason Fault
-	// NoCandidate: the group needs an active but no pod is eligible; the
-	// next pod to become Ready will be promoted.
+	// NoCandidate: the group is left without an active: no pod is
+	// eligible, and none is warm (see lastWarm); the next pod to become
+	// Ready will be promoted.
 	NoCandidate bool
 	// LabelStandby lists pods with no (or an unknown) role label.
 	LabelStandby []Member
 	// Delete lists pods whose critical container died; they are deleted
-	// after the switch so the ReplicaSet replaces them.
+	// after the switch so the ReplicaSet replaces them. Never the pod kept
+	// or promoted.
 	Delete []Member
 	// RequeueAfter is when the decision may change by the clock alone
 	// (an active's not-Ready grace running out); zero for never.
