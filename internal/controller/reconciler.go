@@ -215,8 +215,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 // and the highest epoch any pod carries (hapod.io/epoch). A group with such
 // a history also skips one whole block, because the lost reservation may
 // have covered an epoch an app was told but whose annotation was never
-// written; starting below it would make that app refuse the next
-// promotion as stale. A new group (no epoch anywhere) starts at 1.
+// written; reusing it would have two apps hold "active" at one epoch (or
+// an app refuse the promotion as stale). A new group (no epoch anywhere)
+// starts at 1.
 func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *groupState, pods []corev1.Pod) error {
 	if g.loaded {
 		return nil
@@ -257,13 +258,14 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	return nil
 }
 
-// epochsExhausted reports, once per group and epoch, that the next
-// promotion would need an epoch beyond what the Lease can hold. Wrapping
-// would restart epochs below what apps hold, so they would refuse every
+// epochsExhausted reports (the Event once per pod) that the next promotion
+// would need an epoch beyond what the Lease can hold. Wrapping would
+// restart epochs below what apps hold, so they would refuse every
 // promotion (or, worse, a stale active would win): the group stays as it
-// is and the error is returned for the retry log.
+// is and the error is returned for the retry log. Starting again needs new
+// pods (apps that forgot their epochs) and the Lease deleted.
 func (r *Reconciler) epochsExhausted(ctx context.Context, req reconcile.Request, g *groupState, members []member, epoch uint64) error {
-	err := fmt.Errorf("group needs epoch %d, beyond the Lease's limit %d: no promotion; delete the group's pods' %s annotations and its Lease to start again", epoch, uint64(maxEpoch), role.EpochAnnotation)
+	err := fmt.Errorf("group needs epoch %d, beyond the Lease's limit %d: no promotion", epoch, uint64(maxEpoch))
 	if len(members) > 0 {
 		m := &members[0]
 		if w := (warning{m.pod.UID, ReasonEpochsExhausted}); !g.warned[w] {
@@ -482,8 +484,9 @@ const maxEpoch = 1<<31 - 1
 
 // reserveEpochs records in the group's Lease that epochs up to upTo may be
 // handed out (cut at maxEpoch). Optimistic concurrency: a conflict means
-// another writer (a previous leader) moved the epoch, so the memory is
-// dropped and the group reconciled afresh. A Lease deleted under a running
+// another writer (a previous leader) moved the epoch, so the Lease is read
+// again (loadEpoch never lowers what memory holds) and the group
+// reconciled afresh. A Lease deleted under a running
 // controller is recreated at once: memory holds every epoch handed out
 // since it was read, so failover goes on and epochs keep increasing.
 func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g *groupState, holder string, upTo uint64) error {
