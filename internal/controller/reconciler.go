@@ -226,12 +226,12 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: LeaseName(r.Config.LeasePrefix, req.Name)}, &lease)
 	switch {
 	case apierrors.IsNotFound(err):
-		floor := max(g.epoch, g.reserved)
+		known := max(g.epoch, g.reserved)
 		for i := range pods {
-			floor = max(floor, podEpoch(&pods[i]))
+			known = max(known, podEpoch(&pods[i]))
 		}
+		floor := epochAfterLostLease(known)
 		if floor > 0 {
-			floor += epochBlock
 			logf.FromContext(ctx).Info("Epoch lease missing; continuing above the epochs known", "epoch", floor)
 		}
 		g.lease, g.epoch, g.reserved = nil, floor, floor
@@ -256,6 +256,17 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	}
 	g.loaded = true
 	return nil
+}
+
+// epochAfterLostLease is the epoch handed out last, as far as anyone must
+// assume, when the Lease is missing and known is the highest epoch in memory
+// or on a pod: known plus the one block the lost Lease may have reserved
+// beyond it; 0 (the next epoch is 1) for a group without any history.
+func epochAfterLostLease(known uint64) uint64 {
+	if known == 0 {
+		return 0
+	}
+	return known + epochBlock
 }
 
 // epochsExhausted reports (the Event once per pod) that the next promotion
