@@ -87,6 +87,8 @@ current-context: c
 	}{
 		{"selector does not parse", []string{"-selector", "app in (a"}, "-selector"},
 		{"role values equal", []string{"-standby-value", "active"}, "-standby-value"},
+		{"selector on the role label", []string{"-selector", "app=hapod,role=standby"}, "-selector"},
+		{"group label is the role label", []string{"-group-label", "role"}, "-group-label"},
 		{"port out of range", []string{"-role-port", "70000"}, "-role-port"},
 		{"unknown flag", []string{"-no-such-flag"}, "no-such-flag"},
 		{"missing kubeconfig", []string{"-kubeconfig", "/nonexistent/kubeconfig"}, "kubeconfig"},

@@ -119,8 +119,18 @@ func (c *Config) Validate() error {
 	bad := func(flag, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("-%s: %s", flag, fmt.Sprintf(format, args...)))
 	}
-	if _, err := c.PodSelector(); err != nil {
+	if sel, err := c.PodSelector(); err != nil {
 		bad("selector", "%v", err)
+	} else if reqs, _ := sel.Requirements(); mentions(reqs, c.RoleLabel) {
+		// The controller rewrites the role label: a selector on it loses
+		// sight of every pod it relabels (a standby selector makes each
+		// promoted pod vanish from view, so the next one is promoted too,
+		// until every pod is active).
+		bad("selector", "%q constrains the role label %q, which the controller rewrites; select on the app's labels only", c.Selector, c.RoleLabel)
+	}
+	if c.GroupLabel == c.RoleLabel {
+		// Every relabel would move a pod into another group.
+		bad("group-label", "must differ from -role-label (%q)", c.RoleLabel)
 	}
 	for _, l := range []struct{ flag, key string }{{"group-label", c.GroupLabel}, {"role-label", c.RoleLabel}} {
 		if msgs := validation.IsQualifiedName(l.key); len(msgs) > 0 {
@@ -161,6 +171,16 @@ func (c *Config) Validate() error {
 		bad("lease-prefix", "%q does not make valid object names", c.LeasePrefix)
 	}
 	return errors.Join(errs...)
+}
+
+// mentions reports whether any requirement of a selector is on key.
+func mentions(reqs labels.Requirements, key string) bool {
+	for _, r := range reqs {
+		if r.Key() == key {
+			return true
+		}
+	}
+	return false
 }
 
 // MayNotify reports whether role messages may be sent to addr.

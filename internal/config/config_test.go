@@ -30,6 +30,31 @@ func TestFlags(t *testing.T) {
 	}
 }
 
+// A selector on other labels is fine, even one that merely looks like the
+// role label.
+func TestSelectorOnOtherLabels(t *testing.T) {
+	for _, sel := range []string{"app=hapod", "app=hapod,tier in (a,b)", "roles=x", "hapod.io/role=x"} {
+		c := Default()
+		c.Selector = sel
+		if err := c.Validate(); err != nil {
+			t.Errorf("selector %q refused: %v", sel, err)
+		}
+	}
+}
+
+// Each refusal is one line.
+func TestValidateOneLinePerProblem(t *testing.T) {
+	c := Default()
+	c.Selector, c.GroupLabel = "role=standby", "role"
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	if lines := strings.Split(err.Error(), "\n"); len(lines) != 2 {
+		t.Fatalf("want two lines, got %q", err)
+	}
+}
+
 func TestNotifyNetworks(t *testing.T) {
 	c := Default()
 	if !c.MayNotify(netip.MustParseAddr("10.1.2.3")) {
@@ -66,6 +91,14 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{"no workers", func(c *Config) { c.Workers = 0 }, "-workers"},
 		{"zero grace", func(c *Config) { c.NotReadyGrace = 0 }, "-not-ready-grace"},
 		{"empty critical env", func(c *Config) { c.CriticalEnv = "" }, "-critical-env"},
+		// The controller relabels pods: a selector on the role label loses
+		// each promoted pod from view and promotes the next (defect 9).
+		{"selector on role", func(c *Config) { c.Selector = "app=hapod,role=standby" }, "-selector"},
+		{"selector role exists", func(c *Config) { c.Selector = "app=hapod,role" }, "-selector"},
+		{"selector role not active", func(c *Config) { c.Selector = "app=hapod,role!=active" }, "-selector"},
+		{"selector on custom role label", func(c *Config) { c.RoleLabel = "hapod.io/role"; c.Selector = "hapod.io/role in (standby)" }, "-selector"},
+		// A relabel would move the pod into another group.
+		{"group label is role label", func(c *Config) { c.GroupLabel = c.RoleLabel }, "-group-label"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

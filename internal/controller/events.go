@@ -20,6 +20,15 @@ const (
 	// ReasonUnknownCriticality: a container sets the criticality variable to
 	// a value other than -critical-value.
 	ReasonUnknownCriticality = "UnknownCriticality"
+	// ReasonUnreadableCriticality: a container's criticality variable comes
+	// from valueFrom, or may come from envFrom, which the controller cannot
+	// read; it is treated as non-critical. A literal env entry (the value,
+	// or "" for non-critical) silences it.
+	ReasonUnreadableCriticality = "UnreadableCriticality"
+	// ReasonEpochsExhausted: the group's next promotion would need an epoch
+	// beyond what its Lease can record (2^31-1); epochs never wrap, so no
+	// pod is promoted.
+	ReasonEpochsExhausted = "EpochsExhausted"
 	// ReasonRoleAddressRefused: the pod's role address is outside
 	// -notify-cidrs, so it is never told its role.
 	ReasonRoleAddressRefused = "RoleAddressRefused"

@@ -117,15 +117,37 @@ func (s *states) drop(key types.NamespacedName) {
 }
 
 // LeaseName is the name of the Lease that keeps a group's epoch. Group
-// names are label values, which may hold characters that object names may
-// not; those are mapped and a hash keeps distinct groups distinct.
+// names are label values, which may hold what object names may not (upper
+// case, "_", "a..b", "a.-b"): such a value is mapped to lower-case letters,
+// digits and "-", and a hash of the value keeps distinct groups distinct.
+// A value that already makes a valid name is used as is, so the Leases of
+// existing groups keep their names.
 func LeaseName(prefix, group string) string {
 	name := prefix + group
-	clean := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-	clean = strings.Trim(clean, "-.")
-	if clean == name && len(validation.IsDNS1123Subdomain(name)) == 0 {
+	if len(validation.IsDNS1123Subdomain(name)) == 0 {
 		return name
 	}
+	clean := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r + ('a' - 'A')
+		default:
+			// Dots too: "." next to "." or "-" is what makes "a..b" and
+			// "a.-b" invalid.
+			return '-'
+		}
+	}, group)
 	sum := sha256.Sum256([]byte(group))
-	return strings.Trim(clean, "-.") + "-" + hex.EncodeToString(sum[:4])
+	suffix := "-" + hex.EncodeToString(sum[:4])
+	// The prefix was validated (with one character after it); the mapped
+	// value is cut so that the whole stays within the 253 characters of a
+	// name, which a 63-character label value never reaches with a sane
+	// prefix.
+	base := strings.TrimRight(prefix+strings.Trim(clean, "-"), "-.")
+	if maxBase := validation.DNS1123SubdomainMaxLength - len(suffix); len(base) > maxBase {
+		base = strings.TrimRight(base[:maxBase], "-.")
+	}
+	return base + suffix
 }

@@ -57,6 +57,9 @@ type Reconciler struct {
 	switches chan struct{}
 	opts     election.Options
 	roles    election.Roles
+	// watching sets opts.WatchingSince at the first reconcile: only deaths
+	// after it (or recent ones) doom a pod.
+	watching sync.Once
 }
 
 // Deps are what a Reconciler talks to. Client, APIReader, Recorder and
@@ -152,6 +155,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	ctx = logf.IntoContext(ctx, logf.FromContext(ctx).WithValues("group", req.String()))
 	now := r.Now()
 	trigger := r.seen.take(req.NamespacedName, now)
+	r.watching.Do(func() { r.opts.WatchingSince = now })
 
 	var pods corev1.PodList
 	if err := r.Client.List(ctx, &pods, client.InNamespace(req.Namespace), client.MatchingFields{groupIndex: req.Name}); err != nil {
@@ -165,7 +169,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		r.groups.drop(req.NamespacedName)
 		return reconcile.Result{}, nil
 	}
-	if err := r.loadEpoch(ctx, req, g); err != nil {
+	if err := r.loadEpoch(ctx, req, g, pods.Items); err != nil {
 		return reconcile.Result{}, err
 	}
 
@@ -178,6 +182,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	d := election.Decide(in)
 	if d.Promote != nil && d.Reason == election.Initial && g.active != "" && !present[g.active] {
 		d.Reason = election.Gone
+	}
+	if d.Promote != nil && d.Epoch > maxEpoch {
+		return reconcile.Result{}, r.epochsExhausted(ctx, req, g, members, d.Epoch)
 	}
 
 	byUID := make(map[string]*member, len(members))
@@ -201,7 +208,17 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 
 // loadEpoch reads the group's Lease once after start, or again after a
 // conflict showed that the memory was out of date.
-func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *groupState) error {
+//
+// A Lease that is not there is either a new group's or one deleted (by
+// hand, or by a cleanup) while its reservation may still have been in use.
+// Either way the epoch continues above everything known: what memory holds
+// and the highest epoch any pod carries (hapod.io/epoch). A group with such
+// a history also skips one whole block, because the lost reservation may
+// have covered an epoch an app was told but whose annotation was never
+// written; reusing it would have two apps hold "active" at one epoch (or
+// an app refuse the promotion as stale). A new group (no epoch anywhere)
+// starts at 1.
+func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *groupState, pods []corev1.Pod) error {
 	if g.loaded {
 		return nil
 	}
@@ -209,16 +226,29 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: LeaseName(r.Config.LeasePrefix, req.Name)}, &lease)
 	switch {
 	case apierrors.IsNotFound(err):
-		g.lease, g.epoch, g.reserved = nil, 0, 0
+		known := max(g.epoch, g.reserved)
+		for i := range pods {
+			known = max(known, podEpoch(&pods[i]))
+		}
+		floor := epochAfterLostLease(known)
+		if floor > 0 {
+			logf.FromContext(ctx).Info("Epoch lease missing; continuing above the epochs known", "epoch", floor)
+		}
+		g.lease, g.epoch, g.reserved = nil, floor, floor
 	case err != nil:
 		return fmt.Errorf("reading epoch lease: %w", err)
 	default:
 		g.lease = &lease
-		if lease.Spec.LeaseTransitions != nil {
+		if t := lease.Spec.LeaseTransitions; t != nil {
+			if *t < 0 {
+				// hapod never writes one (reserveEpochs stops at
+				// maxEpoch); guessing would risk reusing epochs.
+				return fmt.Errorf("epoch lease %s holds a negative epoch %d; fix or delete it", lease.Name, *t)
+			}
 			// Every reserved epoch may have been handed out before a
 			// restart: continue after the whole reservation.
-			g.reserved = uint64(*lease.Spec.LeaseTransitions)
-			g.epoch = g.reserved
+			g.reserved = max(uint64(*t), g.reserved)
+			g.epoch = max(g.reserved, g.epoch)
 		}
 		if lease.Spec.HolderIdentity != nil && g.activeName == "" {
 			g.activeName = *lease.Spec.HolderIdentity
@@ -226,6 +256,36 @@ func (r *Reconciler) loadEpoch(ctx context.Context, req reconcile.Request, g *gr
 	}
 	g.loaded = true
 	return nil
+}
+
+// epochAfterLostLease is the epoch handed out last, as far as anyone must
+// assume, when the Lease is missing and known is the highest epoch in memory
+// or on a pod: known plus the one block the lost Lease may have reserved
+// beyond it; 0 (the next epoch is 1) for a group without any history.
+func epochAfterLostLease(known uint64) uint64 {
+	if known == 0 {
+		return 0
+	}
+	return known + epochBlock
+}
+
+// epochsExhausted reports (the Event once per pod) that the next promotion
+// would need an epoch beyond what the Lease can hold. Wrapping would
+// restart epochs below what apps hold, so they would refuse every
+// promotion (or, worse, a stale active would win): the group stays as it
+// is and the error is returned for the retry log. Starting again needs new
+// pods (apps that forgot their epochs) and the Lease deleted.
+func (r *Reconciler) epochsExhausted(ctx context.Context, req reconcile.Request, g *groupState, members []member, epoch uint64) error {
+	err := fmt.Errorf("group needs epoch %d, beyond the Lease's limit %d: no promotion", epoch, uint64(maxEpoch))
+	if len(members) > 0 {
+		m := &members[0]
+		if w := (warning{m.pod.UID, ReasonEpochsExhausted}); !g.warned[w] {
+			g.warned[w] = true
+			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonEpochsExhausted, "Elect",
+				"group %s needs epoch %d, beyond the limit %d of its Lease; no pod is promoted", req.Name, epoch, uint64(maxEpoch))
+		}
+	}
+	return err
 }
 
 // assess builds the election view of every pod, overlaying the controller's
@@ -249,6 +309,12 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonUnknownCriticality, "Assess",
 				"containers %v set %s to a value other than %q; treated as non-critical",
 				st.UnknownCriticality, r.Config.CriticalEnv, r.Config.CriticalValue)
+		}
+		if w := (warning{pod.UID, ReasonUnreadableCriticality}); len(st.UnreadableCriticality) > 0 && !g.warned[w] {
+			g.warned[w] = true
+			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonUnreadableCriticality, "Assess",
+				"containers %v may set %s through valueFrom or envFrom, which the controller cannot read; treated as non-critical (set it as a literal value)",
+				st.UnreadableCriticality, r.Config.CriticalEnv)
 		}
 		m := member{pod: pod, Member: election.Member{
 			Name: pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
@@ -423,29 +489,28 @@ func (r *Reconciler) setStandby(ctx context.Context, g *groupState, ms []*member
 	return errors.Join(errs...)
 }
 
+// maxEpoch is the highest epoch the Lease can record: leaseTransitions is
+// an int32. Epochs never wrap (see epochsExhausted).
+const maxEpoch = 1<<31 - 1
+
 // reserveEpochs records in the group's Lease that epochs up to upTo may be
-// handed out. Optimistic concurrency: a conflict means another writer (a
-// previous leader) moved the epoch, so the memory is dropped and the group
-// reconciled afresh.
+// handed out (cut at maxEpoch). Optimistic concurrency: a conflict means
+// another writer (a previous leader) moved the epoch, so the Lease is read
+// again (loadEpoch never lowers what memory holds) and the group
+// reconciled afresh. A Lease deleted under a running
+// controller is recreated at once: memory holds every epoch handed out
+// since it was read, so failover goes on and epochs keep increasing.
 func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g *groupState, holder string, upTo uint64) error {
-	now := metav1.NewMicroTime(r.Now())
-	transitions := int32(min(upTo, uint64(1<<31-1)))
-	var lease *coordinationv1.Lease
-	var err error
-	if g.lease == nil {
-		lease = &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{
-				Name: LeaseName(r.Config.LeasePrefix, req.Name), Namespace: req.Namespace,
-				Labels: map[string]string{managedBy: FieldOwner, role.GroupLabel: req.Name},
-			},
-		}
-		lease.Spec = coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseTransitions: &transitions, AcquireTime: &now, RenewTime: &now}
-		err = r.Client.Create(ctx, lease, client.FieldOwner(FieldOwner))
-	} else {
-		lease = g.lease.DeepCopy()
-		lease.Spec.HolderIdentity, lease.Spec.LeaseTransitions = &holder, &transitions
-		lease.Spec.RenewTime = &now
-		err = r.Client.Update(ctx, lease, client.FieldOwner(FieldOwner))
+	upTo = min(upTo, maxEpoch)
+	if upTo <= g.reserved && g.lease != nil {
+		return nil // nothing more to reserve; a promotion past maxEpoch is refused before it gets here
+	}
+	lease, err := r.writeLease(ctx, req, g.lease, holder, upTo)
+	// An update of a deleted Lease fails with a Conflict (Leases may be
+	// created by PUT, and the resourceVersion matches nothing) or NotFound.
+	if g.lease != nil && (apierrors.IsConflict(err) || apierrors.IsNotFound(err)) && r.leaseGone(ctx, req) {
+		logf.FromContext(ctx).Info("Epoch lease deleted; recreating it", "epoch", g.epoch, "reserved", upTo)
+		lease, err = r.writeLease(ctx, req, nil, holder, max(upTo, g.reserved))
 	}
 	if err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
@@ -453,8 +518,36 @@ func (r *Reconciler) reserveEpochs(ctx context.Context, req reconcile.Request, g
 		}
 		return fmt.Errorf("reserving epochs in lease: %w", err)
 	}
-	g.lease, g.reserved = lease, uint64(transitions)
+	g.lease, g.reserved = lease, uint64(*lease.Spec.LeaseTransitions)
 	return nil
+}
+
+// leaseGone reports whether the group's Lease is certainly not there.
+func (r *Reconciler) leaseGone(ctx context.Context, req reconcile.Request) bool {
+	var lease coordinationv1.Lease
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: LeaseName(r.Config.LeasePrefix, req.Name)}, &lease)
+	return apierrors.IsNotFound(err)
+}
+
+// writeLease creates the Lease (old == nil) or updates old, recording
+// holder and upTo (at most maxEpoch).
+func (r *Reconciler) writeLease(ctx context.Context, req reconcile.Request, old *coordinationv1.Lease, holder string, upTo uint64) (*coordinationv1.Lease, error) {
+	now := metav1.NewMicroTime(r.Now())
+	transitions := int32(upTo)
+	if old == nil {
+		lease := &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{
+				Name: LeaseName(r.Config.LeasePrefix, req.Name), Namespace: req.Namespace,
+				Labels: map[string]string{managedBy: FieldOwner, role.GroupLabel: req.Name},
+			},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseTransitions: &transitions, AcquireTime: &now, RenewTime: &now},
+		}
+		return lease, r.Client.Create(ctx, lease, client.FieldOwner(FieldOwner))
+	}
+	lease := old.DeepCopy()
+	lease.Spec.HolderIdentity, lease.Spec.LeaseTransitions = &holder, &transitions
+	lease.Spec.RenewTime = &now
+	return lease, r.Client.Update(ctx, lease, client.FieldOwner(FieldOwner))
 }
 
 // patchRole sets the role label (and, for a promotion, the epoch). The uid

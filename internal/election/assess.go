@@ -1,6 +1,7 @@
 package election
 
 import (
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,7 +38,23 @@ type Options struct {
 	// NotReadyGrace is how long an active pod may stay not Ready before it
 	// is failed over. A short blip of readiness should not cost a failover.
 	NotReadyGrace time.Duration
+	// WatchingSince is when the controller began watching the pods. A
+	// critical container that died and runs again counts as a death only
+	// if it finished after this, or within RecentDeath of now: a restart
+	// from before hapod was installed (or before this controller took over)
+	// is history, and must not doom a pod that has served since. Zero
+	// counts every restart.
+	WatchingSince time.Time
+	// RecentDeath is how far back a restart counts even if it finished
+	// before WatchingSince, so that a death during a controller restart or
+	// a leader handover still fails the pod over. Zero means
+	// DefaultRecentDeath.
+	RecentDeath time.Duration
 }
+
+// DefaultRecentDeath covers a leader handover with client-go's default
+// leader election (15 s lease) and a controller restart, with room to spare.
+const DefaultRecentDeath = time.Minute
 
 // ContainerDeath describes a critical container that died, for the Event.
 type ContainerDeath struct {
@@ -55,7 +72,11 @@ type Status struct {
 	// Doomed: a critical container died, so the pod must be deleted and
 	// replaced rather than restarted in place.
 	Doomed bool
-	Death  *ContainerDeath
+	// Warm: the pod would be Eligible but for being Doomed. Its critical
+	// container died and runs again, so it can still serve: Decide keeps
+	// one such pod rather than leave the group with nothing warm.
+	Warm  bool
+	Death *ContainerDeath
 	// ReadyDeadline is when a pod that is not Ready now will count as
 	// failed (zero when the pod is Ready or already faulty).
 	ReadyDeadline time.Time
@@ -63,6 +84,12 @@ type Status struct {
 	// value that is neither the critical value nor empty: they are treated
 	// as non-critical, and the controller warns about them once.
 	UnknownCriticality []string
+	// UnreadableCriticality lists containers whose criticality the
+	// controller cannot read: the variable comes from valueFrom, or may
+	// come from an envFrom source (a ConfigMap or Secret the controller
+	// does not read). They are treated as non-critical, because a wrong
+	// "critical" deletes pods, and the controller warns about them once.
+	UnreadableCriticality []string
 }
 
 // Assess judges one pod. node may be nil when the pod is not scheduled or
@@ -70,12 +97,17 @@ type Status struct {
 // a missing node object is not evidence that the pod is down.
 func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Status {
 	var s Status
-	critical, unknown := criticalContainers(pod, opts.Criticality)
-	s.UnknownCriticality = unknown
-	s.Death = deadCritical(pod, critical)
+	cr := criticalContainers(pod, opts.Criticality)
+	s.UnknownCriticality, s.UnreadableCriticality = cr.unknown, cr.unreadable
+	recent := opts.RecentDeath
+	if recent <= 0 {
+		recent = DefaultRecentDeath
+	}
+	s.Death = deadCritical(pod, cr.critical, deathCounts(opts.WatchingSince, now, recent))
 	s.Doomed = s.Death != nil
 
 	ready, readySince := podReadySince(pod)
+	nodeIsDown := node != nil && nodeDown(node)
 	switch {
 	case pod.DeletionTimestamp != nil:
 		s.Fault = Deleting
@@ -85,7 +117,7 @@ func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Sta
 		s.Fault = PodSucceeded
 	case s.Doomed:
 		s.Fault = CriticalDied
-	case node != nil && nodeDown(node):
+	case nodeIsDown:
 		s.Fault = NodeNotReady
 	case !ready && !readySince.IsZero():
 		// Ready was seen to turn false at readySince: the pod had been up.
@@ -96,55 +128,109 @@ func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Sta
 			s.ReadyDeadline = deadline
 		}
 	}
-	s.Eligible = s.Fault == NoFault && ready && pod.Status.Phase == corev1.PodRunning &&
-		criticalRunning(pod, critical)
+	serving := ready && pod.Status.Phase == corev1.PodRunning && criticalRunning(pod, cr.critical)
+	s.Eligible = s.Fault == NoFault && serving
+	s.Warm = s.Fault == CriticalDied && !nodeIsDown && serving
 	return s
 }
 
-// criticalContainers returns the names of the containers marked critical and
-// of those whose marker has an unexpected value.
-func criticalContainers(pod *corev1.Pod, c Criticality) (critical map[string]bool, unknown []string) {
-	critical = map[string]bool{}
-	for i := range pod.Spec.Containers {
-		ctr := &pod.Spec.Containers[i]
-		for _, e := range ctr.Env {
-			if e.Name != c.EnvName {
-				continue
-			}
-			switch e.Value {
-			case c.EnvValue:
-				critical[ctr.Name] = true
-			case "":
-				// Declared but empty (or set from a source we cannot read
-				// here): not critical, and not worth a warning either.
-			default:
-				unknown = append(unknown, ctr.Name)
-			}
+// criticality sorts a pod's containers by what their marker says.
+type criticality struct {
+	critical   map[string]bool
+	unknown    []string
+	unreadable []string
+}
+
+// criticalContainers reads the marker of every container, including native
+// sidecars (init containers with restartPolicy Always, which run for the
+// pod's whole life); ordinary init containers run to completion, so their
+// ending is no death.
+func criticalContainers(pod *corev1.Pod, c Criticality) criticality {
+	cr := criticality{critical: map[string]bool{}}
+	for i := range pod.Spec.InitContainers {
+		if ctr := &pod.Spec.InitContainers[i]; isSidecar(ctr) {
+			cr.judge(ctr, c)
 		}
 	}
-	return critical, unknown
+	for i := range pod.Spec.Containers {
+		cr.judge(&pod.Spec.Containers[i], c)
+	}
+	return cr
+}
+
+func isSidecar(ctr *corev1.Container) bool {
+	return ctr.RestartPolicy != nil && *ctr.RestartPolicy == corev1.ContainerRestartPolicyAlways
+}
+
+func (cr *criticality) judge(ctr *corev1.Container, c Criticality) {
+	// The last entry of a name wins, as in the kubelet; an env entry
+	// overrides whatever envFrom provides.
+	var marker *corev1.EnvVar
+	for i := range ctr.Env {
+		if ctr.Env[i].Name == c.EnvName {
+			marker = &ctr.Env[i]
+		}
+	}
+	switch {
+	case marker == nil:
+		for _, src := range ctr.EnvFrom {
+			if strings.HasPrefix(c.EnvName, src.Prefix) {
+				cr.unreadable = append(cr.unreadable, ctr.Name)
+				return
+			}
+		}
+	case marker.ValueFrom != nil:
+		cr.unreadable = append(cr.unreadable, ctr.Name)
+	case marker.Value == c.EnvValue:
+		cr.critical[ctr.Name] = true
+	case marker.Value == "":
+		// Declared but empty: not critical, and not worth a warning.
+	default:
+		cr.unknown = append(cr.unknown, ctr.Name)
+	}
+}
+
+// deathCounts returns the rule for a critical container that died and runs
+// again: its death counts if it finished after the controller began
+// watching, or recently. An undated death (no finishedAt) counts only
+// when the controller did not say when it began watching.
+func deathCounts(watchingSince, now time.Time, recent time.Duration) func(*corev1.ContainerStateTerminated) bool {
+	return func(last *corev1.ContainerStateTerminated) bool {
+		var finished time.Time
+		if last != nil {
+			finished = last.FinishedAt.Time
+		}
+		if !finished.Before(watchingSince) {
+			return true
+		}
+		return !finished.IsZero() && now.Sub(finished) <= recent
+	}
 }
 
 // deadCritical finds a critical container that has died: terminated now,
-// waiting after a crash, or restarted at least once. A restart counts
-// because the kubelet may bring the container back before we see it
-// terminated; restartCount is the durable trace of that death.
-func deadCritical(pod *corev1.Pod, critical map[string]bool) *ContainerDeath {
-	for i := range pod.Status.ContainerStatuses {
-		cs := &pod.Status.ContainerStatuses[i]
-		if !critical[cs.Name] {
-			continue
-		}
-		if t := cs.State.Terminated; t != nil {
-			return &ContainerDeath{Container: cs.Name, ExitCode: t.ExitCode, Reason: t.Reason}
-		}
-		last := cs.LastTerminationState.Terminated
-		if cs.RestartCount > 0 || (cs.State.Waiting != nil && last != nil) {
-			d := &ContainerDeath{Container: cs.Name, Reason: "Restarted"}
-			if last != nil {
-				d.ExitCode, d.Reason = last.ExitCode, last.Reason
+// waiting after a crash, or restarted with a death that counts. A restart
+// counts because the kubelet may bring the container back before we see
+// it terminated; restartCount and lastState are the trace of that death.
+// A container terminated or waiting now is down now, whenever it died.
+func deadCritical(pod *corev1.Pod, critical map[string]bool, counts func(*corev1.ContainerStateTerminated) bool) *ContainerDeath {
+	for _, statuses := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		for i := range statuses {
+			cs := &statuses[i]
+			if !critical[cs.Name] {
+				continue
 			}
-			return d
+			if t := cs.State.Terminated; t != nil {
+				return &ContainerDeath{Container: cs.Name, ExitCode: t.ExitCode, Reason: t.Reason}
+			}
+			last := cs.LastTerminationState.Terminated
+			crashedNow := cs.State.Waiting != nil && last != nil
+			if crashedNow || (cs.RestartCount > 0 && counts(last)) {
+				d := &ContainerDeath{Container: cs.Name, Reason: "Restarted"}
+				if last != nil {
+					d.ExitCode, d.Reason = last.ExitCode, last.Reason
+				}
+				return d
+			}
 		}
 	}
 	return nil
@@ -154,10 +240,12 @@ func deadCritical(pod *corev1.Pod, critical map[string]bool) *ContainerDeath {
 // status. A pod whose statuses are not reported yet is not promotable.
 func criticalRunning(pod *corev1.Pod, critical map[string]bool) bool {
 	running := 0
-	for i := range pod.Status.ContainerStatuses {
-		cs := &pod.Status.ContainerStatuses[i]
-		if critical[cs.Name] && cs.State.Running != nil {
-			running++
+	for _, statuses := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		for i := range statuses {
+			cs := &statuses[i]
+			if critical[cs.Name] && cs.State.Running != nil {
+				running++
+			}
 		}
 	}
 	return running == len(critical)

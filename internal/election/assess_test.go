@@ -1,6 +1,7 @@
 package election
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -142,5 +143,159 @@ func TestAssessDeathDetails(t *testing.T) {
 	want := ContainerDeath{Container: "app", ExitCode: 137, Reason: "OOMKilled"}
 	if s.Death == nil || *s.Death != want {
 		t.Fatalf("Death = %+v, want %+v", s.Death, want)
+	}
+}
+
+func restartedAt(container string, finished time.Time) podOpt {
+	return func(p *corev1.Pod) {
+		restarted(container)(p)
+		for i := range p.Status.ContainerStatuses {
+			if cs := &p.Status.ContainerStatuses[i]; cs.Name == container {
+				cs.LastTerminationState.Terminated.FinishedAt = metav1.NewTime(finished)
+			}
+		}
+	}
+}
+
+func crashLooping(container string) podOpt {
+	return func(p *corev1.Pod) {
+		for i := range p.Status.ContainerStatuses {
+			if cs := &p.Status.ContainerStatuses[i]; cs.Name == container {
+				cs.State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}
+			}
+		}
+	}
+}
+
+// Only deaths the controller can have seen happen doom a pod (defect 7):
+// a restart from before it began watching is history.
+func TestAssessDeathHistory(t *testing.T) {
+	now := t0.Add(time.Hour)
+	watching := now.Add(-10 * time.Minute)
+	o := opts
+	o.WatchingSince = watching
+	tests := []struct {
+		name       string
+		pod        *corev1.Pod
+		node       *corev1.Node
+		wantDoomed bool
+		wantWarm   bool
+	}{
+		// Installing hapod over pods that restarted once, long ago: they
+		// have served since and stay as they are.
+		{name: "restart long before watching", pod: newPod(restartedAt("app", t0)), wantDoomed: false},
+		// A death while watching dooms the pod; it runs again, so it is warm.
+		{name: "restart while watching", pod: newPod(restartedAt("app", watching.Add(time.Minute))), wantDoomed: true, wantWarm: true},
+		{name: "restart as watching began", pod: newPod(restartedAt("app", watching)), wantDoomed: true, wantWarm: true},
+		// A death during a controller restart or leader handover still
+		// counts: it is recent.
+		{name: "recent restart before watching", pod: newPod(restartedAt("app", now.Add(-30*time.Second))), wantDoomed: true, wantWarm: true},
+		// No date: not evidence of a death since watching began.
+		{name: "undated restart", pod: newPod(restarted("app")), wantDoomed: false},
+		// Down now, whenever it died.
+		{name: "crash-looping after an old restart", pod: newPod(restartedAt("app", t0), crashLooping("app")), wantDoomed: true},
+		{name: "terminated now", pod: newPod(terminated("app", 1)), wantDoomed: true},
+		// Warm needs everything but the doom to be fine.
+		{name: "recent restart on a down node", pod: newPod(restartedAt("app", now.Add(-time.Second))), node: node(corev1.ConditionFalse), wantDoomed: true},
+		{name: "recent restart, not ready", pod: newPod(restartedAt("app", now.Add(-time.Second)), notReadySince(now)), wantDoomed: true},
+		// A sidecar's restarts are the kubelet's business, recent or not.
+		{name: "sidecar restart while watching", pod: newPod(restartedAt("sidecar", now.Add(-time.Second)))},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := Assess(tc.pod, tc.node, now, o)
+			if s.Doomed != tc.wantDoomed || s.Warm != tc.wantWarm {
+				t.Fatalf("Assess = %+v; want doomed %v warm %v", s, tc.wantDoomed, tc.wantWarm)
+			}
+			if !tc.wantDoomed && !s.Eligible {
+				t.Fatalf("a pod that is not doomed must stay eligible: %+v", s)
+			}
+		})
+	}
+}
+
+func sidecarInit(env ...corev1.EnvVar) podOpt {
+	return func(p *corev1.Pod) {
+		always := corev1.ContainerRestartPolicyAlways
+		p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: "proxy", RestartPolicy: &always, Env: env})
+		p.Status.InitContainerStatuses = append(p.Status.InitContainerStatuses, corev1.ContainerStatus{
+			Name: "proxy", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}},
+		})
+	}
+}
+
+func plainInit(env ...corev1.EnvVar) podOpt {
+	return func(p *corev1.Pod) {
+		p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: "setup", Env: env})
+		p.Status.InitContainerStatuses = append(p.Status.InitContainerStatuses, corev1.ContainerStatus{
+			Name: "setup", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed"}},
+		})
+	}
+}
+
+func initState(name string, st corev1.ContainerState) podOpt {
+	return func(p *corev1.Pod) {
+		for i := range p.Status.InitContainerStatuses {
+			if p.Status.InitContainerStatuses[i].Name == name {
+				p.Status.InitContainerStatuses[i].State = st
+			}
+		}
+	}
+}
+
+func sidecarEnv(env ...corev1.EnvVar) podOpt {
+	return func(p *corev1.Pod) { p.Spec.Containers[1].Env = env }
+}
+
+func sidecarEnvFrom(prefix string) podOpt {
+	return func(p *corev1.Pod) {
+		p.Spec.Containers[1].EnvFrom = []corev1.EnvFromSource{{Prefix: prefix, ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}}}
+	}
+}
+
+// How markers are read (defect 8): native sidecars are containers; a marker
+// the controller cannot read is reported, and counts as non-critical.
+func TestAssessCriticalityMarkers(t *testing.T) {
+	critical := corev1.EnvVar{Name: "pwcriticality", Value: "critical"}
+	fromField := corev1.EnvVar{Name: "pwcriticality", ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['criticality']"},
+	}}
+	dead := corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 2, Reason: "Error"}}
+	tests := []struct {
+		name           string
+		pod            *corev1.Pod
+		wantDoomed     bool
+		wantEligible   bool
+		wantUnreadable []string
+	}{
+		// A critical native sidecar that dies dooms the pod like a container.
+		{name: "critical sidecar dies", pod: newPod(sidecarInit(critical), initState("proxy", dead)), wantDoomed: true},
+		{name: "critical sidecar runs", pod: newPod(sidecarInit(critical)), wantEligible: true},
+		// Not started yet: the pod is not promotable.
+		{name: "critical sidecar without status", pod: newPod(sidecarInit(critical), func(p *corev1.Pod) { p.Status.InitContainerStatuses = nil })},
+		{name: "non-critical sidecar dies", pod: newPod(sidecarInit(), initState("proxy", dead)), wantEligible: true},
+		// An ordinary init container ends by design.
+		{name: "critical-marked init container completed", pod: newPod(plainInit(critical)), wantEligible: true},
+		// valueFrom: unreadable, warned, non-critical (the sidecar's death
+		// is then the kubelet's business).
+		{name: "marker from valueFrom", pod: newPod(sidecarEnv(fromField), terminated("sidecar", 1)), wantEligible: true, wantUnreadable: []string{"sidecar"}},
+		{name: "sidecar marker from valueFrom", pod: newPod(sidecarInit(fromField), initState("proxy", dead)), wantEligible: true, wantUnreadable: []string{"proxy"}},
+		// envFrom may hold the marker: unreadable, unless a literal entry
+		// overrides it or the prefix rules it out.
+		{name: "envFrom may hold the marker", pod: newPod(sidecarEnvFrom("")), wantEligible: true, wantUnreadable: []string{"sidecar"}},
+		{name: "envFrom with a matching prefix", pod: newPod(sidecarEnvFrom("pw")), wantEligible: true, wantUnreadable: []string{"sidecar"}},
+		{name: "envFrom with another prefix", pod: newPod(sidecarEnvFrom("APP_")), wantEligible: true},
+		{name: "envFrom overridden by a literal", pod: newPod(sidecarEnvFrom(""), sidecarEnv(critical), terminated("sidecar", 1)), wantDoomed: true},
+		{name: "envFrom overridden by an empty literal", pod: newPod(sidecarEnvFrom(""), sidecarEnv(corev1.EnvVar{Name: "pwcriticality"})), wantEligible: true},
+		// The last entry of a name wins, as in the kubelet.
+		{name: "last entry wins", pod: newPod(sidecarEnv(critical, corev1.EnvVar{Name: "pwcriticality", Value: ""}), terminated("sidecar", 1)), wantEligible: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := Assess(tc.pod, nil, t0.Add(time.Minute), opts)
+			if s.Doomed != tc.wantDoomed || s.Eligible != tc.wantEligible || !slices.Equal(s.UnreadableCriticality, tc.wantUnreadable) {
+				t.Fatalf("Assess = %+v; want doomed %v eligible %v unreadable %v", s, tc.wantDoomed, tc.wantEligible, tc.wantUnreadable)
+			}
+		})
 	}
 }

@@ -43,7 +43,8 @@ type Demotion struct {
 // Decision is what the controller must do for a group, in this order:
 // demote, promote, label standby, delete.
 type Decision struct {
-	// Keep is the active pod that stays active, if any.
+	// Keep is the active pod that stays active, if any: a healthy one, or
+	// a warm doomed one while no pod is eligible (lastWarm).
 	Keep *Member
 	// Demote lists pods labelled active that must become standby, so that
 	// the Service never selects two pods.
@@ -54,13 +55,15 @@ type Decision struct {
 	// Reason is why a promotion happens: the fault of the active it
 	// replaces, or Initial when the group had none.
 	Reason Fault
-	// NoCandidate: the group needs an active but no pod is eligible; the
-	// next pod to become Ready will be promoted.
+	// NoCandidate: the group is left without an active: no pod is
+	// eligible, and none is warm (see lastWarm); the next pod to become
+	// Ready will be promoted.
 	NoCandidate bool
 	// LabelStandby lists pods with no (or an unknown) role label.
 	LabelStandby []Member
 	// Delete lists pods whose critical container died; they are deleted
-	// after the switch so the ReplicaSet replaces them.
+	// after the switch so the ReplicaSet replaces them. Never the pod kept
+	// or promoted.
 	Delete []Member
 	// RequeueAfter is when the decision may change by the clock alone
 	// (an active's not-Ready grace running out); zero for never.
@@ -75,8 +78,10 @@ const Initial Fault = "Initial"
 //     then the oldest, then the first by name; demote every other active;
 //   - an active with a fault is demoted and replaced by the earliest-created
 //     eligible pod (ties broken by name), with the next epoch;
+//   - with no eligible pod, a warm doomed pod (its critical container died
+//     and runs again) stays or becomes active: see lastWarm;
 //   - pods without a role become standby; pods whose critical container
-//     died are deleted.
+//     died are deleted, except the one lastWarm keeps.
 func Decide(in Input) Decision {
 	var d Decision
 	members := slices.Clone(in.Members)
@@ -121,14 +126,22 @@ func Decide(in Input) Decision {
 				break
 			}
 		}
-		d.NoCandidate = d.Promote == nil
+		if d.Promote == nil {
+			if w := lastWarm(actives, members); w != nil && w.Role == in.Roles.Active {
+				d.Keep = w
+				d.Demote = slices.DeleteFunc(d.Demote, func(dm Demotion) bool { return dm.Member.UID == w.UID })
+			} else if w != nil {
+				d.Promote, d.Epoch, d.Reason = w, in.Epoch+1, reason
+			}
+		}
+		d.NoCandidate = d.Keep == nil && d.Promote == nil
 	} else if !d.Keep.Status.ReadyDeadline.IsZero() {
 		d.RequeueAfter = max(d.Keep.Status.ReadyDeadline.Sub(in.Now), time.Millisecond)
 	}
 
 	for _, m := range members {
 		switch {
-		case m.Status.Doomed && m.Status.Fault != Deleting:
+		case m.Status.Doomed && m.Status.Fault != Deleting && !d.holds(m):
 			d.Delete = append(d.Delete, m)
 		case m.Role != in.Roles.Active && m.Role != in.Roles.Standby &&
 			m.Status.Fault != Deleting && (d.Promote == nil || d.Promote.UID != m.UID):
@@ -136,6 +149,33 @@ func Decide(in Input) Decision {
 		}
 	}
 	return d
+}
+
+// lastWarm is called when no pod is eligible. It picks the doomed pod that
+// is still warm to hold the group until a replacement is Ready: an active
+// one first (best epoch, so no switch is needed), else the oldest.
+//
+// Why: deleting a doomed pod is how its ReplicaSet replaces it, but when
+// every pod is doomed (a crash of every replica at once, correlated by a
+// shared dependency) deleting them all is a cold start, the very thing a
+// hot standby exists to avoid. A pod whose critical container died and
+// runs again can serve; it is replaced the moment another pod is eligible,
+// since then it is demoted and deleted like any doomed pod.
+func lastWarm(actives, members []Member) *Member {
+	for _, group := range [][]Member{actives, members} {
+		for _, m := range group {
+			if m.Status.Warm {
+				w := m
+				return &w
+			}
+		}
+	}
+	return nil
+}
+
+// holds reports whether m is the pod the decision keeps or promotes.
+func (d Decision) holds(m Member) bool {
+	return (d.Keep != nil && d.Keep.UID == m.UID) || (d.Promote != nil && d.Promote.UID == m.UID)
 }
 
 // Changes reports whether the decision writes anything to the API.

@@ -17,6 +17,8 @@ var (
 	starting = Status{}
 	deleting = Status{Fault: Deleting}
 	crashed  = Status{Fault: CriticalDied, Doomed: true}
+	// warm: a critical container died and runs again; it can still serve.
+	warm = Status{Fault: CriticalDied, Doomed: true, Warm: true}
 )
 
 func names(ms []Member) []string {
@@ -104,6 +106,38 @@ func TestDecide(t *testing.T) {
 		}, keep: "a", standby: []string{"b", "c"}},
 		// An unlabelled pod that is promoted is not also labelled standby.
 		{name: "unlabelled promoted", members: []Member{member("a", 1, "", 0, ok)}, promote: "a", reason: Initial},
+		// Every replica crashed at once (defect 7): deleting them all is a
+		// cold start. The warm active stays active and is not deleted; the
+		// others are, and their replacements take over once Ready.
+		{name: "all doomed, active warm", epoch: 1, members: []Member{
+			member("a", 1, "active", 1, warm), member("b", 2, "standby", 0, warm), member("c", 3, "standby", 0, crashed),
+		}, keep: "a", del: []string{"b", "c"}},
+		// The active is down for good, a standby is warm: it takes over
+		// rather than leave the group without an active.
+		{name: "all doomed, only a standby warm", epoch: 1, members: []Member{
+			member("a", 1, "active", 1, crashed), member("b", 2, "standby", 0, warm),
+		}, promote: "b", reason: CriticalDied, demote: []string{"a"}, del: []string{"a"}},
+		// No active and only doomed pods: the oldest warm one is promoted.
+		{name: "no active, all doomed", members: []Member{
+			member("b", 2, "standby", 0, warm), member("a", 1, "standby", 0, warm),
+		}, promote: "a", reason: Initial, del: []string{"b"}},
+		// A replacement is Ready: the warm doomed active is replaced and deleted.
+		{name: "warm doomed active replaced once a pod is eligible", epoch: 1, members: []Member{
+			member("a", 1, "active", 1, warm), member("b", 2, "standby", 0, ok),
+		}, promote: "b", reason: CriticalDied, demote: []string{"a"}, del: []string{"a"}},
+		// A healthy active: every doomed standby goes at once.
+		{name: "healthy active, doomed standbys all deleted", epoch: 1, members: []Member{
+			member("a", 1, "active", 1, ok), member("b", 2, "standby", 0, warm), member("c", 3, "standby", 0, warm),
+		}, keep: "a", del: []string{"b", "c"}},
+		// Nothing warm: nothing can serve, deleting is the fastest repair.
+		{name: "all doomed, none warm", epoch: 1, members: []Member{
+			member("a", 1, "active", 1, crashed), member("b", 2, "standby", 0, crashed),
+		}, demote: []string{"a"}, del: []string{"a", "b"}, noCandidate: true},
+		// Of two warm doomed actives the higher epoch stays, the other is
+		// demoted and deleted.
+		{name: "two warm doomed actives", epoch: 3, members: []Member{
+			member("a", 1, "active", 2, warm), member("b", 2, "active", 3, warm),
+		}, keep: "b", demote: []string{"a"}, del: []string{"a"}},
 		{name: "active within not-ready grace", epoch: 1, members: []Member{
 			member("a", 1, "active", 1, Status{ReadyDeadline: now.Add(1500 * time.Millisecond)}), member("b", 2, "standby", 0, ok),
 		}, keep: "a", requeue: 1500 * time.Millisecond},
@@ -166,5 +200,21 @@ func TestDecideSettles(t *testing.T) {
 	}
 	if d2 := Decide(in); d2.Changes() {
 		t.Fatalf("second decision still changes things: %+v", d2)
+	}
+}
+
+// The warm doomed active that Decide keeps is kept again once the other
+// doomed pods are gone: no flapping while the replacements start.
+func TestDecideKeepsLastWarmSettles(t *testing.T) {
+	in := Input{Roles: roles, Epoch: 1, Now: t0, Members: []Member{
+		member("a", 1, "active", 1, warm), member("b", 2, "standby", 0, warm),
+	}}
+	d := Decide(in)
+	if name(d.Keep) != "a" || len(d.Delete) != 1 || d.Delete[0].Name != "b" {
+		t.Fatalf("first decision keep %q delete %v", name(d.Keep), names(d.Delete))
+	}
+	in.Members = append(in.Members[:1], member("b2", 3, "standby", 0, starting))
+	if d2 := Decide(in); d2.Changes() || name(d2.Keep) != "a" {
+		t.Fatalf("second decision: %+v", d2)
 	}
 }

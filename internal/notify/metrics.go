@@ -28,9 +28,9 @@ func reason(err error) string {
 }
 
 type metrics struct {
-	sends, retries, timeouts, canceled, sendErrors, unmatched prometheus.Counter
-	acks, malformed                                           *prometheus.CounterVec
-	latency                                                   prometheus.Histogram
+	sends, retries, deferred, timeouts, canceled, sendErrors, unmatched prometheus.Counter
+	acks, malformed                                                     *prometheus.CounterVec
+	latency                                                             prometheus.Histogram
 }
 
 // newMetrics builds the collectors whether or not they are registered, so
@@ -42,6 +42,7 @@ func newMetrics() *metrics {
 	m := &metrics{
 		sends:      counter("sends_total", "Role messages handed to Send with a valid target."),
 		retries:    counter("retries_total", "Role datagrams resent because no ack had arrived yet."),
+		deferred:   counter("deferred_resends_total", "Resends held back because the acks already received had not all been read yet."),
 		timeouts:   counter("timeouts_total", "Sends that ended at the deadline without an ack."),
 		canceled:   counter("canceled_total", "Sends ended by their context or by Close before an ack."),
 		sendErrors: counter("send_errors_total", "Socket writes that failed; the Send keeps retrying."),
@@ -76,7 +77,7 @@ func newMetrics() *metrics {
 // not leave half its metrics behind to collide with a retry.
 func (m *metrics) register(r prometheus.Registerer) error {
 	cs := []prometheus.Collector{
-		m.sends, m.retries, m.timeouts, m.canceled, m.sendErrors, m.unmatched,
+		m.sends, m.retries, m.deferred, m.timeouts, m.canceled, m.sendErrors, m.unmatched,
 		m.acks, m.malformed, m.latency,
 	}
 	for i, c := range cs {

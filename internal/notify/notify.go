@@ -80,6 +80,11 @@ type Notifier struct {
 	mu      sync.Mutex
 	waiters map[key]chan ack
 
+	// rtt paces resends by how long acks take to be read (resendWait);
+	// queue tells whether the reader is behind (resendUseful).
+	rtt   rttEstimator
+	queue readerQueue
+
 	closed     chan struct{}
 	readerDone chan struct{}
 	closeOnce  sync.Once
@@ -141,6 +146,8 @@ func New(cfg Config) (*Notifier, error) {
 		closed:     make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
+	n.queue.base = time.Now()
+	n.queue.markEmpty()
 	go n.read()
 	return n, nil
 }
@@ -204,24 +211,30 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 	// more than this while it waits.
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var lastSent time.Time
+	send := true
 	for {
-		res.Attempts++
-		if res.Attempts > 1 {
-			n.metrics.retries.Inc()
+		if send {
+			res.Attempts++
+			if res.Attempts > 1 {
+				n.metrics.retries.Inc()
+			}
+			lastSent = time.Now()
+			if _, err := n.conn.WriteToUDPAddrPort(b, t.Addr); err != nil {
+				// Kept for the timeout's error: a failing route or a full
+				// buffer may clear before the deadline, so keep retrying.
+				lastErr = err
+				n.metrics.sendErrors.Inc()
+			}
 		}
-		if _, err := n.conn.WriteToUDPAddrPort(b, t.Addr); err != nil {
-			// Kept for the timeout's error: a failing route or a full
-			// buffer may clear before the deadline, so keep retrying.
-			lastErr = err
-			n.metrics.sendErrors.Inc()
-		}
-		wait := min(backoff, time.Until(deadline))
+		wait := min(resendWait(backoff, n.rtt.timeout(), n.cfg.Deadline), time.Until(deadline))
 		timer.Reset(wait)
 		select {
 		case a := <-ch:
 			res.Status = a.status
 			res.Acked = a.status == wire.StatusOK
 			res.Latency = a.at.Sub(start)
+			n.rtt.observe(res.Latency)
 			n.metrics.acks.WithLabelValues(a.status).Inc()
 			n.metrics.latency.Observe(res.Latency.Seconds())
 			return res
@@ -235,6 +248,10 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 				return res
 			}
 			backoff = min(2*backoff, n.cfg.MaxBackoff)
+			send = resendUseful(n.queue.drainedSince(lastSent), time.Since(lastSent), n.cfg.Deadline)
+			if !send {
+				n.metrics.deferred.Inc()
+			}
 		case <-ctx.Done():
 			n.metrics.canceled.Inc()
 			res.Err = ctx.Err()
@@ -247,8 +264,9 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 	}
 }
 
-func (n *Notifier) read() {
-	defer close(n.readerDone)
+// readPortable reads through net.UDPConn, for platforms (or sockets)
+// without a raw read; it leaves readerQueue marked empty.
+func (n *Notifier) readPortable() {
 	// One byte over MaxSize so that an oversized ack is seen as such.
 	buf := make([]byte, wire.MaxSize+1)
 	for {
@@ -262,27 +280,120 @@ func (n *Notifier) read() {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		at := time.Now()
-		m, err := wire.Decode(buf[:sz])
-		if err != nil {
-			n.metrics.malformed.WithLabelValues(reason(err)).Inc()
-			continue
-		}
-		if m.Type != wire.TypeAck {
-			n.metrics.malformed.WithLabelValues(reasonNotAck).Inc()
-			continue
-		}
-		k := key{uid: m.UID, epoch: m.Epoch, seq: m.Seq}
-		// Deleted on the first match, so the ack of a retry that crossed
-		// the first ack counts as unmatched and ch never holds two.
-		n.mu.Lock()
-		ch, ok := n.waiters[k]
-		delete(n.waiters, k)
-		n.mu.Unlock()
-		if !ok {
-			n.metrics.unmatched.Inc()
-			continue
-		}
-		ch <- ack{status: m.Status, at: at}
+		n.handle(buf[:sz], time.Now())
 	}
+}
+
+// handle matches one datagram read at at to its waiting Send.
+func (n *Notifier) handle(b []byte, at time.Time) {
+	m, err := wire.Decode(b)
+	if err != nil {
+		n.metrics.malformed.WithLabelValues(reason(err)).Inc()
+		return
+	}
+	if m.Type != wire.TypeAck {
+		n.metrics.malformed.WithLabelValues(reasonNotAck).Inc()
+		return
+	}
+	k := key{uid: m.UID, epoch: m.Epoch, seq: m.Seq}
+	// Deleted on the first match, so the ack of a retry that crossed the
+	// first ack counts as unmatched and ch never holds two.
+	n.mu.Lock()
+	ch, ok := n.waiters[k]
+	delete(n.waiters, k)
+	n.mu.Unlock()
+	if !ok {
+		n.metrics.unmatched.Inc()
+		return
+	}
+	ch <- ack{status: m.Status, at: at}
+}
+
+// readerQueue records when the single reader last found the socket's
+// receive queue empty. A Send whose ack has not arrived uses it to tell "the
+// ack is lost" (the reader emptied the queue since the datagram went out,
+// and the ack was not in it: resend) from "the ack may be waiting behind
+// others in our own queue" (resending would only queue one more duplicate
+// ack in front of the acks other Sends wait for: wait instead).
+type readerQueue struct {
+	base    time.Time    // monotonic origin of drained
+	drained atomic.Int64 // since base, when the reader last found the queue empty
+	empty   atomic.Bool  // the reader is waiting on an empty queue now
+}
+
+func (q *readerQueue) markEmpty() {
+	q.drained.Store(int64(time.Since(q.base)))
+	q.empty.Store(true)
+}
+
+func (q *readerQueue) markRead() { q.empty.Store(false) }
+
+// drainedSince reports whether the queue was empty at some moment after t:
+// every ack that had arrived by then has been read.
+func (q *readerQueue) drainedSince(t time.Time) bool {
+	return q.empty.Load() || time.Duration(q.drained.Load()) > t.Sub(q.base)
+}
+
+// resendUseful decides whether a Send whose backoff ran out resends now.
+// Normally yes. While the reader has not emptied its queue since the last
+// datagram went out (drained false) the ack may be in that queue, so the
+// resend is held back; but for no more than a quarter of the deadline, so
+// that a reader kept busy without end (a flood of junk datagrams) cannot
+// stop lost datagrams from being repaired.
+func resendUseful(drained bool, sinceLastSend, deadline time.Duration) bool {
+	return drained || sinceLastSend >= deadline/4
+}
+
+// rttEstimator keeps the smoothed round trip of the Notifier's acks, as
+// TCP does for its retransmission timeout (RFC 6298): srtt and rttvar move
+// by 1/8 and 1/4 of each sample's difference.
+//
+// Why: a round trip is measured to the moment the single reader reads the
+// ack, so it includes the time the ack waited in the socket's queue. In a
+// mass failover on a busy machine (1,000 Sends, two cores taken by other
+// work, -race) that queue grew to ~5 MB and seconds of backlog, no
+// datagram was dropped, yet hundreds of Sends timed out: every resend after
+// 5, 15, 35 ms... made its pod send one more (duplicate) ack, which queued
+// in front of the acks still awaited, so the reader spent most of its
+// share of the CPU on duplicates. With the wait stretched to the measured
+// round trip, a slow reader makes Sends resend less instead of more.
+//
+// A sample is the time from a Send's first datagram to its ack, even when
+// the ack answered a resend (Karn's rule would drop those): it can only
+// overstate the round trip, which errs towards fewer resends.
+type rttEstimator struct {
+	mu           sync.Mutex
+	srtt, rttvar time.Duration
+	samples      bool
+}
+
+func (e *rttEstimator) observe(sample time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.samples {
+		e.srtt, e.rttvar, e.samples = sample, sample/2, true
+		return
+	}
+	diff := e.srtt - sample
+	if diff < 0 {
+		diff = -diff
+	}
+	e.rttvar += (diff - e.rttvar) / 4
+	e.srtt += (sample - e.srtt) / 8
+}
+
+// timeout is how long an ack may take before a resend is worth its cost;
+// zero before the first ack.
+func (e *rttEstimator) timeout() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.srtt + 4*e.rttvar
+}
+
+// resendWait is how long a Send waits for an ack before it resends: its
+// exponential backoff, or longer when acks are measured to take longer
+// (rto), but never more than a quarter of the deadline, so that a Send
+// still makes a few attempts against real loss however slow acks were.
+func resendWait(backoff, rto, deadline time.Duration) time.Duration {
+	return max(backoff, min(rto, deadline/4))
 }

@@ -45,6 +45,22 @@ func listener(t *testing.T, cfg role.Config) *role.Listener {
 	return l
 }
 
+// noResend is a Config under which a Send never resends within a test, so
+// that exact attempt and metric counts do not depend on how busy the
+// machine is: the first ack, however late, ends the Send.
+var noResend = Config{InitialBackoff: time.Minute, Deadline: time.Minute}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+	}
+}
+
 func target(addr netip.AddrPort, r string, epoch uint64) Target {
 	return Target{Addr: addr, Group: "ns/g", Pod: "p-0", UID: "uid-0", Role: r, Epoch: epoch}
 }
@@ -134,13 +150,13 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...stri
 }
 
 func TestSendAck(t *testing.T) {
-	n, reg := newNotifier(t, Config{})
+	n, reg := newNotifier(t, noResend)
 	l := listener(t, role.Config{PodUID: "uid-0"})
 	res := n.Send(t.Context(), target(addrPort(t, l.Addr()), wire.RoleActive, 1))
 	if !res.Acked || res.Status != wire.StatusOK || res.Attempts != 1 || res.Err != nil {
 		t.Fatalf("result %+v", res)
 	}
-	if res.Latency <= 0 || res.Latency > time.Second {
+	if res.Latency <= 0 {
 		t.Fatalf("latency %v", res.Latency)
 	}
 	if s := l.State(); s.Role != role.Active || s.Epoch != 1 {
@@ -163,45 +179,40 @@ func TestSendAck(t *testing.T) {
 	}
 }
 
-// A frozen pod must not slow the failover of a healthy one.
+// A frozen pod must not slow the failover of a healthy one: the live Send
+// is acked while the dead one is still retrying.
 func TestDeadTargetDoesNotDelayOthers(t *testing.T) {
-	n, reg := newNotifier(t, Config{Deadline: 500 * time.Millisecond})
+	n, reg := newNotifier(t, Config{Deadline: time.Minute})
 	l := listener(t, role.Config{})
 	live, dead := addrPort(t, l.Addr()), blackhole(t)
 
-	var wg sync.WaitGroup
-	var deadRes Result
-	var deadEnd time.Time
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		deadRes = n.Send(t.Context(), target(dead, wire.RoleStandby, 1))
-		deadEnd = time.Now()
-	}()
-	// Wait (bounded) until the dead Send is retrying.
-	for deadline := time.Now().Add(5 * time.Second); counter(t, reg, "hapod_notify_retries_total") < 1; {
-		if time.Now().After(deadline) {
-			t.Fatal("the dead Send never retried")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	liveRes := n.Send(t.Context(), target(live, wire.RoleActive, 1))
-	liveEnd := time.Now()
-	wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	deadDone := make(chan Result, 1)
+	go func() { deadDone <- n.Send(ctx, target(dead, wire.RoleStandby, 1)) }()
+	waitFor(t, "the dead Send retries", func() bool { return counter(t, reg, "hapod_notify_retries_total") >= 1 })
 
-	if !liveRes.Acked {
+	if liveRes := n.Send(t.Context(), target(live, wire.RoleActive, 1)); !liveRes.Acked {
 		t.Fatalf("live send %+v", liveRes)
 	}
-	if !liveEnd.Before(deadEnd) {
-		t.Fatal("live send finished after the dead one")
+	select {
+	case r := <-deadDone:
+		t.Fatalf("the dead Send ended before the live one was acked: %+v", r)
+	default:
 	}
-	if deadRes.Acked || !errors.Is(deadRes.Err, ErrTimeout) {
-		t.Fatalf("dead send %+v", deadRes)
+	cancel()
+	r := <-deadDone
+	if r.Acked || !errors.Is(r.Err, context.Canceled) || r.Attempts < 2 {
+		t.Fatalf("dead send %+v", r)
 	}
-	// Sends at 0, 5, 15, 35, 75, 155, 315ms, then the 500ms deadline: at
-	// most 7; a loaded machine may manage fewer, but it retried.
-	if deadRes.Attempts < 2 || deadRes.Attempts > 7 {
-		t.Fatalf("dead send made %d attempts, want 2 to 7", deadRes.Attempts)
+}
+
+// A pod that never answers ends its Send at the deadline, after retries.
+func TestTimeout(t *testing.T) {
+	n, reg := newNotifier(t, Config{Deadline: 300 * time.Millisecond})
+	res := n.Send(t.Context(), target(blackhole(t), wire.RoleActive, 1))
+	if res.Acked || !errors.Is(res.Err, ErrTimeout) || res.Attempts < 1 {
+		t.Fatalf("result %+v", res)
 	}
 	if got := counter(t, reg, "hapod_notify_timeouts_total"); got != 1 {
 		t.Fatalf("timeouts %v", got)
@@ -218,11 +229,13 @@ func TestRetryUntilAcked(t *testing.T) {
 		return [][]byte{ackOf(t, m, wire.StatusOK)}
 	})
 	res := n.Send(t.Context(), target(addr, wire.RoleActive, 1))
-	if !res.Acked || res.Attempts != 3 {
+	// At least the third datagram; more if its ack was slower than the
+	// next backoff, which a busy machine may make it.
+	if !res.Acked || res.Attempts < 3 {
 		t.Fatalf("result %+v", res)
 	}
-	if got := counter(t, reg, "hapod_notify_retries_total"); got != 2 {
-		t.Fatalf("retries %v", got)
+	if got := counter(t, reg, "hapod_notify_retries_total"); got != float64(res.Attempts-1) {
+		t.Fatalf("retries %v after %d attempts", got, res.Attempts)
 	}
 }
 
@@ -242,7 +255,7 @@ func TestRefusalEndsSend(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			n, reg := newNotifier(t, Config{})
+			n, reg := newNotifier(t, noResend)
 			l := listener(t, tt.cfg)
 			base := target(addrPort(t, l.Addr()), wire.RoleActive, 1)
 			if tt.first != nil {
@@ -264,7 +277,7 @@ func TestRefusalEndsSend(t *testing.T) {
 }
 
 func TestBadAcksIgnored(t *testing.T) {
-	n, reg := newNotifier(t, Config{})
+	n, reg := newNotifier(t, noResend)
 	addr := fakePod(t, func(_ int, m wire.Message) [][]byte {
 		other := m
 		other.Seq++             // an ack for a Send that is not waiting
@@ -297,13 +310,12 @@ func TestBadAcksIgnored(t *testing.T) {
 }
 
 func TestContextCanceled(t *testing.T) {
-	n, _ := newNotifier(t, Config{})
+	n, _ := newNotifier(t, Config{Deadline: time.Minute})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	res := n.Send(ctx, target(blackhole(t), wire.RoleActive, 1))
-	if !errors.Is(res.Err, context.DeadlineExceeded) || time.Since(start) > time.Second {
-		t.Fatalf("result %+v after %v", res, time.Since(start))
+	if !errors.Is(res.Err, context.DeadlineExceeded) {
+		t.Fatalf("result %+v", res)
 	}
 	if res := n.Send(ctx, target(blackhole(t), wire.RoleActive, 1)); res.Attempts != 0 || res.Err == nil {
 		t.Fatalf("send on a done ctx: %+v", res)
@@ -335,15 +347,11 @@ func TestCloseReleasesSends(t *testing.T) {
 	for i := range senders {
 		go func() { results <- n.Send(t.Context(), target(dead, wire.RoleStandby, uint64(i))) }()
 	}
-	for {
+	waitFor(t, "every Send waits", func() bool {
 		n.mu.Lock()
-		waiting := len(n.waiters)
-		n.mu.Unlock()
-		if waiting == senders {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer n.mu.Unlock()
+		return len(n.waiters) == senders
+	})
 	if extra := runtime.NumGoroutine() - base; extra > senders+2 {
 		t.Errorf("%d goroutines for %d Sends", extra, senders)
 	}
@@ -356,7 +364,7 @@ func TestCloseReleasesSends(t *testing.T) {
 			if !errors.Is(r.Err, ErrClosed) {
 				t.Fatalf("result %+v", r)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(30 * time.Second):
 			t.Fatal("Send still blocked after Close")
 		}
 	}
@@ -366,13 +374,18 @@ func TestCloseReleasesSends(t *testing.T) {
 }
 
 // A mass failover: every pod has its own listener and its own Send caller,
-// all through one Notifier.
+// all through one Notifier, with the default deadline. Every pod must hold
+// its role afterwards, also on a machine whose cores are busy with other
+// work: before resends waited for the reader (readerQueue), this failed
+// there every time, with acks queued for seconds behind duplicates.
 func TestMassFailover(t *testing.T) {
 	n, reg := newNotifier(t, Config{})
 	const pods = 1000
 	addrs := make([]netip.AddrPort, pods)
+	ls := make([]*role.Listener, pods)
 	for i := range addrs {
-		addrs[i] = addrPort(t, listener(t, role.Config{}).Addr())
+		ls[i] = listener(t, role.Config{})
+		addrs[i] = addrPort(t, ls[i].Addr())
 	}
 	var wg sync.WaitGroup
 	results := make([]Result, pods)
@@ -385,14 +398,25 @@ func TestMassFailover(t *testing.T) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	var worst time.Duration
+	failed := 0
 	for i, r := range results {
 		if !r.Acked {
-			t.Fatalf("pod %d: %+v", i, r)
+			if failed++; failed <= 3 {
+				t.Errorf("pod %d: %+v", i, r)
+			}
 		}
 		worst = max(worst, r.Latency)
 	}
-	t.Logf("%d Sends acked in %v (slowest ack %v), %v retries", pods, elapsed, worst,
-		counter(t, reg, "hapod_notify_retries_total"))
+	if failed > 0 {
+		t.Errorf("%d of %d Sends not acked", failed, pods)
+	}
+	for i, l := range ls {
+		if s := l.State(); s.Role != role.Active || s.Epoch != 1 {
+			t.Fatalf("pod %d holds %+v", i, s)
+		}
+	}
+	t.Logf("%d Sends acked in %v (slowest ack %v), %v retries, %v resends held back", pods, elapsed, worst,
+		counter(t, reg, "hapod_notify_retries_total"), counter(t, reg, "hapod_notify_deferred_resends_total"))
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if len(n.waiters) != 0 {
@@ -409,5 +433,97 @@ func TestRegisterTwiceFails(t *testing.T) {
 	defer n.Close()
 	if _, err := New(Config{ListenAddr: "127.0.0.1:0", Registerer: reg}); err == nil {
 		t.Fatal("second New on one registry succeeded")
+	}
+}
+
+func TestResendWait(t *testing.T) {
+	const deadline = 3 * time.Second
+	tests := []struct {
+		name         string
+		backoff, rto time.Duration
+		want         time.Duration
+	}{
+		// Before any ack, or while acks are quick: the backoff schedule.
+		{"no samples yet", 5 * time.Millisecond, 0, 5 * time.Millisecond},
+		{"fast acks", 40 * time.Millisecond, time.Millisecond, 40 * time.Millisecond},
+		// Acks measured to take longer than the backoff: waiting less
+		// would only add a duplicate.
+		{"slow acks", 5 * time.Millisecond, 300 * time.Millisecond, 300 * time.Millisecond},
+		// However slow the acks were, a few attempts fit in the deadline.
+		{"capped at a quarter of the deadline", 5 * time.Millisecond, 10 * time.Second, deadline / 4},
+		{"backoff above the cap kept", time.Second, 10 * time.Second, time.Second},
+	}
+	for _, tc := range tests {
+		if got := resendWait(tc.backoff, tc.rto, deadline); got != tc.want {
+			t.Errorf("%s: resendWait(%v, %v) = %v, want %v", tc.name, tc.backoff, tc.rto, got, tc.want)
+		}
+	}
+}
+
+func TestResendUseful(t *testing.T) {
+	const deadline = 3 * time.Second
+	tests := []struct {
+		name    string
+		drained bool
+		since   time.Duration
+		want    bool
+	}{
+		// The reader emptied its queue after the datagram went out and the
+		// ack was not there: lost, resend.
+		{"drained", true, 10 * time.Millisecond, true},
+		// The ack may be waiting in our own queue: a resend would queue a
+		// duplicate ack in front of the acks other Sends wait for.
+		{"reader behind", false, 10 * time.Millisecond, false},
+		{"reader behind for long", false, 700 * time.Millisecond, false},
+		// A reader that never catches up must not stop all repair.
+		{"reader behind a quarter of the deadline", false, deadline / 4, true},
+	}
+	for _, tc := range tests {
+		if got := resendUseful(tc.drained, tc.since, deadline); got != tc.want {
+			t.Errorf("%s: resendUseful(%v, %v) = %v, want %v", tc.name, tc.drained, tc.since, got, tc.want)
+		}
+	}
+}
+
+func TestReaderQueue(t *testing.T) {
+	var q readerQueue
+	q.base = time.Now()
+	q.markEmpty()
+	sent := time.Now()
+	if !q.drainedSince(sent) {
+		t.Error("a reader waiting on an empty queue is not behind")
+	}
+	q.markRead()
+	if q.drainedSince(sent) {
+		t.Error("a reader reading since before the send is behind")
+	}
+	waitFor(t, "the clock moves past the send", func() bool { return time.Since(sent) > 0 })
+	q.markEmpty()
+	q.markRead()
+	if !q.drainedSince(sent) {
+		t.Error("the queue was empty after the send")
+	}
+}
+
+// The round-trip estimate follows RFC 6298: the first sample sets it, a
+// jump raises it quickly, steady samples bring it back down.
+func TestRTTEstimator(t *testing.T) {
+	var e rttEstimator
+	if got := e.timeout(); got != 0 {
+		t.Fatalf("no samples: %v", got)
+	}
+	e.observe(100 * time.Millisecond)
+	if got := e.timeout(); got != 300*time.Millisecond {
+		t.Fatalf("after one sample: %v, want srtt + 4*srtt/2", got)
+	}
+	for range 100 {
+		e.observe(time.Millisecond)
+	}
+	if got := e.timeout(); got > 2*time.Millisecond {
+		t.Fatalf("after steady 1ms samples: %v", got)
+	}
+	e.observe(time.Second)
+	if got := e.timeout(); got < time.Second {
+		t.Fatalf("after a 1s sample: %v, want at least 1s", got)
 	}
 }
