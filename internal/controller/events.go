@@ -20,6 +20,10 @@ const (
 	// ReasonUnknownCriticality: a container sets the criticality variable to
 	// a value other than -critical-value.
 	ReasonUnknownCriticality = "UnknownCriticality"
+	// ReasonSwitchStuck: a switch cannot finish (a label write fails, or
+	// the old active cannot be fenced); the note says which and why. The
+	// switch is retried with backoff at the same epoch.
+	ReasonSwitchStuck = "SwitchStuck"
 	// ReasonRoleAddressRefused: the pod's role address is outside
 	// -notify-cidrs, so it is never told its role.
 	ReasonRoleAddressRefused = "RoleAddressRefused"

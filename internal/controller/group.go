@@ -40,6 +40,23 @@ type groupState struct {
 	// repeating the same Event on every reconcile.
 	warned      map[warning]bool
 	noStandbyAt uint64 // epoch at which "no standby" was last reported, +1
+
+	// pending is a promotion whose app was told active but whose label is
+	// not known to be written: a retry promotes the same pod at the same
+	// epoch, and promoting another pod first tells this one standby at a
+	// higher epoch. Never "undone" by telling it standby at its own epoch.
+	pending *pending
+	// stuckAt is the epoch whose stuck switch was last reported.
+	stuckAt uint64
+}
+
+type pending struct {
+	uid   types.UID
+	name  string
+	epoch uint64
+	promo *promotion
+	// reported: the promotion's report rides on the first message sent.
+	reported bool
 }
 
 // warning is one warning about one pod.
