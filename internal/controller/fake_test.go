@@ -32,9 +32,9 @@ import (
 // (faults injected with interceptor.Funcs) and real pkg/role listeners on
 // 127.0.0.1, and checks what the apps held over the whole test.
 
-// appHistory records every state change of every app (listener) and
+// AppHistory (exported for the cluster tests) records every state change of every app (listener) and
 // checks the protocol's promise over the whole history.
-type appHistory struct {
+type AppHistory struct {
 	mu      sync.Mutex
 	changes []appChange
 }
@@ -44,7 +44,7 @@ type appChange struct {
 	s   role.State
 }
 
-func (h *appHistory) record(pod string) func(role.State) {
+func (h *AppHistory) Record(pod string) func(role.State) {
 	return func(s role.State) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -52,10 +52,10 @@ func (h *appHistory) record(pod string) func(role.State) {
 	}
 }
 
-// check fails the test if two apps were ever active at once, or two apps
+// Check fails the test if two apps were ever active at once, or two apps
 // were ever told active at the same epoch. Changes are ordered by the time
 // each listener accepted them (before its ack), not by when OnChange ran.
-func (h *appHistory) check(t *testing.T) {
+func (h *AppHistory) Check(t testing.TB) {
 	t.Helper()
 	h.mu.Lock()
 	cs := slices.Clone(h.changes)
@@ -153,7 +153,7 @@ type fakeWorld struct {
 	r       *Reconciler
 	req     reconcile.Request
 	apps    map[string]*role.Listener
-	history *appHistory
+	history *AppHistory
 	writes  *writeLog
 	events  *eventLog
 	// patch, if set, runs instead of each pod PATCH; next does the real one.
@@ -166,7 +166,7 @@ type fakeWorld struct {
 // listeners, and a reconciler whose Deps may be adjusted by deps.
 func newFakeWorld(t *testing.T, names []string, deps func(*Deps)) *fakeWorld {
 	t.Helper()
-	w := &fakeWorld{t: t, history: &appHistory{}, writes: &writeLog{}, events: &eventLog{}, apps: map[string]*role.Listener{}}
+	w := &fakeWorld{t: t, history: &AppHistory{}, writes: &writeLog{}, events: &eventLog{}, apps: map[string]*role.Listener{}}
 	w.cfg = config.Default()
 	w.cfg.WatchNodes = false
 	w.cfg.NotifyDeadline = 2 * time.Second
@@ -182,7 +182,7 @@ func newFakeWorld(t *testing.T, names []string, deps func(*Deps)) *fakeWorld {
 	var objs []client.Object
 	for i, name := range names {
 		uid := types.UID("uid-" + name)
-		l, err := role.Listen(t.Context(), role.Config{Addr: "127.0.0.1:0", PodUID: string(uid), OnChange: w.history.record(name)})
+		l, err := role.Listen(t.Context(), role.Config{Addr: "127.0.0.1:0", PodUID: string(uid), OnChange: w.history.Record(name)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -349,7 +349,7 @@ func TestFailoverWrites(t *testing.T) {
 	if evs := w.events.list(); len(evs) != 2 {
 		t.Errorf("events %q, want the two Promoted only", evs)
 	}
-	w.history.check(t)
+	w.history.Check(t)
 }
 
 // clusterPoll polls cond with a deadline.
@@ -416,7 +416,7 @@ func TestAmbiguousPromotionWrite(t *testing.T) {
 			if st := w.apps["b"].Stats(); st.Stale != 0 {
 				t.Errorf("b refused %d role messages as stale", st.Stale)
 			}
-			w.history.check(t)
+			w.history.Check(t)
 		})
 	}
 }
@@ -468,7 +468,7 @@ func TestFailedDemotion(t *testing.T) {
 			if n := w.events.count(ReasonSwitchStuck); n != 1 {
 				t.Errorf("%d %s Events, want 1: %q", n, ReasonSwitchStuck, w.events.list())
 			}
-			w.history.check(t)
+			w.history.Check(t)
 		})
 	}
 }
@@ -489,7 +489,7 @@ func TestSlowAPINoDualActive(t *testing.T) {
 	}
 	w.deleteActive()
 	w.settle("b active", func() bool { return w.labelled("b", "active", 2) && w.holds("b", role.Active, 2) })
-	w.history.check(t)
+	w.history.Check(t)
 }
 
 // Defect 3, a half-open connection: a PATCH that never returns ends at
@@ -524,7 +524,7 @@ func TestHungWriteTimesOut(t *testing.T) {
 		t.Fatal("a hung PATCH held the switch: no deadline")
 	}
 	w.settle("b active", func() bool { return w.labelled("b", "active", 2) && w.holds("b", role.Active, 2) })
-	w.history.check(t)
+	w.history.Check(t)
 }
 
 func apierrorsForbidden() error {

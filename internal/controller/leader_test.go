@@ -201,7 +201,7 @@ func TestDeposedLeader(t *testing.T) {
 			if w.labelled("b", "active", 0) {
 				t.Error("deposed leader labelled b active")
 			}
-			w.history.check(t)
+			w.history.Check(t)
 		})
 	}
 }
