@@ -147,7 +147,7 @@ func rolePatch(obj client.Object, p client.Patch) (roleValue, epoch string) {
 // fakeWorld is one group of pods on the fake client, each with a real
 // listener, and a reconciler.
 type fakeWorld struct {
-	t       *testing.T
+	t       testing.TB
 	cfg     config.Config
 	c       client.WithWatch // the fake client, without the faults
 	r       *Reconciler
@@ -164,7 +164,7 @@ type fakeWorld struct {
 
 // newFakeWorld creates pods (oldest first; none labelled active) with
 // listeners, and a reconciler whose Deps may be adjusted by deps.
-func newFakeWorld(t *testing.T, names []string, deps func(*Deps)) *fakeWorld {
+func newFakeWorld(t testing.TB, names []string, deps func(*Deps)) *fakeWorld {
 	t.Helper()
 	w := &fakeWorld{t: t, history: &AppHistory{}, writes: &writeLog{}, events: &eventLog{}, apps: map[string]*role.Listener{}}
 	w.cfg = config.Default()
