@@ -186,17 +186,17 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 // did not), with the durations the user cares about.
 func (r *Reconciler) reportPromotion(ctx context.Context, pod *corev1.Pod, role string, epoch uint64, p *promotion, res notify.Result, done time.Time) {
 	labelled := p.labelledAt(ctx)
-	labelMs := "?"
 	if labelled.IsZero() {
-		// The label was not written (the switch was cut short and another
-		// pod promoted): this pod was told standby at a higher epoch.
-		r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonSwitchStuck, "Promote",
-			"%s at epoch %d (reason %s) was not completed: the label was not written and the app was told standby again", role, epoch, p.reason)
+		if ctx.Err() == nil {
+			// The label was never written (the switch was cut short and
+			// another pod promoted, or the group vanished): the Event
+			// must not claim a promotion.
+			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonSwitchStuck, "Promote",
+				"%s at epoch %d (reason %s) was abandoned: the label was never written; the app was told standby at a higher epoch if another pod was promoted", role, epoch, p.reason)
+		}
 		return
 	}
-	if !labelled.IsZero() {
-		labelMs = ms(labelled.Sub(p.trigger))
-	}
+	labelMs := ms(labelled.Sub(p.trigger))
 	replaced := p.replaced
 	if replaced == "" {
 		replaced = "none"

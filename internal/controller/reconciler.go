@@ -397,12 +397,12 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		r.reportStuck(g, olds[0], epoch, "the old active could not be labelled standby", err)
 		return err
 	}
+	// A failover's Event is the new active's Promoted, which names the
+	// replaced pod and the reason: one Event per failover instead of two
+	// halves the Event writes of a mass failover.
 	for _, o := range olds {
 		r.Metrics.Demotions.Inc()
 		logf.FromContext(ctx).Info("Demoted", "pod", o.Name, "reason", demotionReason(d, o), "epoch", epoch)
-		// A failover's Event is the new active's Promoted, which names the
-		// replaced pod and the reason: one Event per failover instead of
-		// two halves the Event writes of a mass failover.
 	}
 
 	old := p.promo.replaced
@@ -443,16 +443,19 @@ func (r *Reconciler) demoteDuplicates(ctx context.Context, g *groupState, d elec
 	return nil
 }
 
+// demotionReason is why o loses the active role, for the log.
 func demotionReason(d election.Decision, o *member) string {
 	for _, dm := range d.Demote {
-		if dm.Member.UID == o.UID && dm.Reason != "" {
-			return string(dm.Reason)
+		if dm.Member.UID == o.UID {
+			if dm.Reason != "" {
+				return string(dm.Reason)
+			}
+			return "DuplicateActive"
 		}
 	}
-	if d.Promote != nil && d.Reason != election.Initial {
-		return string(d.Reason)
-	}
-	return "DuplicateActive"
+	// Not labelled active, but its app was told so: a promotion that was
+	// cut short, replaced by another pod's.
+	return "PromotionAbandoned"
 }
 
 // epochBlock is how many epochs one Lease write reserves. A restart skips
