@@ -47,9 +47,10 @@ type LeaderGate struct {
 }
 
 // NewLeaderGate returns a gate for leases of this duration, closed until
-// the first acquire.
+// the first acquire: 5% drift, and a margin of 500 ms (a tenth of the
+// lease for leases under 5 s, so a short lease still leaves time to act).
 func NewLeaderGate(leaseDuration time.Duration) *LeaderGate {
-	return &LeaderGate{LeaseDuration: leaseDuration, Drift: 0.05, Margin: 500 * time.Millisecond}
+	return &LeaderGate{LeaseDuration: leaseDuration, Drift: 0.05, Margin: min(500*time.Millisecond, leaseDuration/10)}
 }
 
 func (g *LeaderGate) now() time.Time {

@@ -343,6 +343,9 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	if d.Promote == nil {
 		return r.demoteDuplicates(ctx, g, d, byUID)
 	}
+	if _, ok := r.Leader.Remaining(); !ok {
+		return errNotLeader
+	}
 	m := byUID[d.Promote.UID]
 	epoch := d.Epoch
 	if p := g.pending; p != nil && p.uid == m.pod.UID {
