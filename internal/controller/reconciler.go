@@ -343,9 +343,6 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	if d.Promote == nil {
 		return r.demoteDuplicates(ctx, g, d, byUID)
 	}
-	if _, ok := r.Leader.Remaining(); !ok {
-		return errNotLeader
-	}
 	m := byUID[d.Promote.UID]
 	epoch := d.Epoch
 	if p := g.pending; p != nil && p.uid == m.pod.UID {
@@ -354,7 +351,13 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		// Epochs come from a block reserved in the Lease ahead of time, so
 		// a failover normally writes nothing before telling the apps; the
 		// reservation is the epoch's durable home.
-		if err := r.reserveEpochs(ctx, req, g, d.Promote.Name, d.Epoch+epochBlock-1); err != nil {
+		leaseCtx, cancel, err := r.callCtx(ctx, r.Config.APITimeout)
+		if err != nil {
+			return err
+		}
+		err = r.reserveEpochs(leaseCtx, req, g, d.Promote.Name, d.Epoch+epochBlock-1)
+		cancel()
+		if err != nil {
 			return err
 		}
 	}
