@@ -536,3 +536,28 @@ func apierrorsTooMany() error { return apierrors.NewTooManyRequests("slow down",
 func apierrorsInternal() error {
 	return apierrors.NewInternalError(fmt.Errorf("etcdserver: request timed out"))
 }
+
+// An active whose pod is force-deleted (gone from the API at once, its
+// app possibly still running) is told standby at its last address before
+// the new active is told; its label went with it, so the only write is
+// the promotion.
+func TestForceDeletedActiveIsFenced(t *testing.T) {
+	w := newFakeWorld(t, []string{"a", "b"}, nil)
+	w.elect()
+	a := w.pod("a")
+	a.Finalizers = nil
+	if err := w.c.Update(t.Context(), a); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.c.Delete(t.Context(), a, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	w.settle("b promoted", func() bool { return w.labelled("b", "active", 2) && w.holds("b", role.Active, 2) })
+	if !w.holds("a", role.Standby, 2) {
+		t.Errorf("the force-deleted active's app holds %+v, want standby@2", w.apps["a"].State())
+	}
+	if got, want := w.writes.take(), []string{"patch b role=active epoch=2 err=false"}; !slices.Equal(got, want) {
+		t.Errorf("failover wrote %q, want %q", got, want)
+	}
+	w.history.Check(t)
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
@@ -29,6 +30,10 @@ type groupState struct {
 	// from "the group never had one".
 	active     types.UID
 	activeName string
+	// activePod is the active's pod as last seen, so that an active whose
+	// pod vanished (force-deleted: its app may still run) can still be
+	// told standby at its last address.
+	activePod *corev1.Pod
 
 	// written overlays the role labels this controller patched until the
 	// cache shows them (or they expire), so a lagging cache cannot make it

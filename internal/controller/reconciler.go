@@ -167,6 +167,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		// Nothing to manage; the Lease stays so the epoch survives.
 		if g.pending != nil {
 			g.pending.promo.finishLabel(time.Time{})
+			g.pending = nil
 		}
 		r.groups.drop(req.NamespacedName)
 		return reconcile.Result{}, nil
@@ -273,7 +274,7 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 			}
 		}
 		if m.Role == r.roles.Active && st.Fault == election.NoFault {
-			g.active, g.activeName = pod.UID, pod.Name
+			g.active, g.activeName, g.activePod = pod.UID, pod.Name, pod
 		}
 		members = append(members, m)
 	}
@@ -399,8 +400,14 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 			return ctx.Err()
 		}
 	}
-	if err := r.setStandby(ctx, g, olds); err != nil {
-		r.reportStuck(g, olds[0], epoch, "the old active could not be labelled standby", err)
+	var relabel []*member
+	for _, o := range olds {
+		if o.Status.Fault != election.Gone {
+			relabel = append(relabel, o)
+		}
+	}
+	if err := r.setStandby(ctx, g, relabel); err != nil {
+		r.reportStuck(g, relabel[0], epoch, "the old active could not be labelled standby", err)
 		return err
 	}
 	// A failover's Event is the new active's Promoted, which names the
@@ -420,7 +427,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	g.pending = nil
 	p.promo.finishLabel(labelled)
 	g.written[m.pod.UID] = written{role: r.roles.Active, epoch: epoch, at: labelled}
-	g.active, g.activeName = m.pod.UID, m.Name
+	g.active, g.activeName, g.activePod = m.pod.UID, m.Name, m.pod
 	m.Role, m.Epoch = r.roles.Active, epoch
 	r.Metrics.Promotions.WithLabelValues(string(d.Reason)).Inc()
 	r.Metrics.FailoverSeconds.WithLabelValues("label").Observe(labelled.Sub(p.promo.trigger).Seconds())
@@ -451,6 +458,9 @@ func (r *Reconciler) demoteDuplicates(ctx context.Context, g *groupState, d elec
 
 // demotionReason is why o loses the active role, for the log.
 func demotionReason(d election.Decision, o *member) string {
+	if o.Status.Fault == election.Gone {
+		return string(election.Gone)
+	}
 	for _, dm := range d.Demote {
 		if dm.Member.UID == o.UID {
 			if dm.Reason != "" {

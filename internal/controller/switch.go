@@ -76,12 +76,20 @@ func ambiguous(err error) bool {
 
 // fenceTargets are the pods other than the new active whose apps may hold
 // active, by name: they are told standby before the new active is told.
+// The last active, if its pod vanished from the API, is one of them: a
+// force-deleted pod's app may still run. Its label went with the pod: it
+// gets no label write.
 func (r *Reconciler) fenceTargets(g *groupState, byUID map[string]*member, promote *member) []*member {
 	var out []*member
 	for _, o := range byUID {
 		if o.pod.UID != promote.pod.UID && mayHoldActive(o.Role, g.told[o.pod.UID], r.roles.Active) {
 			out = append(out, o)
 		}
+	}
+	if p := g.activePod; p != nil && p.UID != promote.pod.UID && byUID[string(p.UID)] == nil {
+		st := election.Assess(p, nil, r.Now(), r.opts) // its last status: it may prove the app dead
+		st.Fault = election.Gone
+		out = append(out, &member{pod: p, Member: election.Member{Name: p.Name, UID: string(p.UID), Role: r.roles.Active, Status: st}})
 	}
 	slices.SortFunc(out, func(a, b *member) int { return strings.Compare(a.Name, b.Name) })
 	return out
