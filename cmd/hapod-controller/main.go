@@ -131,7 +131,7 @@ func run() error {
 	if err := checkAPI(ctx, rc); err != nil {
 		return err
 	}
-	mgr, err := newManager(rc, f)
+	mgr, gate, err := newManager(rc, f)
 	if err != nil {
 		return err
 	}
@@ -146,6 +146,7 @@ func run() error {
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
 		Recorder: mgr.GetEventRecorder("hapod-controller"),
 		Notifier: n, Metrics: controller.NewMetrics(metrics.Registry),
+		Leader: gate,
 	}
 	if f.records != "" {
 		w, c, err := record.Create(f.records)
@@ -196,10 +197,13 @@ func checkAPI(ctx context.Context, rc *rest.Config) error {
 	return nil
 }
 
-func newManager(rc *rest.Config, f *flags) (manager.Manager, error) {
+// newManager builds the manager. With leader election, its lock is
+// wrapped by the returned gate, which the reconciler checks before every
+// write and role message (nil without leader election: always open).
+func newManager(rc *rest.Config, f *flags) (manager.Manager, *controller.LeaderGate, error) {
 	opts, err := controller.ManagerOptions(f.cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	opts.Metrics = metricsserver.Options{BindAddress: f.metricsAddr}
 	opts.HealthProbeBindAddress = f.probeAddr
@@ -209,9 +213,18 @@ func newManager(rc *rest.Config, f *flags) (manager.Manager, error) {
 	opts.LeaderElectionNamespace = f.leaderNS
 	opts.LeaderElectionReleaseOnCancel = true
 	opts.LeaseDuration, opts.RenewDeadline, opts.RetryPeriod = &f.leaseDuration, &f.renewDeadline, &f.retryPeriod
+	var gate *controller.LeaderGate
+	if f.leaderElect {
+		gate = controller.NewLeaderGate(f.leaseDuration)
+		lock, err := controller.LeaderLock(rc, f.leaderNS, opts.LeaderElectionID, f.renewDeadline, gate)
+		if err != nil {
+			return nil, nil, fmt.Errorf("leader election: %w", err)
+		}
+		opts.LeaderElectionResourceLockInterface = lock
+	}
 	mgr, err := ctrl.NewManager(rc, opts)
 	if err != nil {
-		return nil, fmt.Errorf("creating the manager: %w", err)
+		return nil, nil, fmt.Errorf("creating the manager: %w", err)
 	}
-	return mgr, nil
+	return mgr, gate, nil
 }

@@ -36,6 +36,14 @@ type Config struct {
 	// NotifyRetry is the pause before a failed one is tried again.
 	NotifyDeadline time.Duration
 	NotifyRetry    time.Duration
+
+	// DemoteAckTimeout bounds how long a switch waits for the old active's
+	// app to ack "standby" before the new active is told "active";
+	// APITimeout bounds every API call of a switch (a half-open connection
+	// would otherwise hold it for the HTTP/2 health check, ~45 s).
+	DemoteAckTimeout time.Duration
+	APITimeout       time.Duration
+
 	// NotifyNetworks, if not empty, are the only networks role messages
 	// may be sent to: a guard against telling an address outside the pod
 	// network (or, in the local demo, anything but loopback).
@@ -68,6 +76,12 @@ func Default() Config {
 		Workers:        32,
 		LeasePrefix:    "hapod-",
 		ResyncPeriod:   10 * time.Minute,
+
+		// A live app acks on loopback in well under 1 ms and across a
+		// cluster network in a few; 50 ms covers the role protocol's first
+		// four resends (0, 5, 15, 35 ms).
+		DemoteAckTimeout: 50 * time.Millisecond,
+		APITimeout:       5 * time.Second,
 	}
 }
 
@@ -93,6 +107,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.NotReadyGrace, "not-ready-grace", c.NotReadyGrace, "how long the active may be not Ready before failover")
 	fs.DurationVar(&c.NotifyDeadline, "notify-deadline", c.NotifyDeadline, "how long one role notification is retried before giving up")
 	fs.DurationVar(&c.NotifyRetry, "notify-retry", c.NotifyRetry, "pause before a failed role notification is tried again")
+	fs.DurationVar(&c.DemoteAckTimeout, "demote-ack-timeout", c.DemoteAckTimeout, "how long a switch waits for the old active's app to ack standby before telling the new active")
+	fs.DurationVar(&c.APITimeout, "api-timeout", c.APITimeout, "deadline of each API call of a switch")
 	fs.Func("notify-cidrs", "comma-separated networks role messages may be sent to (default: any)", func(s string) error {
 		c.NotifyNetworks = nil
 		for _, p := range strings.Split(s, ",") {
@@ -163,6 +179,14 @@ func (c *Config) Validate() error {
 		flag string
 		val  time.Duration
 	}{{"not-ready-grace", c.NotReadyGrace}, {"notify-deadline", c.NotifyDeadline}, {"notify-retry", c.NotifyRetry}, {"resync-period", c.ResyncPeriod}} {
+		if d.val <= 0 {
+			bad(d.flag, "must be positive, got %v", d.val)
+		}
+	}
+	for _, d := range []struct {
+		flag string
+		val  time.Duration
+	}{{"demote-ack-timeout", c.DemoteAckTimeout}, {"api-timeout", c.APITimeout}} {
 		if d.val <= 0 {
 			bad(d.flag, "must be positive, got %v", d.val)
 		}

@@ -29,6 +29,10 @@ const (
 	// beyond what its Lease can record (2^31-1); epochs never wrap, so no
 	// pod is promoted.
 	ReasonEpochsExhausted = "EpochsExhausted"
+	// ReasonSwitchStuck: a switch cannot finish (a label write fails, or
+	// the old active cannot be fenced); the note says which and why. The
+	// switch is retried with backoff at the same epoch.
+	ReasonSwitchStuck = "SwitchStuck"
 	// ReasonRoleAddressRefused: the pod's role address is outside
 	// -notify-cidrs, so it is never told its role.
 	ReasonRoleAddressRefused = "RoleAddressRefused"

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
@@ -29,6 +30,10 @@ type groupState struct {
 	// from "the group never had one".
 	active     types.UID
 	activeName string
+	// activePod is the active's pod as last seen, so that an active whose
+	// pod vanished (force-deleted: its app may still run) can still be
+	// told standby at its last address.
+	activePod *corev1.Pod
 
 	// written overlays the role labels this controller patched until the
 	// cache shows them (or they expire), so a lagging cache cannot make it
@@ -40,6 +45,23 @@ type groupState struct {
 	// repeating the same Event on every reconcile.
 	warned      map[warning]bool
 	noStandbyAt uint64 // epoch at which "no standby" was last reported, +1
+
+	// pending is a promotion whose app was told active but whose label is
+	// not known to be written: a retry promotes the same pod at the same
+	// epoch, and promoting another pod first tells this one standby at a
+	// higher epoch. Never "undone" by telling it standby at its own epoch.
+	pending *pending
+	// stuckAt is the epoch whose stuck switch was last reported.
+	stuckAt uint64
+}
+
+type pending struct {
+	uid   types.UID
+	name  string
+	epoch uint64
+	promo *promotion
+	// reported: the promotion's report rides on the first message sent.
+	reported bool
 }
 
 // warning is one warning about one pod.

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -40,6 +41,10 @@ type env struct {
 	port int
 	cs   kubernetes.Interface
 	cfg  hconfig.Config
+	// wrapClient, if set, wraps the controller's client (fault injection).
+	wrapClient func(client.Client) client.Client
+	// history, if set, records every listener's state changes.
+	history *controller.AppHistory
 }
 
 // loopbackOnly keeps tests from sending UDP anywhere but loopback: pods on
@@ -103,8 +108,12 @@ func (e *env) startController() *running {
 		t.Fatal(err)
 	}
 	m := controller.NewMetrics(prometheus.NewRegistry())
+	cl := mgr.GetClient()
+	if e.wrapClient != nil {
+		cl = e.wrapClient(cl)
+	}
 	r := controller.New(e.cfg, controller.Deps{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("hapod-controller"),
+		Client: cl, APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("hapod-controller"),
 		Notifier: loopbackOnly{n}, Metrics: m,
 	})
 	if err := r.SetupWithManager(mgr); err != nil {
@@ -244,7 +253,11 @@ func (e *env) listen(p corev1.Pod) *role.Listener {
 	if err != nil || !ip.IsLoopback() {
 		e.t.Fatalf("pod %s has IP %q; the test needs a loopback pod IP", p.Name, p.Status.PodIP)
 	}
-	l, err := role.Listen(e.t.Context(), role.Config{Addr: netip.AddrPortFrom(ip, uint16(e.port)).String(), PodUID: string(p.UID)})
+	cfg := role.Config{Addr: netip.AddrPortFrom(ip, uint16(e.port)).String(), PodUID: string(p.UID)}
+	if e.history != nil {
+		cfg.OnChange = e.history.Record(p.Name)
+	}
+	l, err := role.Listen(e.t.Context(), cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -48,20 +48,38 @@ func (p *promotion) labelledAt(ctx context.Context) time.Time {
 }
 
 // notifyAll makes sure every reachable pod has been told its role: the
-// active its epoch, standbys that they are standby. It is level-driven, so
+// active its own epoch, standbys that they are standby. It is level-driven, so
 // a restarted controller simply tells everyone again (duplicates are acked
 // and ignored by pkg/role).
+//
+// Only the active the decision keeps (or the one just labelled) is told
+// active, at the epoch it was promoted with: a pod still labelled active
+// because its demotion failed is never told active again (it was told
+// standby at the new epoch), and a pod whose promotion is unfinished
+// (g.pending) is left alone: telling it standby at its own epoch would make
+// it refuse its own promotion as stale.
 func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, members []member) {
 	now := r.Now()
+	if p := g.pending; p != nil && d.Keep != nil {
+		// Another pod is active after all (labelled by hand, say): the
+		// unfinished promotion is over, and its app is told what its label
+		// says.
+		p.promo.finishLabel(time.Time{})
+		g.pending = nil
+	}
 	for i := range members {
 		m := &members[i]
-		role := m.Role
-		if role != r.roles.Active && role != r.roles.Standby {
+		if g.pending != nil && g.pending.uid == m.pod.UID {
 			continue
 		}
-		epoch := g.epoch
-		if role == r.roles.Active {
-			epoch = max(m.Epoch, epoch)
+		role, epoch := r.roles.Standby, g.epoch
+		if m.Role == r.roles.Active && (d.Keep == nil || d.Keep.UID == m.UID) && !demoted(d, m) {
+			role, epoch = r.roles.Active, m.Epoch
+			if epoch == 0 {
+				epoch = g.epoch // labelled active by hand, without an epoch
+			}
+		} else if m.Role != r.roles.Active && m.Role != r.roles.Standby {
+			continue
 		}
 		t := g.told[m.pod.UID]
 		if t != nil && t.role == role && (role != r.roles.Active || t.epoch == epoch) {
@@ -80,12 +98,25 @@ func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *gr
 	}
 }
 
+// demoted reports whether the decision demotes m.
+func demoted(d election.Decision, m *member) bool {
+	for _, dm := range d.Demote {
+		if dm.Member.UID == m.UID {
+			return true
+		}
+	}
+	return false
+}
+
 // startNotify sends one role message in the background. g.mu is held by
-// the caller; the goroutine takes it to record the outcome.
-func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *groupState, m *member, role string, epoch uint64, promo *promotion) {
+// the caller; the goroutine takes it to record the outcome, after it has
+// put the result on the returned channel (so a caller holding g.mu may wait
+// on it). It returns nil when nothing was sent: no usable address, or this
+// replica is no longer certainly the leader.
+func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *groupState, m *member, role string, epoch uint64, promo *promotion) <-chan notify.Result {
 	addr, ok := r.podAddr(m.pod)
 	if !ok {
-		return
+		return nil
 	}
 	if !r.Config.MayNotify(addr.Addr()) {
 		if w := (warning{m.pod.UID, ReasonRoleAddressRefused}); !g.warned[w] {
@@ -93,14 +124,23 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonRoleAddressRefused, "Notify",
 				"role address %s is outside -notify-cidrs; the pod is not told its role", addr)
 		}
-		return
+		return nil
+	}
+	// No message may leave after the leader's lease could have run out:
+	// resends stop at the lease's end too.
+	sendCtx, cancel, err := r.callCtx(ctx, r.Config.NotifyDeadline)
+	if err != nil {
+		return nil
 	}
 	deleting := m.Status.Fault == election.Deleting
 	g.told[m.pod.UID] = &told{role: role, epoch: epoch, inflight: true}
 	pod := m.pod
 	target := notify.Target{Addr: addr, Group: req.String(), Pod: pod.Name, UID: string(pod.UID), Role: role, Epoch: epoch}
+	done := make(chan notify.Result, 1)
 	go func() {
-		res := r.Notifier.Send(ctx, target)
+		res := r.Notifier.Send(sendCtx, target)
+		cancel()
+		done <- res
 		acked := r.Now()
 		result := res.Status
 		if !res.Acked && result == "" {
@@ -139,16 +179,24 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 			time.AfterFunc(r.Config.NotifyRetry, func() { r.enqueue(req.NamespacedName) })
 		}
 	}()
+	return done
 }
 
 // reportPromotion emits the promotion's Event once the app answered (or
 // did not), with the durations the user cares about.
 func (r *Reconciler) reportPromotion(ctx context.Context, pod *corev1.Pod, role string, epoch uint64, p *promotion, res notify.Result, done time.Time) {
 	labelled := p.labelledAt(ctx)
-	labelMs := "?"
-	if !labelled.IsZero() {
-		labelMs = ms(labelled.Sub(p.trigger))
+	if labelled.IsZero() {
+		if ctx.Err() == nil {
+			// The label was never written (the switch was cut short and
+			// another pod promoted, or the group vanished): the Event
+			// must not claim a promotion.
+			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonSwitchStuck, "Promote",
+				"%s at epoch %d (reason %s) was abandoned: the label was never written; the app was told standby at a higher epoch if another pod was promoted", role, epoch, p.reason)
+		}
+		return
 	}
+	labelMs := ms(labelled.Sub(p.trigger))
 	replaced := p.replaced
 	if replaced == "" {
 		replaced = "none"

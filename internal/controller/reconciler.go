@@ -73,6 +73,9 @@ type Deps struct {
 	Metrics *Metrics
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Leader gates every write and role message on this replica still
+	// certainly being the leader; nil (no leader election) is always open.
+	Leader *LeaderGate
 	// OnPromotion, if set, is called once per promotion when the new
 	// active's ack arrived or its notification gave up (from a background
 	// goroutine): the failover record stream (-failover-records) and tests
@@ -166,6 +169,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	defer g.mu.Unlock()
 	if len(pods.Items) == 0 {
 		// Nothing to manage; the Lease stays so the epoch survives.
+		if g.pending != nil {
+			g.pending.promo.finishLabel(time.Time{})
+			g.pending = nil
+		}
 		r.groups.drop(req.NamespacedName)
 		return reconcile.Result{}, nil
 	}
@@ -174,6 +181,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 
 	members, present := r.assess(ctx, pods.Items, g, now)
+	r.confirmPending(g, members, now)
 	in := election.Input{Roles: r.roles, Epoch: g.epoch, Now: now}
 	for _, m := range members {
 		in.Members = append(in.Members, m.Member)
@@ -197,6 +205,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err == nil && g.epoch >= g.reserved && g.active != "" {
 		// Keep a reserve so that the next failover needs no Lease write.
 		err = r.reserveEpochs(ctx, req, g, g.activeName, g.epoch+epochBlock)
+	}
+	if ra := (*retryAfter)(nil); errors.As(err, &ra) && ra.after > 0 {
+		logf.FromContext(ctx).Info("Switch waits", "reason", ra.err.Error(), "retryAfterMs", msFloat(ra.after))
+		return reconcile.Result{RequeueAfter: ra.after}, nil
 	}
 	if err != nil {
 		// Returned, not logged: controller-runtime logs it once, with the
@@ -328,7 +340,7 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 			}
 		}
 		if m.Role == r.roles.Active && st.Fault == election.NoFault {
-			g.active, g.activeName = pod.UID, pod.Name
+			g.active, g.activeName, g.activePod = pod.UID, pod.Name, pod
 		}
 		members = append(members, m)
 	}
@@ -377,85 +389,155 @@ func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupS
 	return errors.Join(errs...)
 }
 
-// switchActive demotes and promotes. The new active is told first (its
-// epoch is already reserved), then the old active's label is removed, and
-// only then is the new one labelled, so that the Service never selects two
-// pods.
+// switchActive moves the active role (or, without a promotion, demotes
+// duplicate actives). The order is what keeps two apps from being active:
+//
+//	(a) every other pod that may hold active (labelled active, or its app
+//	    told active) is told standby at the new epoch, and the switch waits
+//	    briefly (-demote-ack-timeout) for the acks; one that did not ack
+//	    must be fenced otherwise (oldActiveFenced);
+//	(b) the new active is told active at the new epoch, at once: its epoch
+//	    comes from a block already reserved in the Lease;
+//	(c) the old actives are labelled standby, and only then the new one
+//	    active, each write with a deadline, so that the Service never
+//	    selects two pods.
+//
+// Every API write and UDP send checks that this replica is still certainly
+// the leader. A switch cut short stays pending (g.pending): its retry
+// promotes the same pod at the same epoch, so retries neither hand out new
+// epochs nor tell two pods active at one epoch.
 func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, byUID map[string]*member, trigger time.Time) error {
-	log := logf.FromContext(ctx)
-	var promo *promotion
-	var m *member
-	if d.Promote != nil {
-		// Epochs come from a block reserved in the Lease ahead of time, so
-		// a failover normally writes nothing before telling the new active;
-		// the reservation is the epoch's durable home.
-		if d.Epoch > g.reserved {
-			if err := r.reserveEpochs(ctx, req, g, d.Promote.Name, d.Epoch+epochBlock-1); err != nil {
-				return err
-			}
-		}
-		g.epoch = d.Epoch
-		m = byUID[d.Promote.UID]
-		// The app is told at once, while the old active's label is removed
-		// and its own label written; the old active is told "standby" with
-		// the same new epoch, which fences it.
-		promo = newPromotion(trigger, d.Reason, g.activeName)
-		r.startNotify(ctx, req, g, m, r.roles.Active, d.Epoch, promo)
+	if d.Promote == nil {
+		return r.demoteDuplicates(ctx, g, d, byUID)
 	}
-	if r.switches != nil {
+	m := byUID[d.Promote.UID]
+	epoch := d.Epoch
+	if p := g.pending; p != nil && p.uid == m.pod.UID {
+		epoch = p.epoch
+	} else if epoch > g.reserved {
+		// Epochs come from a block reserved in the Lease ahead of time, so
+		// a failover normally writes nothing before telling the apps; the
+		// reservation is the epoch's durable home.
+		leaseCtx, cancel, err := r.callCtx(ctx, r.Config.APITimeout)
+		if err != nil {
+			return err
+		}
+		err = r.reserveEpochs(leaseCtx, req, g, d.Promote.Name, d.Epoch+epochBlock-1)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	// The epoch counts as handed out from the first message that carries it.
+	g.epoch = max(g.epoch, epoch)
+
+	olds := r.fenceTargets(g, byUID, m)
+	if err := r.fenceOldActives(ctx, req, g, olds); err != nil { // (a)
+		return err
+	}
+
+	p := g.pending
+	if p == nil || p.uid != m.pod.UID {
+		if p != nil {
+			// Another pod's unfinished promotion is abandoned: its app was
+			// just told standby at this higher epoch, in (a).
+			p.promo.finishLabel(time.Time{})
+		}
+		p = &pending{uid: m.pod.UID, name: m.Name, epoch: epoch, promo: newPromotion(trigger, d.Reason, g.activeName)}
+		g.pending = p
+	}
+	if _, ok := r.Leader.Remaining(); !ok {
+		return errNotLeader
+	}
+	if t := g.told[m.pod.UID]; t == nil || t.role != r.roles.Active || t.epoch != epoch || (!t.inflight && !t.acked) { // (b)
+		promo := p.promo
+		if p.reported {
+			promo = nil // the first send reports the promotion; a retry only repeats the message
+		}
+		p.reported = true
+		r.startNotify(ctx, req, g, m, r.roles.Active, epoch, promo)
+	}
+
+	if r.switches != nil { // (c)
 		select {
 		case r.switches <- struct{}{}:
 			defer func() { <-r.switches }()
 		case <-ctx.Done():
-			if promo != nil {
-				promo.finishLabel(time.Time{})
-			}
 			return ctx.Err()
 		}
 	}
+	var relabel []*member
+	for _, o := range olds {
+		if o.Status.Fault != election.Gone {
+			relabel = append(relabel, o)
+		}
+	}
+	if err := r.setStandby(ctx, g, relabel); err != nil {
+		r.reportStuck(g, relabel[0], epoch, "the old active could not be labelled standby", err)
+		return err
+	}
+	// A failover's Event is the new active's Promoted, which names the
+	// replaced pod and the reason: one Event per failover instead of two
+	// halves the Event writes of a mass failover.
+	for _, o := range olds {
+		r.Metrics.Demotions.Inc()
+		logf.FromContext(ctx).Info("Demoted", "pod", o.Name, "reason", demotionReason(d, o), "epoch", epoch)
+	}
+
+	old := p.promo.replaced
+	if err := r.writeRole(ctx, m.pod, r.roles.Active, epoch); err != nil {
+		r.reportStuck(g, m, epoch, "the new active could not be labelled active", err)
+		return fmt.Errorf("promoting %s: %w", m.Name, err)
+	}
+	labelled := r.Now()
+	g.pending = nil
+	p.promo.finishLabel(labelled)
+	g.written[m.pod.UID] = written{role: r.roles.Active, epoch: epoch, at: labelled}
+	g.active, g.activeName, g.activePod = m.pod.UID, m.Name, m.pod
+	m.Role, m.Epoch = r.roles.Active, epoch
+	r.Metrics.Promotions.WithLabelValues(string(d.Reason)).Inc()
+	r.Metrics.FailoverSeconds.WithLabelValues("label").Observe(labelled.Sub(p.promo.trigger).Seconds())
+	logf.FromContext(ctx).Info("Promoted", "pod", m.Name, "epoch", epoch, "reason", d.Reason, "replaced", old,
+		"labelMs", msFloat(labelled.Sub(p.promo.trigger)))
+	return nil
+}
+
+// demoteDuplicates labels standby the actives a decision demotes without
+// promoting anyone (the kept active stays): the apps are told standby by
+// notifyAll once their labels say so.
+func (r *Reconciler) demoteDuplicates(ctx context.Context, g *groupState, d election.Decision, byUID map[string]*member) error {
 	var demote []*member
 	for _, dm := range d.Demote {
 		demote = append(demote, byUID[dm.Member.UID])
 	}
 	if err := r.setStandby(ctx, g, demote); err != nil {
-		if promo != nil {
-			promo.finishLabel(time.Time{})
-		}
 		return err
 	}
-	for _, dm := range d.Demote {
+	for _, o := range demote {
+		why := demotionReason(d, o)
 		r.Metrics.Demotions.Inc()
-		why := string(dm.Reason)
-		if why == "" {
-			why = "DuplicateActive"
-		}
-		log.Info("Demoted", "pod", dm.Member.Name, "reason", why, "epoch", g.epoch)
-		// A failover's Event is the new active's Promoted, which names this
-		// pod and the reason: one Event per failover instead of two halves
-		// the Event writes of a mass failover (a quarter of its requests).
-		if m := byUID[dm.Member.UID]; m != nil && d.Promote == nil {
-			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeNormal, ReasonDemoted, "Demote", "no longer active (%s)", why)
-		}
+		logf.FromContext(ctx).Info("Demoted", "pod", o.Name, "reason", why, "epoch", g.epoch)
+		r.Recorder.Eventf(o.pod, nil, corev1.EventTypeNormal, ReasonDemoted, "Demote", "no longer active (%s)", why)
 	}
-	if d.Promote == nil {
-		return nil
-	}
-
-	old := g.activeName
-	if err := r.patchRole(ctx, m.pod, r.roles.Active, d.Epoch); err != nil {
-		promo.finishLabel(time.Time{})
-		return fmt.Errorf("promoting %s: %w", m.Name, err)
-	}
-	labelled := r.Now()
-	promo.finishLabel(labelled)
-	g.written[m.pod.UID] = written{role: r.roles.Active, epoch: d.Epoch, at: labelled}
-	g.active, g.activeName = m.pod.UID, m.Name
-	m.Role = r.roles.Active
-	r.Metrics.Promotions.WithLabelValues(string(d.Reason)).Inc()
-	r.Metrics.FailoverSeconds.WithLabelValues("label").Observe(labelled.Sub(trigger).Seconds())
-	log.Info("Promoted", "pod", m.Name, "epoch", d.Epoch, "reason", d.Reason, "replaced", old,
-		"labelMs", msFloat(labelled.Sub(trigger)))
 	return nil
+}
+
+// demotionReason is why o loses the active role, for the log.
+func demotionReason(d election.Decision, o *member) string {
+	if o.Status.Fault == election.Gone {
+		return string(election.Gone)
+	}
+	for _, dm := range d.Demote {
+		if dm.Member.UID == o.UID {
+			if dm.Reason != "" {
+				return string(dm.Reason)
+			}
+			return "DuplicateActive"
+		}
+	}
+	// Not labelled active, but its app was told so: a promotion that was
+	// cut short, replaced by another pod's.
+	return "PromotionAbandoned"
 }
 
 // epochBlock is how many epochs one Lease write reserves. A restart skips
@@ -472,7 +554,7 @@ func (r *Reconciler) setStandby(ctx context.Context, g *groupState, ms []*member
 	)
 	for _, m := range ms {
 		wg.Go(func() {
-			err := r.patchRole(ctx, m.pod, r.roles.Standby, 0)
+			err := r.writeRole(ctx, m.pod, r.roles.Standby, 0)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -565,6 +647,11 @@ func (r *Reconciler) patchRole(ctx context.Context, pod *corev1.Pod, value strin
 		return err
 	}
 	target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
+	ctx, cancel, err := r.callCtx(ctx, r.Config.APITimeout)
+	if err != nil {
+		return err
+	}
+	defer cancel()
 	return r.Client.Patch(ctx, target, client.RawPatch(types.MergePatchType, data), client.FieldOwner(FieldOwner))
 }
 
@@ -572,7 +659,12 @@ func (r *Reconciler) patchRole(ctx context.Context, pod *corev1.Pod, value strin
 // controller replaces it instead of the kubelet restarting the container.
 func (r *Reconciler) deleteDoomed(ctx context.Context, m *member) error {
 	death := m.Status.Death
-	err := r.Client.Delete(ctx, m.pod, client.Preconditions{UID: &m.pod.UID})
+	callCtx, cancel, err := r.callCtx(ctx, r.Config.APITimeout)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	err = r.Client.Delete(callCtx, m.pod, client.Preconditions{UID: &m.pod.UID})
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 		return nil // gone, or already replaced by a same-named pod
 	}
