@@ -29,11 +29,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hapod/hapod/internal/dev/bench"
+	"github.com/hapod/hapod/internal/dev/gobuild"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 func main() {
-	bench.MaybeRunController()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "hapod-bench:", err)
 		os.Exit(1)
@@ -142,10 +142,6 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	work, err := filepath.Abs(f.work)
 	if err != nil {
 		return err
@@ -156,7 +152,22 @@ func run() error {
 	if f.profile {
 		o.ProfileDir = work
 	}
-	env := &bench.Env{Exe: exe, WorkDir: work, Log: log}
+	// The controller runs as its own process, the binary that ships, built
+	// once for the whole run.
+	wd, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	root, err := localcluster.RepoRoot(wd)
+	if err != nil {
+		return err
+	}
+	binDir := filepath.Join(work, "bin")
+	log.Info("building hapod-controller", "dir", binDir)
+	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller"); err != nil {
+		return err
+	}
+	env := &bench.Env{ControllerBin: filepath.Join(binDir, "hapod-controller"), WorkDir: work, Log: log}
 	v := localcluster.DefaultVersions()
 	cluster := fmt.Sprintf("local control plane on 127.0.0.1 started by the bench: etcd %s; kube-apiserver, kube-controller-manager, kube-scheduler %s; kwok %s playing the kubelets.",
 		v.Etcd, v.Kubernetes, v.Kwok)

@@ -19,7 +19,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -27,7 +26,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -37,6 +35,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/hapod/hapod/internal/dev/gobuild"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/tour"
 )
@@ -100,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	binDir := filepath.Join(root, ".cache", "tour-bin")
 	say("building hapod-controller and hapod-demo into %s", rel(root, binDir))
-	if err := build(ctx, root, binDir); err != nil {
+	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller", "./cmd/hapod-demo"); err != nil {
 		return fail(err)
 	}
 
@@ -208,22 +207,6 @@ func newLogDir(dir string, now time.Time) (string, error) {
 		old = old[1:]
 	}
 	return logDir, nil
-}
-
-// build compiles the controller and the demo app into dir.
-func build(ctx context.Context, root, dir string) error {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return errors.New("the go command is not in PATH")
-	}
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+string(filepath.Separator), "./cmd/hapod-controller", "./cmd/hapod-demo")
-	cmd.Dir = root
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out.String())
-	}
-	return nil
 }
 
 // answers reports whether a kubeconfig exists and its API server answers.

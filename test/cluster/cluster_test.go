@@ -21,6 +21,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/election"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -47,7 +48,7 @@ func TestDefaultNodesReady(t *testing.T) {
 		if len(n.Spec.Taints) != 0 {
 			t.Errorf("node %s: taints %v, want none", name, n.Spec.Taints)
 		}
-		if !nodeReady(n) {
+		if election.NodeReadyStatus(n) != corev1.ConditionTrue {
 			t.Errorf("node %s is not Ready: %v", name, n.Status.Conditions)
 		}
 	}
@@ -100,7 +101,7 @@ func TestReplicaSetPodsRunWithLoopbackIPs(t *testing.T) {
 		if ip == nil || !podNet.Contains(ip) || !loopback.Contains(ip) {
 			t.Errorf("pod %s: IP %q, want one in the node's pod CIDR %s inside 127.0.0.0/8", p.Name, p.Status.PodIP, podNet)
 		}
-		if !podReady(&p) {
+		if !election.PodReady(&p) {
 			t.Errorf("pod %s is Running but not Ready", p.Name)
 		}
 	}
@@ -304,7 +305,7 @@ func terminatedProblem(p, before *corev1.Pod) string {
 		return "container still ready"
 	case c.RestartCount != before.Status.ContainerStatuses[0].RestartCount:
 		return fmt.Sprintf("restartCount %d, was %d", c.RestartCount, before.Status.ContainerStatuses[0].RestartCount)
-	case podReady(p):
+	case election.PodReady(p):
 		return "pod still Ready"
 	case p.Status.PodIP != before.Status.PodIP:
 		return fmt.Sprintf("pod IP %q, was %q", p.Status.PodIP, before.Status.PodIP)
@@ -446,22 +447,4 @@ func waitSliceEvent(t *testing.T, w watch.Interface, timeout time.Duration, ok f
 			}
 		}
 	}
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }

@@ -295,7 +295,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 			}
 			only = all[0]
 			return true
-		}, &pw.board); err != nil {
+		}, pw.board.wait); err != nil {
 			return nil, err
 		}
 		uid := only.UID
@@ -315,7 +315,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 				}
 			}
 			return false
-		}, &pw.board); err != nil {
+		}, pw.board.wait); err != nil {
 			return nil, err
 		}
 		out = append(out, ready.Sub(t0))

@@ -18,10 +18,12 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/election"
 	"github.com/hapod/hapod/pkg/role"
 )
 
-// Labels and values the bench's pods carry. The controller child selects
+// Labels and values the bench's pods carry. The controller selects
 // benchLabel=true and groups by "app"; the Service selects on roleLabel.
 const (
 	benchLabel   = role.BenchLabel
@@ -36,12 +38,11 @@ const (
 // Env is the cluster the bench runs on.
 type Env struct {
 	// REST is an admin client configuration; Kubeconfig the same as a
-	// file, for the controller child.
+	// file, for the controller.
 	REST       *rest.Config
 	Kubeconfig string
-	// Exe is the binary to re-execute as the controller child: one whose
-	// main (or TestMain) calls MaybeRunController first.
-	Exe string
+	// ControllerBin is the built hapod-controller, run once per scenario.
+	ControllerBin string
 	// APIServerPID, EtcdPID and KCMPID (kube-controller-manager), if not
 	// 0, have their CPU time reported next to the controller's during mass
 	// failovers.
@@ -102,17 +103,17 @@ func (e *Env) namespace(ctx context.Context, prefix string) (string, func(), err
 		if err := e.cs.CoreV1().Pods(name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &now}, metav1.ListOptions{}); err != nil {
 			e.Log.Warn("delete pods", "namespace", name, "err", err)
 		}
-		err := poll(ctx, time.Minute, func() bool {
+		err := poll.Until(ctx, time.Minute, func() (bool, error) {
 			l, err := e.cs.CoreV1().Pods(name).List(ctx, metav1.ListOptions{Limit: 1})
-			return err == nil && len(l.Items) == 0
+			return err == nil && len(l.Items) == 0, err
 		})
 		if err != nil {
 			e.Log.Warn("pods not gone", "namespace", name, "err", err)
 		}
 	}
-	err := poll(ctx, 30*time.Second, func() bool {
+	err := poll.Until(ctx, 30*time.Second, func() (bool, error) {
 		_, err := e.cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil
+		return err == nil, err
 	})
 	if err != nil {
 		del()
@@ -138,17 +139,6 @@ func (e *Env) node(ctx context.Context, prefix, podCIDR string) (string, func(),
 		return "", nil, err
 	}
 	return name, del, nil
-}
-
-// poll calls cond every 10 ms until it holds or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	return waitUntil(ctx, timeout, "poll", func() bool {
-		if cond() {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-		return cond()
-	})
 }
 
 // addrs hands out distinct IPv4 addresses inside one /16: a.b.0.1,
@@ -229,17 +219,7 @@ func terminateContainer(ctx context.Context, cs kubernetes.Interface, pod *corev
 	}
 }
 
-// podReady reports the pod's Ready condition.
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // runningReady: Running, Ready, with an IP, not being deleted.
 func runningReady(p *corev1.Pod) bool {
-	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && podReady(p)
+	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && election.PodReady(p)
 }

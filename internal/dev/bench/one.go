@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -14,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
+	"github.com/hapod/hapod/internal/record"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -39,11 +40,11 @@ const probeLabel = role.BenchProbeLabel
 // Stages of a failover, each timed from the start of the trigger's write
 // request.
 const (
-	StageSeen        = "controller saw it"          // Promotion.Seen
-	StageLabelled    = "label committed"            // Promotion.Labelled: the PATCH returned
+	StageSeen        = "controller saw it"          // record.Record.Seen
+	StageLabelled    = "label committed"            // record.Record.Labelled: the PATCH returned
 	StageLabelWatch  = "label seen on a watch"      // the bench's own pod watch
 	StageAck         = "app has the role"           // the listener accepted the message (it acks at once)
-	StageAckReceived = "controller got the ack"     // Promotion.Acked
+	StageAckReceived = "controller got the ack"     // record.Record.Acked
 	StageEndpoints   = "EndpointSlice = new active" // ready addresses are exactly the new active's
 )
 
@@ -99,11 +100,11 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 	defer ap.closeAll()
 
 	port := 20000 + rand.IntN(40000)
-	ctl, err := startController(ctx, o.controllerOptions(e, ns, port, filepath.Join(e.WorkDir, "controller-one.log")))
+	ctl, err := o.startController(ctx, e, ns, port, "controller-one")
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = ctl.Stop() }()
+	defer ctl.Stop()
 
 	podIPs := &addrs{a: 198, b: 18}
 	roleAddrs := &addrs{a: 127, b: loopbackLane()}
@@ -134,7 +135,7 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 			}
 			_, ok := sw.onlySince(a.Status.PodIP)
 			return ok
-		}, &pw.board, &sw.board, &ap.board, &ctl.promos.board)
+		}, pw.board.wait, sw.board.wait, ap.board.wait, ctl.Changed)
 	}
 
 	// The first pod alone becomes active; the second joins as standby.
@@ -145,7 +146,7 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 	if err := waitUntil(ctx, 20*time.Second, "first active", func() bool {
 		s, _, _ := ap.state(active)
 		return s.Role == role.Active
-	}, &ap.board); err != nil {
+	}, ap.board.wait); err != nil {
 		return nil, err
 	}
 	standby, err := create()
@@ -177,7 +178,7 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 		if err := waitUntil(ctx, 10*time.Second, "probe patch on the watch", func() bool {
 			p, ok := pw.get(standby)
 			return ok && p.Labels[probeLabel] == probe
-		}, &pw.board); err != nil {
+		}, pw.board.wait); err != nil {
 			return nil, err
 		}
 		floorWatched = append(floorWatched, pw.updated(standby).Sub(p0))
@@ -202,8 +203,8 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 		}
 		var st stageTimes
 		err := waitUntil(ctx, 15*time.Second, fmt.Sprintf("failover %d (%s) to %s", i, trigger, next.Name), func() bool {
-			return st.collect(pw, ap, sw, ctl.promos, next)
-		}, &pw.board, &sw.board, &ap.board, &ctl.promos.board)
+			return st.collect(pw, ap, sw, ctl, next)
+		}, pw.board.wait, sw.board.wait, ap.board.wait, ctl.Changed)
 		if err != nil {
 			return nil, fmt.Errorf("%w (got %+v)", err, st)
 		}
@@ -216,7 +217,7 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 		if err := waitUntil(ctx, 15*time.Second, "old active gone", func() bool {
 			_, ok := pw.get(old.Name)
 			return !ok
-		}, &pw.board); err != nil {
+		}, pw.board.wait); err != nil {
 			return nil, err
 		}
 		ap.close(old.Name)
@@ -253,13 +254,13 @@ const settle = 100 * time.Millisecond
 // stageTimes are the moments one failover reached each stage.
 type stageTimes struct {
 	labelWatch, ack, endpoints time.Time
-	promo                      promotionLine
+	promo                      record.Record
 	havePromo                  bool
 }
 
 // collect fills in what has happened so far and reports whether every
 // stage has been reached.
-func (st *stageTimes) collect(pw *podWatch, ap *apps, sw *sliceWatch, promos *promotions, next *corev1.Pod) bool {
+func (st *stageTimes) collect(pw *podWatch, ap *apps, sw *sliceWatch, ctl *ctrlproc.Controller, next *corev1.Pod) bool {
 	if t, ok := pw.activeSince(next.UID); ok {
 		st.labelWatch = t
 	}
@@ -269,7 +270,7 @@ func (st *stageTimes) collect(pw *podWatch, ap *apps, sw *sliceWatch, promos *pr
 	if t, ok := sw.onlySince(next.Status.PodIP); ok && st.endpoints.IsZero() {
 		st.endpoints = t
 	}
-	if p, ok := promos.get(next.Name); ok {
+	if p, ok := ctl.Promotion(next.Name); ok {
 		st.promo, st.havePromo = p, true
 	}
 	return !st.labelWatch.IsZero() && !st.ack.IsZero() && !st.endpoints.IsZero() && st.havePromo

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
 )
 
 // Options says what to measure and how the controller runs.
@@ -82,11 +85,22 @@ func Short() Options {
 	return o
 }
 
-func (o Options) controllerOptions(e *Env, ns string, port int, logPath string) controllerOptions {
-	return controllerOptions{
-		Exe: e.Exe, Kubeconfig: e.Kubeconfig, Namespace: ns, RolePort: port,
-		Workers: o.Workers, QPS: o.QPS, Burst: o.Burst, LogPath: logPath,
-	}
+// startController runs hapod-controller for one scenario: it manages the
+// bench's pods in ns (selector benchLabel=true, grouped by "app"), tells
+// them their role on port, and logs to <WorkDir>/<name>.log.
+func (o Options) startController(ctx context.Context, e *Env, ns string, port int, name string) (*ctrlproc.Controller, error) {
+	return ctrlproc.Start(ctx, ctrlproc.Options{
+		Bin: e.ControllerBin, Kubeconfig: e.Kubeconfig, Namespaces: ns,
+		LogPath: filepath.Join(e.WorkDir, name+".log"),
+		Args: []string{
+			"-selector", benchLabel + "=true",
+			"-group-label", "app",
+			"-role-port", strconv.Itoa(port),
+			"-workers", strconv.Itoa(o.Workers),
+			"-kube-api-qps", strconv.FormatFloat(o.QPS, 'f', -1, 64),
+			"-kube-api-burst", strconv.Itoa(o.Burst),
+		},
+	})
 }
 
 // Results is everything one run measured.

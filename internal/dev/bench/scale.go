@@ -14,8 +14,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -91,11 +91,11 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	ap := newApps()
 	defer ap.closeAll()
 	port := 20000 + rand.IntN(40000)
-	ctl, err := startController(ctx, o.controllerOptions(e, ns, port, filepath.Join(e.WorkDir, fmt.Sprintf("controller-scale-%d.log", n))))
+	ctl, err := o.startController(ctx, e, ns, port, fmt.Sprintf("controller-scale-%d", n))
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = ctl.Stop() }()
+	defer ctl.Stop()
 
 	names := func(side string) []string {
 		out := make([]string, n)
@@ -134,13 +134,13 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	if err := create(actives, nodeA, ipsA); err != nil {
 		return nil, err
 	}
-	if err := waitUntil(ctx, setup, "every group has its active", told(actives, role.Active), &ap.board); err != nil {
+	if err := waitUntil(ctx, setup, "every group has its active", told(actives, role.Active), ap.board.wait); err != nil {
 		return nil, err
 	}
 	if err := create(standbys, nodeB, ipsB); err != nil {
 		return nil, err
 	}
-	if err := waitUntil(ctx, setup, "every standby told", told(standbys, role.Standby), &ap.board); err != nil {
+	if err := waitUntil(ctx, setup, "every standby told", told(standbys, role.Standby), ap.board.wait); err != nil {
 		return nil, err
 	}
 	if err := waitUntil(ctx, setup, "every standby labelled", func() bool {
@@ -150,7 +150,7 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 			}
 		}
 		return true
-	}, &pw.board); err != nil {
+	}, pw.board.wait); err != nil {
 		return nil, err
 	}
 	// Let the setup's writes (Lease reservations, Events) drain.
@@ -171,8 +171,9 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	if o.ProfileDir != "" && n == o.ProfileGroups {
 		res.Profile = filepath.Join(o.ProfileDir, fmt.Sprintf("controller-cpu-%d.pprof", n))
 		profDone = make(chan error, 1)
-		go func() { profDone <- ctl.cpuProfile(ctx, o.ProfileSeconds, res.Profile) }()
-		time.Sleep(100 * time.Millisecond) // the profile has started
+		sent := make(chan struct{})
+		go func() { profDone <- cpuProfile(ctx, ctl.PprofURL(), o.ProfileSeconds, res.Profile, sent) }()
+		<-sent // the profile has been asked for before the trigger
 	}
 
 	// The apps on the failed side are gone with it.
@@ -182,15 +183,8 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	starts := make([]time.Time, n)
 	switch trigger {
 	case MassNode:
-		// localcluster.FailNode in two steps, so that the clock starts
-		// at the write that fails the node: first kwok stops playing its
-		// kubelet (no more heartbeats), then its Ready condition turns
-		// Unknown.
-		if err := unmanage(ctx, e, nodeA); err != nil {
-			return nil, err
-		}
-		time.Sleep(200 * time.Millisecond) // kwok has let go of the node
-		t0, err := nodeUnknown(ctx, e, nodeA)
+		// The clock starts at the write that fails the node.
+		t0, err := localcluster.FailNode(ctx, e.cs, nodeA)
 		if err != nil {
 			return nil, err
 		}
@@ -227,13 +221,13 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 			if _, ok := pw.activeSince(pod.UID); !ok {
 				return false
 			}
-			if _, ok := ctl.promos.get(standbys[i]); !ok {
+			if _, ok := ctl.Promotion(standbys[i]); !ok {
 				return false
 			}
 		}
 		return true
 	}
-	waitErr := waitUntil(ctx, 2*time.Minute, fmt.Sprintf("mass failover of %d groups", n), done, &ap.board, &pw.board, &ctl.promos.board)
+	waitErr := waitUntil(ctx, 2*time.Minute, fmt.Sprintf("mass failover of %d groups", n), done, ap.board.wait, pw.board.wait, ctl.Changed)
 	window, err := quiet(ctx, ctl, time.Second, 30*time.Second)
 	if err != nil {
 		return nil, err
@@ -266,7 +260,7 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 		if pod != nil {
 			lw, _ = pw.activeSince(pod.UID)
 		}
-		pr, havePromo := ctl.promos.get(p)
+		pr, havePromo := ctl.Promotion(p)
 		if at.IsZero() || lw.IsZero() || !havePromo {
 			continue
 		}
@@ -295,25 +289,6 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 		return res, waitErr
 	}
 	return res, nil
-}
-
-// unmanage removes the annotation by which kwok manages a node, as
-// localcluster.FailNode does first.
-func unmanage(ctx context.Context, e *Env, node string) error {
-	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:null}}}`, localcluster.KwokNodeAnnotation)
-	_, err := e.cs.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-	return err
-}
-
-// nodeUnknown writes what the node lifecycle controller writes when a
-// node's kubelet stops posting status, and returns when the write started.
-func nodeUnknown(ctx context.Context, e *Env, node string) (time.Time, error) {
-	now := metav1.Now().UTC().Format(time.RFC3339)
-	patch := fmt.Appendf(nil, `{"status":{"conditions":[{"type":"Ready","status":"Unknown","reason":"NodeStatusUnknown",`+
-		`"message":"Kubelet stopped posting node status.","lastHeartbeatTime":%q,"lastTransitionTime":%q}]}}`, now, now)
-	t0 := time.Now()
-	_, err := e.cs.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}, "status")
-	return t0, err
 }
 
 // parallel runs f(0..n-1) on at most k goroutines and returns the errors.
@@ -351,9 +326,9 @@ func parallel(ctx context.Context, k, n int, f func(i int) error) error {
 
 // quiet waits until the controller's API request count has not moved for
 // d (at most max), and returns when it last moved.
-func quiet(ctx context.Context, ctl *controllerProc, d, limit time.Duration) (time.Time, error) {
+func quiet(ctx context.Context, ctl *ctrlproc.Controller, d, limit time.Duration) (time.Time, error) {
 	deadline := time.Now().Add(limit)
-	last, err := ctl.apiRequests(ctx)
+	last, err := apiRequests(ctx, ctl.MetricsURL())
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -364,7 +339,7 @@ func quiet(ctx context.Context, ctl *controllerProc, d, limit time.Duration) (ti
 		case <-ctx.Done():
 			return time.Time{}, ctx.Err()
 		}
-		cur, err := ctl.apiRequests(ctx)
+		cur, err := apiRequests(ctx, ctl.MetricsURL())
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -395,7 +370,7 @@ type snapshot struct {
 	requests                                     map[string]float64
 }
 
-func (e *Env) snapshot(ctx context.Context, ctl *controllerProc) (snapshot, error) {
+func (e *Env) snapshot(ctx context.Context, ctl *ctrlproc.Controller) (snapshot, error) {
 	var s snapshot
 	var err error
 	if s.cpu, err = cpuSeconds(ctl.Pid()); err != nil {
@@ -414,7 +389,7 @@ func (e *Env) snapshot(ctx context.Context, ctl *controllerProc) (snapshot, erro
 		s.kcmCPU, _ = cpuSeconds(e.KCMPID)
 	}
 	s.benchCPU, _ = cpuSeconds(os.Getpid())
-	s.requests, err = ctl.apiRequests(ctx)
+	s.requests, err = apiRequests(ctx, ctl.MetricsURL())
 	return s, err
 }
 

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -45,18 +46,22 @@ func (b *board) bump() {
 	}
 }
 
-// waitUntil returns when cond holds, checking it after every bump of the
-// boards (and every 100 ms regardless), or fails after timeout.
-func waitUntil(ctx context.Context, timeout time.Duration, what string, cond func() bool, boards ...*board) error {
+// errTimeout: a wait's condition did not hold in time.
+var errTimeout = errors.New("timed out")
+
+// waitUntil returns when cond holds, checking it whenever one of the wakers'
+// channels closes (a board's wait, the controller's Changed) and every 100 ms
+// regardless, or fails after timeout.
+func waitUntil(ctx context.Context, timeout time.Duration, what string, cond func() bool, wakers ...func() <-chan struct{}) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		// Take the channels before checking, so a change in between is not missed.
-		chans := make([]<-chan struct{}, len(boards))
-		for i, b := range boards {
-			chans[i] = b.wait()
+		chans := make([]<-chan struct{}, len(wakers))
+		for i, w := range wakers {
+			chans[i] = w()
 		}
 		if cond() {
 			return nil

@@ -22,6 +22,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -240,36 +241,20 @@ func allocateCIDR(ctx context.Context, cs kubernetes.Interface) (string, error) 
 	return "", fmt.Errorf("every /24 of 127.65.0.0-127.127.255.0 is in use")
 }
 
-// Eventually calls cond every 10 ms until it returns true, and fails the test if that
-// has not happened within timeout. An error from cond means "not yet, because ...": it
-// does not stop the polling, and the last one is reported if the deadline passes. To
-// stop at once, call t.Fatal in cond.
+// Eventually calls cond every poll.Interval until it returns true, and fails the test
+// if that has not happened within timeout. An error from cond means "not yet, because
+// ...": it does not stop the polling, and the last one is reported if the deadline
+// passes. To stop at once, call t.Fatal in cond.
 func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, error)) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
 	began := time.Now()
-	var last error
 	polls := 0
-	for {
-		ok, err := cond()
+	err := poll.Until(t.Context(), timeout, func() (bool, error) {
 		polls++
-		if ok && err == nil {
-			return
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				t.Fatalf("condition not met within %s (%d polls); last: %v", time.Since(began).Round(time.Millisecond), polls, last)
-			}
-			t.Fatalf("condition not met within %s (%d polls)", time.Since(began).Round(time.Millisecond), polls)
-		case <-tick.C:
-		}
+		return cond()
+	})
+	if err != nil {
+		t.Fatalf("condition not met within %s (%d polls): %v", time.Since(began).Round(time.Millisecond), polls, err)
 	}
 }
 
@@ -278,7 +263,7 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, error)) 
 // localcluster.FailNode).
 func FailNode(t testing.TB, name string) {
 	t.Helper()
-	if err := localcluster.FailNode(t.Context(), Clientset(t), name); err != nil {
+	if _, err := localcluster.FailNode(t.Context(), Clientset(t), name); err != nil {
 		t.Fatalf("clustertest: %v", err)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hapod/hapod/internal/dev/child"
 )
 
 // Versions pins the version of every component of the control plane.
@@ -249,8 +251,7 @@ func (b *builder) goCmd(ctx context.Context, dir string, extraEnv []string, args
 	cmd.Stderr = b.logFile
 	_, _ = fmt.Fprintf(b.logFile, "+ (cd %s && go %s)\n", dir, strings.Join(args, " "))
 	if err := cmd.Run(); err != nil {
-		tail, _ := tailFile(b.logPath, 30)
-		return nil, fmt.Errorf("go %s: %w; tail of %s:\n%s", args[0], err, b.logPath, tail)
+		return nil, fmt.Errorf("go %s: %w; tail of %s:\n%s", args[0], err, b.logPath, child.Tail(b.logPath, 30))
 	}
 	return stdout.Bytes(), nil
 }

@@ -29,6 +29,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -387,27 +388,21 @@ func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (
 // waitHealthy polls url until it answers 200 (with want in the body, if set), the
 // process exits, or ctx ends.
 func (c *Cluster) waitHealthy(ctx context.Context, p *process, url string, hc *http.Client, want string) error {
-	var lastErr error
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	err := poll.Until(ctx, time.Hour, func() (bool, error) { // bounded by ctx: Options.Timeout
 		if p.exited() {
 			err := p.exitError()
 			if strings.Contains(err.Error(), "address already in use") {
-				return fmt.Errorf("%w: %w", errPortTaken, err)
+				return false, poll.Stop(fmt.Errorf("%w: %w", errPortTaken, err))
 			}
-			return err
+			return false, poll.Stop(err)
 		}
-		if lastErr = probe(ctx, hc, url, want); lastErr == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s not healthy at %s before the deadline (%w), last probe: %v; tail of %s:\n%s",
-				p.name, url, ctx.Err(), lastErr, p.logPath, logTail(p.logPath))
-		case <-tick.C:
-		}
+		err := probe(ctx, hc, url, want)
+		return err == nil, err
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("%s not healthy at %s before the deadline: %w; tail of %s:\n%s", p.name, url, err, p.logPath, child.Tail(p.logPath, 25))
 	}
+	return err
 }
 
 func probe(ctx context.Context, hc *http.Client, url, want string) error {

@@ -12,8 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +25,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/rolerecord"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -156,6 +155,10 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 	return nil
 }
 
+// roleRecordsFD is the descriptor on which a pod's process writes its role records: the
+// write end of a pipe the tour reads (cmd.ExtraFiles[0] is descriptor 3).
+const roleRecordsFD = "/dev/fd/3"
+
 // start starts the pod's process. It returns nil, nil if the pod went meanwhile.
 func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, error) {
 	logPath := filepath.Join(k.logDir, name+".log")
@@ -163,17 +166,19 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 	if err != nil {
 		return nil, err
 	}
+	defer func() { _ = logFile.Close() }() // the child has its own descriptor
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		_ = logFile.Close()
 		return nil, err
 	}
 	cmd := exec.Command(k.bin,
 		"-http-addr", netip.AddrPortFrom(addr, uint16(k.httpPort)).String(),
 		"-role-addr", netip.AddrPortFrom(addr, uint16(k.rolePort)).String(),
 		"-pod-name", name, "-pod-uid", string(uid),
-		"-init-delay", k.initDelay.String())
-	cmd.Stdout, cmd.Stderr = logFile, pw
+		"-init-delay", k.initDelay.String(),
+		"-role-records", roleRecordsFD)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = []*os.File{pw}
 	p := &proc{pod: name, uid: uid, addr: addr, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 
 	k.mu.Lock()
@@ -181,7 +186,6 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 		k.mu.Unlock()
 		_ = pr.Close()
 		_ = pw.Close()
-		_ = logFile.Close()
 		return nil, nil
 	}
 	err = child.Start(cmd)
@@ -189,18 +193,17 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 	if err != nil {
 		k.mu.Unlock()
 		_ = pr.Close()
-		_ = logFile.Close()
 		return nil, fmt.Errorf("start hapod-demo: %w", err)
 	}
 	k.procs[uid] = p
 	k.mu.Unlock()
 
-	k.wg.Go(func() { k.readLog(p, pr, logFile) })
+	k.wg.Go(func() { k.readRoles(p, pr) })
 	k.wg.Go(func() {
 		err := cmd.Wait()
 		k.obs.mark(uid, func(v *podView) { v.ProcExited = time.Now() })
 		if !p.stopping.Load() && k.ctx.Err() == nil {
-			k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, err, logPath, tail(logPath, 10))
+			k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, err, logPath, child.Tail(logPath, 10))
 		}
 		k.pool.put(addr)
 		close(p.done)
@@ -208,25 +211,18 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 	return p, nil
 }
 
-// roleLine matches the demo app's log line for a role change (cmd/hapod-demo).
-var roleLine = regexp.MustCompile(`msg="Role changed" .*\brole=(\w+) epoch=(\d+)`)
-
-// readLog copies the process's stderr to its log, each line prefixed with the time the
-// tour read it, and records the role changes it logs.
-func (k *kubelet) readLog(p *proc, r io.ReadCloser, logFile *os.File) {
-	defer func() { _ = logFile.Close() }()
+// readRoles records the role changes the process reports on its role-records pipe,
+// until it exits.
+func (k *kubelet) readRoles(p *proc, r io.ReadCloser) {
 	defer func() { _ = r.Close() }()
-	w := bufio.NewWriter(logFile)
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		now := time.Now()
-		line := sc.Text()
-		if m := roleLine.FindStringSubmatch(line); m != nil {
-			epoch, _ := strconv.ParseUint(m[2], 10, 64)
-			k.obs.appSaid(p.uid, now, m[1], epoch)
+		c, err := rolerecord.Decode(sc.Bytes())
+		if err != nil {
+			k.obs.problem("pod %s: %v", p.pod, err)
+			continue
 		}
-		fmt.Fprintf(w, "%s %s\n", now.Format("15:04:05.000000"), line)
-		_ = w.Flush()
+		k.obs.appSaid(p.uid, c.At, c.Role, c.Epoch)
 	}
 }
 
@@ -263,7 +259,7 @@ func (k *kubelet) probe(p *proc) error {
 			if p.stopping.Load() {
 				return errStopped
 			}
-			return fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, tail(p.logPath, 10))
+			return fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, child.Tail(p.logPath, 10))
 		case <-ctx.Done():
 			if k.ctx.Err() != nil {
 				return errStopped

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +20,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/election"
+	"github.com/hapod/hapod/internal/record"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -32,7 +32,8 @@ type labelChange struct {
 	Epoch uint64
 }
 
-// appChange is a role change that a pod's process logged, timed when the tour read it.
+// appChange is a role change that a pod's process reported (-role-records), timed by
+// the process: when its listener accepted the message.
 type appChange struct {
 	At    time.Time
 	Role  string
@@ -75,7 +76,7 @@ func (p *podView) labelledAt(role string, epoch uint64) time.Time {
 	return time.Time{}
 }
 
-// appSaidAt is when the pod's process first logged role (at epoch, any if 0), or zero.
+// appSaidAt is when the pod's process first reported role (at epoch, any if 0), or zero.
 func (p *podView) appSaidAt(role string, epoch uint64) time.Time {
 	for _, c := range p.App {
 		if c.Role == role && (epoch == 0 || c.Epoch == epoch) {
@@ -85,7 +86,7 @@ func (p *podView) appSaidAt(role string, epoch uint64) time.Time {
 	return time.Time{}
 }
 
-// appRole is the last role the pod's process logged ("" before any).
+// appRole is the last role the pod's process reported ("" before any).
 func (p *podView) appRole() (string, uint64) {
 	if len(p.App) == 0 {
 		return "", 0
@@ -147,6 +148,7 @@ type observer struct {
 	parts    map[string]sliceSnap
 	slices   []sliceSnap // every change of the union, in order
 	events   []ctrlEvent
+	records  []record.Record // the controller's failover records, as written
 	problems []string
 	changed  chan struct{} // closed and replaced on every change
 
@@ -251,7 +253,7 @@ func (o *observer) podEvent(obj any, deleted bool) {
 			p.Labels = append(p.Labels, labelChange{At: now, Role: label, Epoch: epoch})
 			p.Role, p.Epoch = label, epoch
 		}
-		p.Ready = podReady(pod)
+		p.Ready = election.PodReady(pod)
 		if pod.DeletionTimestamp != nil && p.Deleting.IsZero() {
 			p.Deleting = now
 		}
@@ -323,6 +325,36 @@ func (o *observer) eventAdded(obj any) {
 	o.changedLocked()
 }
 
+// recorded adds one of the controller's failover records.
+func (o *observer) recorded(r record.Record) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.records = append(o.records, r)
+	o.changedLocked()
+}
+
+// recordLocked is the controller's record of pod uid's promotion to epoch.
+func (o *observer) recordLocked(uid types.UID, epoch uint64) (record.Record, bool) {
+	for _, r := range o.records {
+		if types.UID(r.UID) == uid && r.Epoch == epoch {
+			return r, true
+		}
+	}
+	return record.Record{}, false
+}
+
+// promotionsSinceLocked are the controller's records of promotions it saw the trigger
+// of after t.
+func (o *observer) promotionsSinceLocked(t time.Time) []record.Record {
+	var rs []record.Record
+	for _, r := range o.records {
+		if r.Seen.After(t) {
+			rs = append(rs, r)
+		}
+	}
+	return rs
+}
+
 // problem records something that went wrong outside the scenes' own steps (a process
 // that died by itself, a write that failed), for the error of a wait that then fails.
 func (o *observer) problem(format string, args ...any) {
@@ -344,7 +376,7 @@ func (o *observer) mark(uid types.UID, f func(p *podView)) {
 	o.changedLocked()
 }
 
-// appSaid records a role change that a pod's process logged.
+// appSaid records a role change that a pod's process reported.
 func (o *observer) appSaid(uid types.UID, at time.Time, role string, epoch uint64) {
 	o.mark(uid, func(p *podView) { p.App = append(p.App, appChange{At: at, Role: role, Epoch: epoch}) })
 }
@@ -479,102 +511,4 @@ func (o *observer) describeLocked() string {
 		parts = append(parts, fmt.Sprintf("%s[label %s epoch %d, ready %t, app %s/%d]", p.Name, p.Role, p.Epoch, p.Ready, r, e))
 	}
 	return fmt.Sprintf("pods %s; EndpointSlice ready %v", strings.Join(parts, " "), o.lastSliceLocked().readyIPs())
-}
-
-func podReady(pod *corev1.Pod) bool {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-// promotion is what the controller's Promoted Event says.
-type promotion struct {
-	Role     string
-	Epoch    uint64
-	Reason   string
-	Replaced string
-	// LabelMs and AckMs count from when the controller saw the trigger; NaN if unknown.
-	LabelMs, AckMs float64
-}
-
-var promotedNote = regexp.MustCompile(`^(\S+) at epoch (\d+) \(reason ([^,]+), replaced ([^)]+)\): label committed ([0-9.]+|\?)ms and app acked ([0-9.]+)ms after the trigger was seen`)
-
-// parsePromoted reads the note of a Promoted Event.
-func parsePromoted(note string) (promotion, bool) {
-	m := promotedNote.FindStringSubmatch(note)
-	if m == nil {
-		return promotion{}, false
-	}
-	epoch, err := strconv.ParseUint(m[2], 10, 64)
-	if err != nil {
-		return promotion{}, false
-	}
-	p := promotion{Role: m[1], Epoch: epoch, Reason: m[3], Replaced: m[4], LabelMs: math.NaN()}
-	if v, err := strconv.ParseFloat(m[5], 64); err == nil {
-		p.LabelMs = v
-	}
-	if p.AckMs, err = strconv.ParseFloat(m[6], 64); err != nil {
-		return promotion{}, false
-	}
-	return p, true
-}
-
-// seenAt estimates when the controller saw the trigger: the Event is recorded once both
-// the label write and the ack are done, so the later of the two ends at its eventTime.
-func (p promotion) seenAt(eventTime time.Time) time.Time {
-	if eventTime.IsZero() {
-		return time.Time{}
-	}
-	last := p.AckMs
-	if !math.IsNaN(p.LabelMs) {
-		last = max(last, p.LabelMs)
-	}
-	return eventTime.Add(-time.Duration(last * float64(time.Millisecond)))
-}
-
-// after returns seen + ms, or zero when either is unknown.
-func after(seen time.Time, ms float64) time.Time {
-	if seen.IsZero() || math.IsNaN(ms) {
-		return time.Time{}
-	}
-	return seen.Add(time.Duration(ms * float64(time.Millisecond)))
-}
-
-// promotedLog matches the controller's log line for a promotion (klog text format:
-// "I1124 20:32:32.620643   31451 reconciler.go:349] "Promoted" ... pod="x" epoch=3 ...
-// labelMs="24.31""). The line is written right after the label write returned.
-var promotedLog = regexp.MustCompile(`^I(\d{4} \d{2}:\d{2}:\d{2}\.\d{6})\s+\d+ \S+\] "Promoted" .*\bpod="([^"]+)" epoch=(\d+) .*\blabelMs="([0-9.]+)"`)
-
-// promotedLine is what one "Promoted" log line says.
-type promotedLine struct {
-	At      time.Time // when it was logged: just after the label committed
-	Pod     string
-	Epoch   uint64
-	LabelMs float64
-}
-
-// parsePromotedLog reads a controller log line. klog stamps lines with month, day and
-// local time but no year: the year is now's, or the one before when that would put the
-// line more than a day in the future (a run across New Year).
-func parsePromotedLog(line string, now time.Time) (promotedLine, bool) {
-	m := promotedLog.FindStringSubmatch(line)
-	if m == nil {
-		return promotedLine{}, false
-	}
-	at, err := time.ParseInLocation("2006 0102 15:04:05.000000", strconv.Itoa(now.Year())+" "+m[1], now.Location())
-	if err != nil {
-		return promotedLine{}, false
-	}
-	if at.After(now.Add(24 * time.Hour)) {
-		at = at.AddDate(-1, 0, 0)
-	}
-	epoch, err1 := strconv.ParseUint(m[3], 10, 64)
-	labelMs, err2 := strconv.ParseFloat(m[4], 64)
-	if err1 != nil || err2 != nil {
-		return promotedLine{}, false
-	}
-	return promotedLine{At: at, Pod: m[2], Epoch: epoch, LabelMs: labelMs}, true
 }

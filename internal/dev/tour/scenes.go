@@ -2,19 +2,18 @@ package tour
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
-	"os"
 	"slices"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/record"
 )
 
 // play runs the scenes in order and prints each as it ends. A scene that does not
@@ -146,58 +145,30 @@ func (t *tour) sliceListsOnly(ip string, t0 time.Time) time.Time {
 	return at
 }
 
-// promotion adds the controller's own account of a promotion to the scene: when it
-// saw the trigger and committed the label (its "Promoted" log line, written when the
-// label write returned, with the label time measured from the trigger), and when the
-// app acked (its Promoted Event, recorded once both are done).
-func (t *tour) promotion(ctx context.Context, s *Scene, p podView, since time.Time) {
+// promotion adds the controller's own account of a promotion to the scene, from its
+// failover record (-failover-records): when it saw the trigger, committed the label and
+// got the app's ack.
+func (t *tour) promotion(ctx context.Context, s *Scene, p podView) {
 	tl := &s.Timeline
-	ev, haveEvent := t.controllerEvent(ctx, p.UID, "Promoted", since, 10*time.Second)
-	var pr promotion
-	if haveEvent {
-		if pr, haveEvent = parsePromoted(ev.Note); !haveEvent {
-			tl.Note("(the Promoted Event's note is not in the expected form: %q)", ev.Note)
-		}
-	} else if nack, bad := t.controllerEvent(ctx, p.UID, "PromotedNotAcked", since, 0); bad {
-		s.problem("the app of %s did not ack its promotion: %s", p.Name, nack.Note)
-	} else {
-		tl.Note("(no Promoted Event from the controller within 10s: the ack time is missing)")
-	}
-	var seen time.Time
-	labelMs, source := math.NaN(), "its log"
-	if line, ok := t.promotedLogLine(ctx, p.Name, p.Epoch); ok {
-		seen, labelMs = line.At.Add(-time.Duration(line.LabelMs*float64(time.Millisecond))), line.LabelMs
-	} else if haveEvent {
-		seen, labelMs, source = pr.seenAt(ev.At), pr.LabelMs, "estimated from its Promoted Event"
-	}
-	tl.Add(seen, "controller saw the trigger (%s)", source)
-	tl.Add(after(seen, labelMs), "controller: label role=%s epoch %d on %s committed (%s ms after it saw the trigger)", t.cfg.ActiveValue, p.Epoch, p.Name, formatMs(labelMs))
-	if haveEvent {
-		acked := after(seen, pr.AckMs)
-		tl.Add(acked, "controller: the app of %s acked epoch %d (%s ms after it saw the trigger; reason %s)", p.Name, pr.Epoch, formatMs(pr.AckMs), pr.Reason)
-		s.AckMs = msSince(tl.Trigger, acked)
-	}
-}
-
-// promotedLogLine finds the controller's "Promoted" log line about pod at epoch; the
-// line may land in the file a moment after the Event, so it is looked for up to 2s.
-func (t *tour) promotedLogLine(ctx context.Context, pod string, epoch uint64) (promotedLine, bool) {
-	var found promotedLine
-	err := poll(ctx, 2*time.Second, func() error {
-		data, err := os.ReadFile(t.ctrl.logPath)
-		if err != nil {
-			return err
-		}
-		now := time.Now()
-		for line := range strings.Lines(string(data)) {
-			if l, ok := parsePromotedLog(strings.TrimRight(line, "\n"), now); ok && l.Pod == pod && l.Epoch == epoch {
-				found = l
-				return nil
-			}
-		}
-		return errors.New("no such line yet")
+	var rec record.Record
+	err := t.obs.waitFor(ctx, 10*time.Second, "the controller's failover record", func() (bool, string) {
+		var ok bool
+		rec, ok = t.obs.recordLocked(p.UID, p.Epoch)
+		return ok, ""
 	})
-	return found, err == nil
+	if err != nil {
+		tl.Note("(no failover record from the controller within 10s: its timings are missing)")
+		return
+	}
+	if rec.Acked.IsZero() {
+		s.problem("the app of %s did not ack its promotion (%s after %d attempts)", p.Name, rec.Status, rec.Attempts)
+	}
+	tl.Add(rec.Seen, "controller saw the trigger (its failover record)")
+	tl.Add(rec.Labelled, "controller: label role=%s epoch %d on %s committed (%s ms after it saw the trigger)",
+		t.cfg.ActiveValue, rec.Epoch, p.Name, formatMs(msSince(rec.Seen, rec.Labelled)))
+	tl.Add(rec.Acked, "controller: the app of %s acked epoch %d (%s ms after it saw the trigger; reason %s)",
+		p.Name, rec.Epoch, formatMs(msSince(rec.Seen, rec.Acked)), rec.Reason)
+	s.AckMs = msSince(tl.Trigger, rec.Acked)
 }
 
 // newActiveLines adds what the tour itself saw of a new active.
@@ -205,12 +176,12 @@ func (t *tour) newActiveLines(s *Scene, p podView, since time.Time) {
 	tl := &s.Timeline
 	labelled := p.labelledAt(t.cfg.ActiveValue, p.Epoch)
 	tl.Add(labelled, "%s labelled role=%s, epoch %d (seen on the tour's watch)", p.Name, t.cfg.ActiveValue, p.Epoch)
-	tl.Add(p.appSaidAt(t.cfg.ActiveValue, p.Epoch), "%s's app says active, epoch %d (its log)", p.Name, p.Epoch)
+	tl.Add(p.appSaidAt(t.cfg.ActiveValue, p.Epoch), "%s's app has the role active, epoch %d (its role records)", p.Name, p.Epoch)
 	listed := t.sliceListsOnly(p.IP, since)
 	tl.Add(listed, "EndpointSlice lists only %s (%s): the Service switched", p.IP, p.Name)
 	s.LabelMs = msSince(tl.Trigger, labelled)
 	s.SliceMs = msSince(tl.Trigger, listed)
-	if math.IsNaN(s.AckMs) { //: no Event; the app's own log is the next best thing
+	if math.IsNaN(s.AckMs) { // no failover record: the app's own account is the next best thing
 		s.AckMs = msSince(tl.Trigger, p.appSaidAt(t.cfg.ActiveValue, p.Epoch))
 	}
 }
@@ -254,7 +225,7 @@ func (t *tour) podLines(s *Scene, p podView, what string) {
 				e = c.Epoch
 			}
 		}
-		tl.Add(told, "%s's app told standby, epoch %d (its log)", p.Name, e)
+		tl.Add(told, "%s's app told standby, epoch %d (its role records)", p.Name, e)
 	}
 }
 
@@ -282,7 +253,7 @@ func (t *tour) election(ctx context.Context, s *Scene) {
 		t.podLines(s, p, "pod")
 	}
 	tl.Note("the trigger (+0.0) is the Ready write of %s, the pod the controller promoted", a.Name)
-	t.promotion(ctx, s, a, time.Time{})
+	t.promotion(ctx, s, a)
 	t.newActiveLines(s, a, appliedAt)
 	if len(g.standbys) > 0 {
 		s.StandbyMs = msSince(tl.Trigger, g.standbys[0].appSaidAt(t.cfg.StandbyValue, 0))
@@ -387,7 +358,7 @@ func (t *tour) failover(ctx context.Context, s *Scene, before group, t0 time.Tim
 	if len(before.standbys) > 0 && a.UID != before.standbys[0].UID {
 		s.problem("%s was promoted, not the hot standby %s", a.Name, before.standbys[0].Name)
 	}
-	t.promotion(ctx, s, a, t0)
+	t.promotion(ctx, s, a)
 	t.newActiveLines(s, a, t0)
 	t.sliceGap(s, old, a, t0)
 	if o, ok := t.obs.pod(old.UID); ok {
@@ -405,7 +376,7 @@ func (t *tour) failover(ctx context.Context, s *Scene, before group, t0 time.Tim
 
 // deletionLines adds the controller's CriticalContainerDied Event about old.
 func (t *tour) deletionLines(ctx context.Context, s *Scene, old podView, t0 time.Time) {
-	if ev, ok := t.controllerEvent(ctx, old.UID, "CriticalContainerDied", t0, 5*time.Second); ok {
+	if ev, ok := t.controllerEvent(ctx, old.UID, controller.ReasonCriticalContainerDied, t0, 5*time.Second); ok {
 		s.Timeline.Add(ev.At, "controller deleted %s so that it is replaced (its Event: %s)", old.Name, ev.Note)
 	} else {
 		s.problem("no CriticalContainerDied Event for %s: did the controller delete it?", old.Name)
@@ -549,9 +520,9 @@ func (t *tour) unchanged(s *Scene, before group, t0 time.Time) {
 				problems = append(problems, fmt.Sprintf("the app of %s says %q at epoch %d", a.Name, r, e))
 			}
 		}
-		if evs := t.obs.eventsSinceLocked(t0, "Promoted"); len(evs) > 0 {
+		if rs := t.obs.promotionsSinceLocked(t0); len(rs) > 0 {
 			s.Failover = true
-			problems = append(problems, fmt.Sprintf("the controller promoted %s", evs[0].Pod))
+			problems = append(problems, fmt.Sprintf("the controller promoted %s", rs[0].Pod))
 		}
 		for _, sn := range t.obs.slicesSinceLocked(t0) {
 			if ips := sn.readyIPs(); len(ips) > 0 && !slices.Equal(ips, []string{a.IP}) {

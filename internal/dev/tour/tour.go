@@ -22,9 +22,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -127,7 +130,7 @@ type tour struct {
 	obs  *observer
 	kl   *kubelet
 	load *load
-	ctrl *controllerProc
+	ctrl *ctrlproc.Controller
 	// loadDone is closed when the load has stopped.
 	loadDone chan struct{}
 	// touched: the namespace and the node are this tour's (no other tour runs there),
@@ -226,9 +229,9 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	}
 	// Pods are refused until the namespace's default ServiceAccount exists, and the
 	// ReplicaSet controller would back off.
-	if err := poll(ctx, 30*time.Second, func() error {
+	if err := poll.Until(ctx, 30*time.Second, func() (bool, error) {
 		_, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-		return err
+		return err == nil, err
 	}); err != nil {
 		return fmt.Errorf("namespace %s: no default ServiceAccount: %w", ns, err)
 	}
@@ -245,16 +248,18 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	}
 
 	logPath := filepath.Join(t.o.LogDir, "controller.log")
-	if t.ctrl, err = startController(ctx, t.o.ControllerBin, t.o.Kubeconfig, ns, t.o.NotReadyGrace, logPath); err != nil {
+	if t.ctrl, err = ctrlproc.Start(ctx, ctrlproc.Options{
+		Bin: t.o.ControllerBin, Kubeconfig: t.o.Kubeconfig, Namespaces: ns, LogPath: logPath,
+		Args:     []string{"-not-ready-grace", t.o.NotReadyGrace.String()},
+		OnRecord: t.obs.recorded,
+	}); err != nil {
 		return err
 	}
 	t.say("hapod-controller running (-namespaces %s -notify-cidrs 127.0.0.0/8 -not-ready-grace %s); its log: %s", ns, t.o.NotReadyGrace, logPath)
 	go func() {
 		select {
-		case <-t.ctrl.exited():
-			if !t.ctrl.stopped.Load() {
-				cancel(t.ctrl.err())
-			}
+		case <-t.ctrl.Failed():
+			cancel(t.ctrl.Err())
 		case <-ctx.Done():
 		}
 	}()
@@ -323,15 +328,9 @@ func (t *tour) deleteNamespace(ctx context.Context, wait bool) error {
 	if !wait {
 		return nil
 	}
-	if err := poll(ctx, 90*time.Second, func() error {
+	if err := poll.Until(ctx, 90*time.Second, func() (bool, error) {
 		_, err := t.cs.CoreV1().Namespaces().Get(ctx, t.o.Namespace, metav1.GetOptions{})
-		if err == nil {
-			return errors.New("still there (terminating)")
-		}
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
+		return gone(err)
 	}); err != nil {
 		return fmt.Errorf("namespace %s not gone: %w", t.o.Namespace, err)
 	}
@@ -346,19 +345,25 @@ func (t *tour) deleteNode(ctx context.Context, wait bool) error {
 	if !wait {
 		return nil
 	}
-	if err := poll(ctx, 30*time.Second, func() error {
+	if err := poll.Until(ctx, 30*time.Second, func() (bool, error) {
 		_, err := t.cs.CoreV1().Nodes().Get(ctx, t.o.Node, metav1.GetOptions{})
-		if err == nil {
-			return errors.New("still there")
-		}
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
+		return gone(err)
 	}); err != nil {
 		return fmt.Errorf("node %s not gone: %w", t.o.Node, err)
 	}
 	return nil
+}
+
+// gone is a poll condition on the error of a Get: the object is gone once the Get
+// finds nothing.
+func gone(getErr error) (bool, error) {
+	switch {
+	case getErr == nil:
+		return false, errors.New("still there")
+	case apierrors.IsNotFound(getErr):
+		return true, nil
+	}
+	return false, getErr
 }
 
 // cleanup runs once the run's context is done. It stops the controller first (so it
@@ -368,7 +373,7 @@ func (t *tour) cleanup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if t.ctrl != nil {
-		t.ctrl.stop()
+		t.ctrl.Stop()
 	}
 	if t.kl != nil {
 		t.kl.shutdown()
@@ -407,7 +412,7 @@ func (t *tour) apply(ctx context.Context, obj runtime.Object) error {
 	if err != nil {
 		return err
 	}
-	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptrTo(true)}
+	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptr.To(true)}
 	switch o := obj.(type) {
 	case *corev1.Service:
 		_, err = t.cs.CoreV1().Services(o.Namespace).Patch(ctx, o.Name, types.ApplyPatchType, data, opts)
@@ -443,23 +448,4 @@ func describeObject(obj runtime.Object) string {
 		return kind + " " + m.GetName()
 	}
 	return kind
-}
-
-// poll calls f every 20ms until it returns nil, ctx ends or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		case <-tick.C:
-		}
-	}
 }

@@ -33,7 +33,7 @@ func testOptions(t *testing.T, out *bintest.Buffer) Options {
 	suffix := fmt.Sprintf("%05d", rand.IntN(100000))
 	return Options{
 		Kubeconfig:    clustertest.Kubeconfig(t),
-		ExampleDir:    filepath.Join("..", "..", "deploy", "example"),
+		ExampleDir:    filepath.Join("..", "..", "..", "deploy", "example"),
 		ControllerBin: ctrl,
 		DemoBin:       demo,
 		LogDir:        t.TempDir(),
@@ -140,7 +140,7 @@ func TestTourInterrupted(t *testing.T) {
 // Applying the example twice (a second run, or make demo after a crash) is no error.
 func TestApplyTwice(t *testing.T) {
 	ns := clustertest.Namespace(t)
-	ex, err := LoadExample(filepath.Join("..", "..", "deploy", "example"))
+	ex, err := LoadExample(filepath.Join("..", "..", "..", "deploy", "example"))
 	if err != nil {
 		t.Fatal(err)
 	}
