@@ -21,6 +21,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/election"
 )
 
@@ -32,7 +33,7 @@ var loopback = &net.IPNet{IP: net.IPv4(127, 0, 0, 0), Mask: net.CIDRMask(8, 32)}
 // testNet2 (RFC 5737 TEST-NET-2) is a pod CIDR for tests of Service endpoints: the API
 // server refuses loopback addresses in EndpointSlices. These IPs are API data only;
 // nothing sends them traffic.
-const testNet2 = "198.51.100.0/24"
+var testNet2 = netplan.TestNet2.String()
 
 func TestDefaultNodesReady(t *testing.T) {
 	cs := clustertest.Clientset(t)

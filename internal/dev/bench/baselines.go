@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+
+	"github.com/hapod/hapod/internal/dev/netplan"
 )
 
 // Timings of client-go leader election.
@@ -61,12 +63,12 @@ func (e *Env) leaderElection(ctx context.Context, t Timings, run ElectionRun) (a
 		return nil, nil, err
 	}
 	defer delNS()
-	node, delNode, err := e.node(ctx, "bench-le", "198.19.0.0/16")
+	node, delNode, err := e.node(ctx, "bench-le", netplan.BenchElection.String())
 	if err != nil {
 		return nil, nil, err
 	}
 	defer delNode()
-	ips := &addrs{a: 198, b: 19}
+	ips := newAddrs(netplan.BenchElection)
 
 	var (
 		mu   sync.Mutex
@@ -249,7 +251,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 		return nil, err
 	}
 	defer delNS()
-	node, delNode, err := e.node(ctx, "bench-rs", "198.19.128.0/17")
+	node, delNode, err := e.node(ctx, "bench-rs", netplan.BenchNoStandby.String())
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/podstatus"
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/election"
@@ -141,27 +142,28 @@ func (e *Env) node(ctx context.Context, prefix, podCIDR string) (string, func(),
 	return name, del, nil
 }
 
-// addrs hands out distinct IPv4 addresses inside one /16: a.b.0.1,
-// a.b.0.2, ... a.b.0.250, a.b.1.1, ...
+// addrs hands out distinct IPv4 addresses of a prefix (a /17 or wider), from
+// its first /16 or /17: a.b.0.1, a.b.0.2, ... a.b.0.250, a.b.1.1, ...
 type addrs struct {
 	mu   sync.Mutex
-	a, b byte
+	base [4]byte
 	next int
 }
+
+func newAddrs(p netip.Prefix) *addrs { return &addrs{base: p.Masked().Addr().As4()} }
 
 func (p *addrs) take() netip.Addr {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	i := p.next
 	p.next++
-	return netip.AddrFrom4([4]byte{p.a, p.b, byte(i / 250 % 256), byte(i%250 + 1)})
+	return netip.AddrFrom4([4]byte{p.base[0], p.base[1], p.base[2] + byte(i/250%128), byte(i%250 + 1)})
 }
 
-// loopbackLanes are second octets of 127.x.0.0/16 blocks for listeners and
-// loopback pod IPs: above what localcluster (127.63, 127.64) and
-// clustertest (127.65-127.127) use, drawn at random so that two benches on
-// one machine rarely collide (a bind error would say so).
-func loopbackLane() byte { return byte(128 + rand.IntN(64)) }
+// loopbackLane is a /16 for listeners and loopback pod IPs, one of
+// netplan.BenchLanes drawn at random so that two benches on one machine
+// rarely collide (a bind error would say so).
+func loopbackLane() netip.Prefix { return netplan.Lane(rand.IntN(netplan.Lanes)) }
 
 // podSpec describes one bench pod.
 type podSpec struct {

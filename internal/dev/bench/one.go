@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/record"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -69,7 +70,7 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 		return nil, err
 	}
 	defer delNS()
-	node, delNode, err := e.node(ctx, "bench-one", "198.18.0.0/16")
+	node, delNode, err := e.node(ctx, "bench-one", netplan.BenchOneGroup.String())
 	if err != nil {
 		return nil, err
 	}
@@ -106,8 +107,8 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 	}
 	defer ctl.Stop()
 
-	podIPs := &addrs{a: 198, b: 18}
-	roleAddrs := &addrs{a: 127, b: loopbackLane()}
+	podIPs := newAddrs(netplan.BenchOneGroup)
+	roleAddrs := newAddrs(loopbackLane())
 	seq := 0
 	create := func() (string, error) {
 		name := fmt.Sprintf("%s-%d", group, seq)

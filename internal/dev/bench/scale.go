@@ -71,13 +71,13 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	for laneB == laneA {
 		laneB = loopbackLane()
 	}
-	ipsA, ipsB := &addrs{a: 127, b: laneA}, &addrs{a: 127, b: laneB}
-	nodeA, delA, err := e.node(ctx, "bench-a", fmt.Sprintf("127.%d.0.0/16", laneA))
+	ipsA, ipsB := newAddrs(laneA), newAddrs(laneB)
+	nodeA, delA, err := e.node(ctx, "bench-a", laneA.String())
 	if err != nil {
 		return nil, err
 	}
 	defer delA()
-	nodeB, delB, err := e.node(ctx, "bench-b", fmt.Sprintf("127.%d.0.0/16", laneB))
+	nodeB, delB, err := e.node(ctx, "bench-b", laneB.String())
 	if err != nil {
 		return nil, err
 	}

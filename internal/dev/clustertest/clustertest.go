@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/podstatus"
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
@@ -175,8 +176,8 @@ func Namespace(t testing.TB) string {
 // Node creates a kwok node named after the test, waits until it is Ready and untainted,
 // deletes it when the test ends, and returns its name. Its pod CIDR is podCIDR[0] if
 // given, else a /24 inside 127.0.0.0/8 that no node of the cluster has yet (from
-// 127.65.0.0 to 127.127.255.0, the second octet drawn at random per test binary, so
-// binaries that share a cluster rarely even try the same one).
+// 127.65.0.0 to 127.127.255.0, netplan.TestNodeOctets, the second octet drawn at random
+// per test binary, so binaries that share a cluster rarely even try the same one).
 //
 // The scheduler may place any pod on any Ready node, including kwok-node-0/1 and other
 // tests' nodes; pin a test's pods with nodeSelector kubernetes.io/hostname=<name>.
@@ -228,9 +229,10 @@ func allocateCIDR(ctx context.Context, cs kubernetes.Interface) (string, error) 
 	}
 	cidrs.Lock()
 	defer cidrs.Unlock()
-	for range 64 * 256 {
+	first, n := int(netplan.TestNodeOctets.First), int(netplan.TestNodeOctets.Last-netplan.TestNodeOctets.First)+1
+	for range n * 256 {
 		if cidrs.second == 0 || cidrs.third > 255 {
-			cidrs.second, cidrs.third = 65+rand.IntN(63), 0
+			cidrs.second, cidrs.third = first+rand.IntN(n), 0
 		}
 		c := fmt.Sprintf("127.%d.%d.0/24", cidrs.second, cidrs.third)
 		cidrs.third++
@@ -238,7 +240,7 @@ func allocateCIDR(ctx context.Context, cs kubernetes.Interface) (string, error) 
 			return c, nil
 		}
 	}
-	return "", fmt.Errorf("every /24 of 127.65.0.0-127.127.255.0 is in use")
+	return "", fmt.Errorf("every /24 of 127.%d.0.0-127.%d.255.0 is in use", netplan.TestNodeOctets.First, netplan.TestNodeOctets.Last)
 }
 
 // Eventually calls cond every poll.Interval until it returns true, and fails the test

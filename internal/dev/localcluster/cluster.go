@@ -29,6 +29,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -39,18 +40,19 @@ import (
 const PodIPAnnotation = role.PodIPAnnotation
 
 // DefaultNodePodCIDRs are the pod CIDRs of the nodes Start creates, kwok-node-0 and
-// kwok-node-1: inside 127.0.0.0/8, so local processes can bind the pods' IPs.
-var DefaultNodePodCIDRs = []string{"127.64.0.0/24", "127.64.1.0/24"}
+// kwok-node-1: inside 127.0.0.0/8 (netplan.DefaultNodes), so local processes can bind
+// the pods' IPs.
+var DefaultNodePodCIDRs = []string{netplan.Subnet24(netplan.DefaultNodes, 0).String(), netplan.Subnet24(netplan.DefaultNodes, 1).String()}
 
-// Fixed address ranges of every cluster.
-const (
+// Fixed address ranges of every cluster (see netplan).
+var (
 	// kwokFallbackCIDR gives IPs to pods on nodes without a pod CIDR (kwok --cidr).
-	kwokFallbackCIDR = "127.63.0.0/16"
+	kwokFallbackCIDR = netplan.KwokFallback.String()
 	// serviceCIDR holds Service cluster IPs. Nothing routes them (there is no kube-proxy);
 	// they are API data only.
-	serviceCIDR = "10.96.0.0/16"
+	serviceCIDR = netplan.Services.String()
 	// nodeIP is every kwok node's InternalIP, and so the hostIP of every pod.
-	nodeIP = "127.0.0.1"
+	nodeIP = netplan.Host.String()
 )
 
 //go:embed stages.yaml

@@ -6,7 +6,7 @@
 // local cluster does not have:
 //
 //   - the kubelet: for every pod that kwok makes Running, it starts a real hapod-demo
-//     process bound to a loopback address of its own (127.77.0.N), annotates the pod
+//     process bound to a loopback address of its own (netplan.TourDemo: 127.192.0.N), annotates the pod
 //     hapod.io/role-address so that the controller's role messages reach that process,
 //     probes the process's /readyz and only then writes the pod Ready (kwok leaves pods
 //     annotated hapod.io/external-readiness not Ready); it stops the process when the pod
@@ -17,7 +17,7 @@
 //     pod's loopback address.
 //
 // Pod IPs come from the tour's own kwok node, whose pod CIDR is TEST-NET-2
-// (198.51.100.0/24): the API server refuses loopback addresses in EndpointSlices, so the
+// (198.51.100.0/24, netplan.TestNet2): the API server refuses loopback addresses in EndpointSlices, so the
 // pods need IPs it accepts. Those IPs are API data only: the tour never sends a packet to
 // them, and the controller runs with -notify-cidrs 127.0.0.0/8 so it cannot either.
 //

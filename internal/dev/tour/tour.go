@@ -27,6 +27,7 @@ import (
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -35,13 +36,15 @@ import (
 const (
 	DefaultNamespace = "hapod-demo"
 	DefaultNode      = "hapod-tour"
-	// DefaultPodCIDR is TEST-NET-2 (RFC 5737): addresses the API server accepts in
-	// EndpointSlices, used as API data only.
-	DefaultPodCIDR = "198.51.100.0/24"
 )
 
-// DefaultLoopback is where the pods' processes listen, one address each.
-var DefaultLoopback = netip.MustParsePrefix("127.77.0.0/24")
+var (
+	// DefaultPodCIDR is TEST-NET-2 (RFC 5737): addresses the API server accepts in
+	// EndpointSlices, used as API data only.
+	DefaultPodCIDR = netplan.TestNet2.String()
+	// DefaultLoopback is where the pods' processes listen, one address each.
+	DefaultLoopback = netplan.TourDemo
+)
 
 // Options configures Run.
 type Options struct {
