@@ -195,7 +195,10 @@ func (c *Controller) waitReady(ctx context.Context, timeout time.Duration) error
 			return false, err
 		}
 		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, fmt.Errorf("%s: %s", url, resp.Status)
+		if resp.StatusCode != http.StatusOK {
+			return false, fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return true, nil
 	})
 	if err != nil && ctx.Err() == nil && !errors.Is(err, c.Err()) {
 		return fmt.Errorf("hapod-controller not ready within %s (%w); tail of %s:\n%s", timeout, err, c.logPath, child.Tail(c.logPath, 15))
