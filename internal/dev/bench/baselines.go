@@ -144,7 +144,9 @@ func (e *Env) electionGroup(ctx context.Context, ns, node, group string, ips *ad
 	leader := first.id
 	for range rounds {
 		// Crash at a random moment of the renewal cycle.
-		time.Sleep(t.RetryPeriod + rand.N(2*t.RetryPeriod))
+		if err := pause(ctx, t.RetryPeriod+rand.N(2*t.RetryPeriod)); err != nil {
+			return acquired, labelled, err
+		}
 		crashed := replicas[leader]
 		t0 := time.Now()
 		crashed.kill()
@@ -287,7 +289,9 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 		// pod create and ReplicaSet status writes each) measured that
 		// throttle instead, about 150 ms each once the burst was spent.
 		if i > 0 {
-			time.Sleep(time.Second)
+			if err := pause(ctx, time.Second); err != nil {
+				return nil, err
+			}
 		}
 		var only *corev1.Pod
 		if err := waitUntil(ctx, 30*time.Second, "one Ready pod", func() bool {
