@@ -259,7 +259,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 	}
 	defer delNode()
 	const group = "solo"
-	pw, err := watchPods(ctx, e.cs, ns, "app="+group)
+	pw, err := watchPods(ctx, e.cs, ns, "app="+group, "")
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +301,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 			}
 			only = all[0]
 			return true
-		}, pw.board.wait); err != nil {
+		}, pw.changed); err != nil {
 			return nil, err
 		}
 		uid := only.UID
@@ -321,7 +321,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 				}
 			}
 			return false
-		}, pw.board.wait); err != nil {
+		}, pw.changed); err != nil {
 			return nil, err
 		}
 		out = append(out, ready.Sub(t0))

@@ -110,8 +110,7 @@ type oneRun struct {
 	port int // every listener's
 
 	ns, node          string
-	pw                *podWatch
-	sw                *sliceWatch
+	pw                *podWatch // the pods and the Service's EndpointSlices
 	ap                *apps
 	ctl               *ctrlproc.Controller
 	podIPs, roleAddrs *addrs
@@ -152,14 +151,10 @@ func (r *oneRun) setUp(ctx context.Context) error {
 	if _, err := e.cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
 		return err
 	}
-	if r.pw, err = watchPods(ctx, e.cs, ns, benchLabel+"=true"); err != nil {
+	if r.pw, err = watchPods(ctx, e.cs, ns, benchLabel+"=true", oneGroupName); err != nil {
 		return err
 	}
 	r.cleanups = append(r.cleanups, r.pw.stop)
-	if r.sw, err = watchSlices(ctx, e.cs, ns, oneGroupName); err != nil {
-		return err
-	}
-	r.cleanups = append(r.cleanups, r.sw.stop)
 	r.ap = newApps()
 	r.cleanups = append(r.cleanups, r.ap.closeAll)
 	if r.ctl, err = r.o.startController(ctx, e, ns, r.port, "controller-one"); err != nil {
@@ -216,9 +211,9 @@ func (r *oneRun) steady(ctx context.Context, active, standby string) error {
 		if as.Role != role.Active || ss.Role != role.Standby {
 			return false
 		}
-		_, ok := r.sw.onlySince(a.Status.PodIP)
+		_, ok := r.pw.onlySince(a.Status.PodIP)
 		return ok
-	}, r.pw.board.wait, r.sw.board.wait, r.ap.board.wait, r.ctl.Changed)
+	}, r.pw.changed, r.ap.board.wait, r.ctl.Changed)
 }
 
 // probe times the floor any controller pays: a label PATCH of the bench's
@@ -235,7 +230,7 @@ func (r *oneRun) probe(ctx context.Context, i int, standby string) error {
 	if err := waitUntil(ctx, 10*time.Second, "probe patch on the watch", func() bool {
 		p, ok := r.pw.get(standby)
 		return ok && p.Labels[probeLabel] == probe
-	}, r.pw.board.wait); err != nil {
+	}, r.pw.changed); err != nil {
 		return err
 	}
 	r.floorWatched = append(r.floorWatched, r.pw.updated(standby).Sub(p0))
@@ -264,8 +259,8 @@ func (r *oneRun) failover(ctx context.Context, i int, trigger, active, standby s
 	}
 	var st stageTimes
 	if err := waitUntil(ctx, 15*time.Second, fmt.Sprintf("failover %d (%s) to %s", i, trigger, next.Name), func() bool {
-		return st.collect(r.pw, r.ap, r.sw, r.ctl, next)
-	}, r.pw.board.wait, r.sw.board.wait, r.ap.board.wait, r.ctl.Changed); err != nil {
+		return st.collect(r.pw, r.ap, r.ctl, next)
+	}, r.pw.changed, r.ap.board.wait, r.ctl.Changed); err != nil {
 		return "", "", fmt.Errorf("%w (got %+v)", err, st)
 	}
 	if r.samples[trigger] == nil {
@@ -278,7 +273,7 @@ func (r *oneRun) failover(ctx context.Context, i int, trigger, active, standby s
 	if err := waitUntil(ctx, 15*time.Second, "old active gone", func() bool {
 		_, ok := r.pw.get(old.Name)
 		return !ok
-	}, r.pw.board.wait); err != nil {
+	}, r.pw.changed); err != nil {
 		return "", "", err
 	}
 	r.ap.close(old.Name)
@@ -316,14 +311,14 @@ type stageTimes struct {
 
 // collect fills in what has happened so far and reports whether every
 // stage has been reached.
-func (st *stageTimes) collect(pw *podWatch, ap *apps, sw *sliceWatch, ctl *ctrlproc.Controller, next *corev1.Pod) bool {
+func (st *stageTimes) collect(pw *podWatch, ap *apps, ctl *ctrlproc.Controller, next *corev1.Pod) bool {
 	if t, ok := pw.activeSince(next.UID); ok {
 		st.labelWatch = t
 	}
 	if _, at, ok := ap.state(next.Name); ok && !at.IsZero() {
 		st.ack = at
 	}
-	if t, ok := sw.onlySince(next.Status.PodIP); ok && st.endpoints.IsZero() {
+	if t, ok := pw.onlySince(next.Status.PodIP); ok && st.endpoints.IsZero() {
 		st.endpoints = t
 	}
 	if p, ok := ctl.Promotion(next.Name); ok {

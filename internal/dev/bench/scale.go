@@ -79,7 +79,7 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	if err != nil {
 		return nil, err
 	}
-	waitErr := waitUntil(ctx, 2*time.Minute, fmt.Sprintf("mass failover of %d groups", n), s.failedOver, s.ap.board.wait, s.pw.board.wait, s.ctl.Changed)
+	waitErr := waitUntil(ctx, 2*time.Minute, fmt.Sprintf("mass failover of %d groups", n), s.failedOver, s.ap.board.wait, s.pw.changed, s.ctl.Changed)
 	if err := s.measureAfter(ctx, res, before, starts[0]); err != nil {
 		return nil, err
 	}
@@ -141,7 +141,7 @@ func (s *scaleRun) setUp(ctx context.Context) error {
 		return err
 	}
 	s.nodeB, s.cleanups = nodeB, append(s.cleanups, delB)
-	if s.pw, err = watchPods(ctx, e.cs, ns, benchLabel+"=true"); err != nil {
+	if s.pw, err = watchPods(ctx, e.cs, ns, benchLabel+"=true", ""); err != nil {
 		return err
 	}
 	s.cleanups = append(s.cleanups, s.pw.stop)
@@ -188,7 +188,7 @@ func (s *scaleRun) createGroups(ctx context.Context) error {
 			}
 		}
 		return true
-	}, s.pw.board.wait); err != nil {
+	}, s.pw.changed); err != nil {
 		return err
 	}
 	_, err := quiet(ctx, s.ctl, time.Second, 30*time.Second)

@@ -60,8 +60,9 @@ type Controller struct {
 
 	mu      sync.Mutex
 	records []record.Record
-	changed chan struct{} // closed and replaced on every record
-	failErr error         // why it failed, once failed is closed
+	byPod   map[string]int // index in records of each pod's latest
+	changed chan struct{}  // closed and replaced on every record
+	failErr error          // why it failed, once failed is closed
 	failed  chan struct{}
 }
 
@@ -125,7 +126,7 @@ func start(ctx context.Context, o Options) (*Controller, error) {
 		cmd: cmd, logPath: o.LogPath, recordsPath: o.RecordsPath,
 		metricsAddr: addr(0), probeAddr: addr(1), pprofA: addr(2),
 		done: make(chan struct{}), stopping: make(chan struct{}), followDone: make(chan struct{}),
-		changed: make(chan struct{}), failed: make(chan struct{}), onRecord: o.OnRecord,
+		changed: make(chan struct{}), failed: make(chan struct{}), onRecord: o.OnRecord, byPod: map[string]int{},
 	}
 	go c.wait()
 	followCtx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
@@ -154,6 +155,7 @@ func (c *Controller) follow(ctx context.Context) {
 	defer close(c.followDone)
 	err := record.Follow(ctx, c.recordsPath, poll.Interval, func(r record.Record) {
 		c.mu.Lock()
+		c.byPod[r.Pod] = len(c.records)
 		c.records = append(c.records, r)
 		close(c.changed)
 		c.changed = make(chan struct{})
@@ -217,12 +219,11 @@ func (c *Controller) Records() []record.Record {
 func (c *Controller) Promotion(pod string) (record.Record, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i := len(c.records) - 1; i >= 0; i-- {
-		if c.records[i].Pod == pod {
-			return c.records[i], true
-		}
+	i, ok := c.byPod[pod]
+	if !ok {
+		return record.Record{}, false
 	}
-	return record.Record{}, false
+	return c.records[i], true
 }
 
 // Changed returns a channel that is closed when the next record arrives.

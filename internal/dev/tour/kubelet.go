@@ -120,7 +120,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 	if p == nil {
 		return nil // deleted meanwhile
 	}
-	k.obs.mark(uid, func(v *podView) { v.ProcStarted = time.Now() })
+	k.obs.Mark(uid, func(v *podView) { v.X.ProcStarted = time.Now() })
 
 	roleAddr := netip.AddrPortFrom(addr, uint16(k.rolePort)).String()
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
@@ -143,7 +143,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 		}
 		return err
 	}
-	k.obs.mark(uid, func(v *podView) { v.ProbeOK = time.Now() })
+	k.obs.Mark(uid, func(v *podView) { v.X.ProbeOK = time.Now() })
 	sent, err := podstatus.Write(k.ctx, k.cs, k.ns, name, uid, FieldManager, podstatus.Ready)
 	if err != nil {
 		if apierrors.IsNotFound(err) || k.ctx.Err() != nil {
@@ -151,7 +151,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 		}
 		return fmt.Errorf("write Ready: %w", err)
 	}
-	k.obs.mark(uid, func(v *podView) { v.ReadyWritten = sent })
+	k.obs.Mark(uid, func(v *podView) { v.X.ReadyWritten = sent })
 	return nil
 }
 
@@ -201,7 +201,7 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 	k.wg.Go(func() { k.readRoles(p, pr) })
 	k.wg.Go(func() {
 		err := cmd.Wait()
-		k.obs.mark(uid, func(v *podView) { v.ProcExited = time.Now() })
+		k.obs.Mark(uid, func(v *podView) { v.X.ProcExited = time.Now() })
 		if !p.stopping.Load() && k.ctx.Err() == nil {
 			k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, err, logPath, child.Tail(logPath, 10))
 		}

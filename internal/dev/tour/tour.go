@@ -239,14 +239,13 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 		return fmt.Errorf("namespace %s: no default ServiceAccount: %w", ns, err)
 	}
 
-	t.obs = newObserver(t.cfg.RoleLabel, t.plan.svc.Name)
+	t.obs = newObserver(ns, t.cfg.RoleLabel, t.cfg.ActiveValue, t.plan.svc.Name)
 	pool, err := newAddrPool(t.o.Loopback, portsFree(t.plan.httpPort, t.plan.rolePort))
 	if err != nil {
 		return err
 	}
 	t.kl = newKubelet(ctx, cs, ns, t.o.Node, t.o.DemoBin, t.o.LogDir, pool, t.plan, t.o.InitDelay, t.obs)
-	t.obs.onPod = t.kl.handle
-	if err := t.obs.start(ctx, cs, ns); err != nil {
+	if err := t.obs.start(ctx, cs, t.kl.handle); err != nil {
 		return err
 	}
 

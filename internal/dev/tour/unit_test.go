@@ -182,16 +182,16 @@ func TestRoute(t *testing.T) {
 		want string // "" for an error
 		noEP bool   // the error is errNoEndpoint
 	}{
-		{"the one ready endpoint", []endpoint{{"198.51.100.1", true}}, 0, "127.77.0.1:8080", false},
+		{"the one ready endpoint", []endpoint{{IP: "198.51.100.1", Ready: true}}, 0, "127.77.0.1:8080", false},
 		// A not-ready endpoint gets no traffic, as with kube-proxy.
-		{"not ready skipped", []endpoint{{"198.51.100.1", false}, {"198.51.100.2", true}}, 0, "127.77.0.2:8080", false},
-		{"turns among ready", []endpoint{{"198.51.100.1", true}, {"198.51.100.2", true}}, 1, "127.77.0.2:8080", false},
-		{"none ready", []endpoint{{"198.51.100.1", false}}, 0, "", true},
+		{"not ready skipped", []endpoint{{IP: "198.51.100.1", Ready: false}, {IP: "198.51.100.2", Ready: true}}, 0, "127.77.0.2:8080", false},
+		{"turns among ready", []endpoint{{IP: "198.51.100.1", Ready: true}, {IP: "198.51.100.2", Ready: true}}, 1, "127.77.0.2:8080", false},
+		{"none ready", []endpoint{{IP: "198.51.100.1", Ready: false}}, 0, "", true},
 		{"empty", nil, 0, "", true},
 		// An endpoint whose pod the tour does not know (yet) has nowhere to go.
-		{"unknown pod", []endpoint{{"198.51.100.7", true}}, 0, "", true},
+		{"unknown pod", []endpoint{{IP: "198.51.100.7", Ready: true}}, 0, "", true},
 		// The guard: only loopback destinations.
-		{"non-loopback refused", []endpoint{{"198.51.100.9", true}}, 0, "", false},
+		{"non-loopback refused", []endpoint{{IP: "198.51.100.9", Ready: true}}, 0, "", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
