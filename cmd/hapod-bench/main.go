@@ -168,44 +168,11 @@ func run() error {
 		return err
 	}
 	env := &bench.Env{ControllerBin: filepath.Join(binDir, "hapod-controller"), WorkDir: work, Log: log}
-	v := localcluster.DefaultVersions()
-	cluster := fmt.Sprintf("local control plane on 127.0.0.1 started by the bench: etcd %s; kube-apiserver, kube-controller-manager, kube-scheduler %s; kwok %s playing the kubelets.",
-		v.Etcd, v.Kubernetes, v.Kwok)
-	if f.kubeconfig != "" {
-		rc, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
-		if err != nil {
-			return err
-		}
-		env.REST, env.Kubeconfig = rc, f.kubeconfig
-		cluster = "the cluster of " + f.kubeconfig + " (not started by the bench)."
-	} else {
-		began := time.Now()
-		c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs})
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if err := c.Stop(); err != nil {
-				log.Error("stopping the local cluster", "err", err)
-			}
-		}()
-		log.Info("local cluster up", "took", time.Since(began).Round(time.Millisecond).String())
-		env.REST, env.Kubeconfig = c.RESTConfig(), c.Kubeconfig()
-		st, err := localcluster.ReadState(c.RunDir())
-		if err != nil {
-			return err
-		}
-		for _, p := range st.Processes {
-			switch p.Name {
-			case "kube-apiserver":
-				env.APIServerPID = p.PID
-			case "etcd":
-				env.EtcdPID = p.PID
-			case "kube-controller-manager":
-				env.KCMPID = p.PID
-			}
-		}
+	cluster, stopCluster, err := useCluster(ctx, env, f)
+	if err != nil {
+		return err
 	}
+	defer stopCluster()
 
 	res, runErr := bench.Run(ctx, env, o)
 	if res == nil {
@@ -221,6 +188,53 @@ func run() error {
 	}
 	res.Markdown(os.Stdout)
 	return runErr
+}
+
+// useCluster points env at the cluster of -kubeconfig, or at a local control
+// plane it starts (with its components' pids, whose CPU time is reported) and
+// the returned function stops. It returns the cluster's description for the
+// report.
+func useCluster(ctx context.Context, env *bench.Env, f *flags) (string, func(), error) {
+	log := env.Log
+	if f.kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+		if err != nil {
+			return "", nil, err
+		}
+		env.REST, env.Kubeconfig = rc, f.kubeconfig
+		return "the cluster of " + f.kubeconfig + " (not started by the bench).", func() {}, nil
+	}
+	v := localcluster.DefaultVersions()
+	cluster := fmt.Sprintf("local control plane on 127.0.0.1 started by the bench: etcd %s; kube-apiserver, kube-controller-manager, kube-scheduler %s; kwok %s playing the kubelets.",
+		v.Etcd, v.Kubernetes, v.Kwok)
+	began := time.Now()
+	c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs})
+	if err != nil {
+		return "", nil, err
+	}
+	stop := func() {
+		if err := c.Stop(); err != nil {
+			log.Error("stopping the local cluster", "err", err)
+		}
+	}
+	log.Info("local cluster up", "took", time.Since(began).Round(time.Millisecond).String())
+	env.REST, env.Kubeconfig = c.RESTConfig(), c.Kubeconfig()
+	st, err := localcluster.ReadState(c.RunDir())
+	if err != nil {
+		stop()
+		return "", nil, err
+	}
+	for _, p := range st.Processes {
+		switch p.Name {
+		case "kube-apiserver":
+			env.APIServerPID = p.PID
+		case "etcd":
+			env.EtcdPID = p.PID
+		case "kube-controller-manager":
+			env.KCMPID = p.PID
+		}
+	}
+	return cluster, stop, nil
 }
 
 // render writes the report of an earlier run again, e.g. after the
