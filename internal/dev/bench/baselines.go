@@ -22,6 +22,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/poll"
 )
 
 // Timings of client-go leader election.
@@ -144,7 +145,7 @@ func (e *Env) electionGroup(ctx context.Context, ns, node, group string, ips *ad
 	leader := first.id
 	for range rounds {
 		// Crash at a random moment of the renewal cycle.
-		if err := pause(ctx, t.RetryPeriod+rand.N(2*t.RetryPeriod)); err != nil {
+		if err := poll.Pause(ctx, t.RetryPeriod+rand.N(2*t.RetryPeriod)); err != nil {
 			return acquired, labelled, err
 		}
 		crashed := replicas[leader]
@@ -289,7 +290,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 		// pod create and ReplicaSet status writes each) measured that
 		// throttle instead, about 150 ms each once the burst was spent.
 		if i > 0 {
-			if err := pause(ctx, time.Second); err != nil {
+			if err := poll.Pause(ctx, time.Second); err != nil {
 				return nil, err
 			}
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/record"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -82,8 +83,9 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) 
 		// Lease and Event writes) settle, so that each failover starts
 		// from a quiet controller, as a real one would: the controller's
 		// clock starts at the first event since its last reconcile. A
-		// pace, not a wait for anything: the steady state was reached.
-		if err := pause(ctx, settle+rand.N(settle/2)); err != nil {
+		// pace (poll.Pause), not a wait for anything: the steady state was
+		// reached.
+		if err := poll.Pause(ctx, settle+rand.N(settle/2)); err != nil {
 			return nil, err
 		}
 		if active, standby, err = r.failover(ctx, i, oneGroupTriggers[i%2], active, standby); err != nil {

@@ -316,18 +316,3 @@ func loadavg() string {
 	}
 	return strings.Join(f[:3], " ")
 }
-
-// pause waits d unless ctx ends first. The bench uses it only to pace what
-// it measures (a quiet controller before each failover, a crash at a random
-// moment of a renewal cycle, replacements one at a time), never to wait for
-// something to happen: that is waitUntil's.
-func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}

@@ -215,11 +215,16 @@ func (o *Observer[X]) changedLocked() {
 	o.changed = make(chan struct{})
 }
 
-func (o *Observer[X]) podEvent(obj any, deleted bool) {
+// unwrap returns the object of a delete whose final state the informer missed.
+func unwrap(obj any) any {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
+		return d.Obj
 	}
-	pod, ok := obj.(*corev1.Pod)
+	return obj
+}
+
+func (o *Observer[X]) podEvent(obj any, deleted bool) {
+	pod, ok := unwrap(obj).(*corev1.Pod)
 	if !ok {
 		return
 	}
@@ -275,10 +280,7 @@ func (o *Observer[X]) applyLocked(p *Pod[X], pod *corev1.Pod, now time.Time) {
 }
 
 func (o *Observer[X]) sliceEvent(obj any, deleted bool) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	s, ok := obj.(*discoveryv1.EndpointSlice)
+	s, ok := unwrap(obj).(*discoveryv1.EndpointSlice)
 	if !ok {
 		return
 	}

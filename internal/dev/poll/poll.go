@@ -53,3 +53,21 @@ type stopError struct{ err error }
 
 func (s stopError) Error() string { return s.err.Error() }
 func (s stopError) Unwrap() error { return s.err }
+
+// Pause waits d unless ctx ends first, and returns ctx's error then. It is for
+// simulated time and pacing (the tour's kubelet restarting a container after a
+// while, the bench spacing its failovers), never for waiting for something to
+// happen: that is Until's, or a watch's.
+func Pause(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/observe"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/record"
 )
 
@@ -551,17 +552,10 @@ func (t *tour) unchanged(s *Scene, before group, t0 time.Time) {
 	}
 }
 
-// sleep waits d unless ctx ends first.
+// sleep is simulated time in a scene (poll.Pause), interrupted with the tour.
 func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
+	if err := poll.Pause(ctx, d); err != nil {
+		return fmt.Errorf("%w: %w", errInterrupted, err)
 	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", errInterrupted, ctx.Err())
-	}
+	return nil
 }

@@ -323,35 +323,30 @@ func (t *tour) removeLeftovers(ctx context.Context) error {
 }
 
 func (t *tour) deleteNamespace(ctx context.Context, wait bool) error {
-	err := t.cs.CoreV1().Namespaces().Delete(ctx, t.o.Namespace, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete namespace %s: %w", t.o.Namespace, err)
-	}
-	if !wait {
-		return nil
-	}
-	if err := poll.Until(ctx, 90*time.Second, func() (bool, error) {
-		_, err := t.cs.CoreV1().Namespaces().Get(ctx, t.o.Namespace, metav1.GetOptions{})
-		return gone(err)
-	}); err != nil {
-		return fmt.Errorf("namespace %s not gone: %w", t.o.Namespace, err)
-	}
-	return nil
+	nss := t.cs.CoreV1().Namespaces()
+	return deleteAndWait(ctx, "namespace "+t.o.Namespace, wait, 90*time.Second,
+		func() error { return nss.Delete(ctx, t.o.Namespace, metav1.DeleteOptions{}) },
+		func() error { _, err := nss.Get(ctx, t.o.Namespace, metav1.GetOptions{}); return err })
 }
 
 func (t *tour) deleteNode(ctx context.Context, wait bool) error {
-	err := t.cs.CoreV1().Nodes().Delete(ctx, t.o.Node, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete node %s: %w", t.o.Node, err)
+	nodes := t.cs.CoreV1().Nodes()
+	return deleteAndWait(ctx, "node "+t.o.Node, wait, 30*time.Second,
+		func() error { return nodes.Delete(ctx, t.o.Node, metav1.DeleteOptions{}) },
+		func() error { _, err := nodes.Get(ctx, t.o.Node, metav1.GetOptions{}); return err })
+}
+
+// deleteAndWait deletes what (NotFound is no error) and, if wait, polls get until it
+// finds nothing, for at most timeout.
+func deleteAndWait(ctx context.Context, what string, wait bool, timeout time.Duration, del, get func() error) error {
+	if err := del(); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", what, err)
 	}
 	if !wait {
 		return nil
 	}
-	if err := poll.Until(ctx, 30*time.Second, func() (bool, error) {
-		_, err := t.cs.CoreV1().Nodes().Get(ctx, t.o.Node, metav1.GetOptions{})
-		return gone(err)
-	}); err != nil {
-		return fmt.Errorf("node %s not gone: %w", t.o.Node, err)
+	if err := poll.Until(ctx, timeout, func() (bool, error) { return gone(get()) }); err != nil {
+		return fmt.Errorf("%s not gone: %w", what, err)
 	}
 	return nil
 }
