@@ -17,6 +17,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -397,34 +398,40 @@ func parallel(ctx context.Context, k, n int, f func(i int) error) error {
 }
 
 // quiet waits until the controller's API request count has not moved for
-// d (at most max), and returns when it last moved.
+// d (at most limit), and returns when it last moved. It scrapes /metrics
+// every scrapeEvery, not at every poll: a scrape costs the process measured.
 func quiet(ctx context.Context, ctl *ctrlproc.Controller, d, limit time.Duration) (time.Time, error) {
-	deadline := time.Now().Add(limit)
 	last, err := apiRequests(ctx, ctl.MetricsURL())
 	if err != nil {
 		return time.Time{}, err
 	}
-	lastChange := time.Now()
-	for time.Now().Before(deadline) {
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			return time.Time{}, ctx.Err()
+	lastChange, lastScrape := time.Now(), time.Now()
+	err = poll.Until(ctx, limit, func() (bool, error) {
+		if time.Since(lastScrape) < scrapeEvery {
+			return false, nil
 		}
 		cur, err := apiRequests(ctx, ctl.MetricsURL())
+		lastScrape = time.Now()
 		if err != nil {
-			return time.Time{}, err
+			return false, poll.Stop(err)
 		}
 		if sum(cur) != sum(last) {
 			last, lastChange = cur, time.Now()
-			continue
+			return false, nil
 		}
-		if time.Since(lastChange) >= d {
-			return lastChange, nil
-		}
+		return time.Since(lastChange) >= d, nil
+	})
+	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return lastChange, nil // still busy at limit: the window ends there
+	}
+	if err != nil {
+		return time.Time{}, err
 	}
 	return lastChange, nil
 }
+
+// scrapeEvery is quiet's pace.
+const scrapeEvery = 100 * time.Millisecond
 
 func sum(m map[string]float64) float64 {
 	var s float64

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/poll"
 )
 
 // Versions pins the version of every component of the control plane.
@@ -394,20 +395,20 @@ func lockFile(ctx context.Context, path string) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open build lock: %w", err)
 	}
-	for {
+	// Bounded by ctx; a cold build by another process takes about 8 minutes.
+	err = poll.Until(ctx, time.Hour, func() (bool, error) {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { _ = f.Close() }, nil // closing releases the lock
+		if err != nil && !errors.Is(err, syscall.EWOULDBLOCK) {
+			return false, poll.Stop(fmt.Errorf("lock %s: %w", path, err))
 		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			_ = f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			_ = f.Close()
+		return err == nil, nil
+	})
+	if err != nil {
+		_ = f.Close()
+		if ctx.Err() != nil {
 			return nil, fmt.Errorf("waiting for another build of the cluster binaries (lock %s): %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
 		}
+		return nil, err
 	}
+	return func() { _ = f.Close() }, nil // closing releases the lock
 }

@@ -41,25 +41,16 @@ func (p *process) exitError() error {
 }
 
 // stop sends SIGTERM to the process group, then SIGKILL if it has not exited within
-// grace. It reports whether SIGKILL was needed.
+// grace (child.Terminate). It reports whether SIGKILL was needed.
 func (p *process) stop(grace time.Duration) (killed bool, err error) {
 	if p.exited() {
 		return false, nil
 	}
-	pid := p.cmd.Process.Pid
-	_ = syscall.Kill(-pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return false, nil
-	case <-time.After(grace):
+	killed = child.Terminate(p.cmd.Process.Pid, p.done, grace)
+	if !p.exited() {
+		return killed, fmt.Errorf("%s (pid %d) has not exited 10s after SIGKILL", p.name, p.cmd.Process.Pid)
 	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-		return true, nil
-	case <-time.After(10 * time.Second):
-		return true, fmt.Errorf("%s (pid %d) has not exited 10s after SIGKILL", p.name, pid)
-	}
+	return killed, nil
 }
 
 // State is the content of the state file in a run directory: enough for another

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/dev/rolerecord"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -233,41 +234,39 @@ var errStopped = errors.New("stopped")
 // probe polls the process's /readyz until it answers 200.
 func (k *kubelet) probe(p *proc) error {
 	url := "http://" + netip.AddrPortFrom(p.addr, uint16(k.httpPort)).String() + "/readyz"
-	ctx, cancel := context.WithTimeout(k.ctx, k.probeTimeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	last := "no answer yet"
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := k.http.Do(req)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
+	err := poll.Until(k.ctx, k.probeTimeout, func() (bool, error) {
 		select {
 		case <-p.done:
 			if p.stopping.Load() {
-				return errStopped
+				return false, poll.Stop(errStopped)
 			}
-			return fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, child.Tail(p.logPath, 10))
-		case <-ctx.Done():
-			if k.ctx.Err() != nil {
-				return errStopped
-			}
-			return fmt.Errorf("%s not 200 within %s (last: %s)", url, k.probeTimeout, last)
-		case <-tick.C:
+			return false, poll.Stop(fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, child.Tail(p.logPath, 10)))
+		default:
 		}
+		req, err := http.NewRequestWithContext(k.ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return false, poll.Stop(err)
+		}
+		resp, err := k.http.Do(req)
+		if err != nil {
+			return false, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return false, errors.New(resp.Status)
+		}
+		return true, nil
+	})
+	switch {
+	case err == nil, errors.Is(err, errStopped):
+		return err
+	case k.ctx.Err() != nil:
+		return errStopped
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s not 200 within %s: %w", url, k.probeTimeout, err)
 	}
+	return err
 }
 
 // proc returns the process of a pod, or nil.
