@@ -2,8 +2,8 @@
 // (cmd/hapod-tour) and for its own end-to-end test.
 //
 // It applies the seed's example (deploy/example) into one namespace, runs the real
-// hapod-controller as a separate process, and plays the two parts of Kubernetes that the
-// local cluster does not have:
+// hapod-controller as a separate process (internal/dev/ctrlproc), and plays the two parts
+// of Kubernetes that the local cluster does not have:
 //
 //   - the kubelet: for every pod that kwok makes Running, it starts a real hapod-demo
 //     process bound to a loopback address of its own (netplan.TourDemo: 127.192.0.N), annotates the pod
@@ -24,4 +24,10 @@
 // Then it plays scenes (initial election, active deleted, active's critical container
 // dies, a sidecar dies, the standby's critical container dies), each reported as a
 // timeline in milliseconds from its trigger, and checks that each behaved as expected.
+//
+// Everything on a timeline comes from data, never from log text: the cluster as the
+// tour's watches saw it (internal/dev/observe), the controller's failover records
+// (-failover-records: when it saw the trigger, committed the label, got the ack) and
+// Events, and each demo process's role records (hapod-demo -role-records, written to a
+// pipe the tour reads).
 package tour
