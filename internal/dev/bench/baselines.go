@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/poll"
@@ -265,21 +266,7 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 		return nil, err
 	}
 	defer pw.stop()
-	tmpl := newPod(podSpec{group: group})
-	delete(tmpl.Labels, benchLabel)
-	tmpl.Annotations = nil // kwok picks the IP from the node's pod CIDR
-	tmpl.Spec.NodeName = ""
-	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node} // through the scheduler
-	one := int32(1)
-	rs := &appsv1.ReplicaSet{
-		ObjectMeta: metav1.ObjectMeta{Name: group},
-		Spec: appsv1.ReplicaSetSpec{
-			Replicas: &one,
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": group}},
-			Template: corev1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec},
-		},
-	}
-	if _, err := e.cs.AppsV1().ReplicaSets(ns).Create(ctx, rs, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+	if err := e.soloReplicaSet(ctx, ns, group, node); err != nil {
 		return nil, err
 	}
 	var out []time.Duration
@@ -294,38 +281,68 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 				return nil, err
 			}
 		}
-		var only *corev1.Pod
-		if err := waitUntil(ctx, 30*time.Second, "one Ready pod", func() bool {
-			all := pw.all()
-			if len(all) != 1 || !runningReady(all[0]) {
-				return false
-			}
-			only = all[0]
-			return true
-		}, pw.changed); err != nil {
-			return nil, err
-		}
-		uid := only.UID
-		t0 := time.Now()
-		if err := e.cs.CoreV1().Pods(ns).Delete(ctx, only.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil {
+		d, err := e.replaceOnce(ctx, pw, ns)
+		if err != nil {
 			return nil, fmt.Errorf("no standby %d: %w", i, err)
 		}
-		var ready time.Time
-		if err := waitUntil(ctx, 30*time.Second, "replacement Ready", func() bool {
-			for _, p := range pw.all() {
-				if p.UID == uid {
-					continue
-				}
-				if at, ok := pw.readySince(p.UID); ok {
-					ready = at
-					return true
-				}
-			}
-			return false
-		}, pw.changed); err != nil {
-			return nil, err
-		}
-		out = append(out, ready.Sub(t0))
+		out = append(out, d)
 	}
 	return out, nil
+}
+
+// soloReplicaSet creates a one-replica ReplicaSet of the seed's pod, scheduled
+// onto node, not hapod's to manage.
+func (e *Env) soloReplicaSet(ctx context.Context, ns, group, node string) error {
+	tmpl := newPod(podSpec{group: group})
+	delete(tmpl.Labels, benchLabel)
+	tmpl.Annotations = nil // kwok picks the IP from the node's pod CIDR
+	tmpl.Spec.NodeName = ""
+	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node} // through the scheduler
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: group},
+		Spec: appsv1.ReplicaSetSpec{
+			Replicas: ptr.To(int32(1)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": group}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec},
+		},
+	}
+	_, err := e.cs.AppsV1().ReplicaSets(ns).Create(ctx, rs, metav1.CreateOptions{FieldManager: fieldManager})
+	return err
+}
+
+// replaceOnce waits for the one Ready pod, deletes it and returns the time to
+// its replacement Ready on the watch.
+func (e *Env) replaceOnce(ctx context.Context, pw *podWatch, ns string) (time.Duration, error) {
+	var only *corev1.Pod
+	if err := waitUntil(ctx, 30*time.Second, "one Ready pod", func() bool {
+		all := pw.all()
+		if len(all) != 1 || !runningReady(all[0]) {
+			return false
+		}
+		only = all[0]
+		return true
+	}, pw.changed); err != nil {
+		return 0, err
+	}
+	uid := only.UID
+	t0 := time.Now()
+	if err := e.cs.CoreV1().Pods(ns).Delete(ctx, only.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil {
+		return 0, err
+	}
+	var ready time.Time
+	if err := waitUntil(ctx, 30*time.Second, "replacement Ready", func() bool {
+		for _, p := range pw.all() {
+			if p.UID == uid {
+				continue
+			}
+			if at, ok := pw.readySince(p.UID); ok {
+				ready = at
+				return true
+			}
+		}
+		return false
+	}, pw.changed); err != nil {
+		return 0, err
+	}
+	return ready.Sub(t0), nil
 }
