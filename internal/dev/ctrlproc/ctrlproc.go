@@ -256,9 +256,6 @@ func (c *Controller) PprofURL() string { return "http://" + c.pprofA + "/debug/p
 // LogPath is where its output goes.
 func (c *Controller) LogPath() string { return c.logPath }
 
-// Flags returns the flags Start passed, for the record of a run.
-func (c *Controller) Flags() []string { return c.cmd.Args[1:] }
-
 // Stop ends the controller: SIGTERM (it releases what it holds), SIGKILL after
 // 10 s; then it stops following the records. It returns once the process has
 // been reaped; calling it again waits for the first call's work.
