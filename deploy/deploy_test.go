@@ -1,13 +1,9 @@
 package deploy_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,19 +23,16 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/restmapper"
-	"sigs.k8s.io/yaml"
 
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/manifest"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
@@ -53,108 +46,13 @@ const fieldManager = "hapod-deploy-test"
 // controllerNamespace is where deploy/controller puts the controller.
 const controllerNamespace = "hapod-system"
 
-// object is one document of a manifest file.
-type object struct {
-	source string         // file:document, for messages
-	raw    []byte         // the document as JSON: what kubectl sends
-	obj    runtime.Object // decoded strictly into its client-go type
-}
-
-func (o object) String() string {
-	a := o.obj.(metav1.Object)
-	return fmt.Sprintf("%s %s (%s)", o.obj.GetObjectKind().GroupVersionKind().Kind, a.GetName(), o.source)
-}
-
-// kustomization is the part of kustomization.yaml this test renders. Decoding
-// is strict, so a kustomization that starts using patches, a namespace or
-// labels fails here until the test learns to render it.
-type kustomization struct {
-	APIVersion string   `json:"apiVersion"`
-	Kind       string   `json:"kind"`
-	Resources  []string `json:"resources"`
-}
-
-// strict decodes into client-go types and fails on unknown or duplicate
-// fields and on kinds client-go does not know.
-var strict = serializer.NewCodecFactory(clientgoscheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
-
-// load renders a kustomization the way kustomize does without transformers:
-// the documents of its resources, in order, directories recursively.
-func load(dir string) ([]object, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	var k kustomization
-	if err := yaml.UnmarshalStrict(b, &k); err != nil {
-		return nil, fmt.Errorf("%s/kustomization.yaml (this test renders only resources): %w", dir, err)
-	}
-	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
-		return nil, fmt.Errorf("%s/kustomization.yaml: apiVersion %q kind %q", dir, k.APIVersion, k.Kind)
-	}
-	if len(k.Resources) == 0 {
-		return nil, fmt.Errorf("%s/kustomization.yaml: no resources", dir)
-	}
-	var objs []object
-	for _, r := range k.Resources {
-		path := filepath.Join(dir, r)
-		fi, err := os.Stat(path)
-		if err != nil {
-			return nil, fmt.Errorf("%s/kustomization.yaml: %w", dir, err)
-		}
-		var more []object
-		if fi.IsDir() {
-			more, err = load(path)
-		} else {
-			more, err = decodeFile(path)
-		}
-		if err != nil {
-			return nil, err
-		}
-		objs = append(objs, more...)
-	}
-	return objs, nil
-}
-
-func decodeFile(path string) ([]object, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
-	var objs []object
-	for i := 1; ; i++ {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		source := fmt.Sprintf("%s:%d", path, i)
-		raw, err := yaml.YAMLToJSONStrict(doc)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", source, err)
-		}
-		if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-			continue // only comments or separators
-		}
-		obj, _, err := strict.Decode(raw, nil, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", source, err)
-		}
-		objs = append(objs, object{source: source, raw: raw, obj: obj})
-	}
-	if len(objs) == 0 {
-		return nil, fmt.Errorf("%s: no objects", path)
-	}
-	return objs, nil
-}
+// object is one document of a manifest file (internal/dev/manifest, which the
+// tour reads the example with too).
+type object = manifest.Object
 
 func mustLoad(t *testing.T, dir string) []object {
 	t.Helper()
-	objs, err := load(dir)
+	objs, err := manifest.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +73,7 @@ func only[T runtime.Object](t *testing.T, objs []object) T {
 func all[T runtime.Object](objs []object) []T {
 	var out []T
 	for _, o := range objs {
-		if v, ok := o.obj.(T); ok {
+		if v, ok := o.Obj.(T); ok {
 			out = append(out, v)
 		}
 	}
@@ -188,15 +86,15 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 			objs := mustLoad(t, dir)
 			seen := map[string]string{}
 			for _, o := range objs {
-				a := o.obj.(metav1.Object)
+				a := o.Obj.(metav1.Object)
 				if a.GetName() == "" {
 					t.Errorf("%s: no name", o)
 				}
-				key := fmt.Sprintf("%s %s/%s", o.obj.GetObjectKind().GroupVersionKind(), a.GetNamespace(), a.GetName())
+				key := fmt.Sprintf("%s %s/%s", o.Obj.GetObjectKind().GroupVersionKind(), a.GetNamespace(), a.GetName())
 				if prev, dup := seen[key]; dup {
 					t.Errorf("%s: same object as %s", o, prev)
 				}
-				seen[key] = o.source
+				seen[key] = o.Source
 			}
 		})
 	}
@@ -222,7 +120,7 @@ func TestDecoderRejectsMistakes(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.doc), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			_, err := decodeFile(path)
+			_, err := manifest.DecodeFile(path)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("decode = %v, want an error containing %q", err, tc.want)
 			}
@@ -247,7 +145,7 @@ func TestLoadMatchesKubectlKustomize(t *testing.T) {
 			if err := os.WriteFile(path, out, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			rendered, err := decodeFile(path)
+			rendered, err := manifest.DecodeFile(path)
 			if err != nil {
 				t.Fatalf("kubectl kustomize output: %v", err)
 			}
@@ -257,11 +155,11 @@ func TestLoadMatchesKubectlKustomize(t *testing.T) {
 				m := map[string]any{}
 				for _, o := range objs {
 					var v any
-					if err := json.Unmarshal(o.raw, &v); err != nil {
+					if err := json.Unmarshal(o.Raw, &v); err != nil {
 						t.Fatal(err)
 					}
-					a := o.obj.(metav1.Object)
-					m[fmt.Sprintf("%s %s/%s", o.obj.GetObjectKind().GroupVersionKind(), a.GetNamespace(), a.GetName())] = v
+					a := o.Obj.(metav1.Object)
+					m[fmt.Sprintf("%s %s/%s", o.Obj.GetObjectKind().GroupVersionKind(), a.GetNamespace(), a.GetName())] = v
 				}
 				return m
 			}
@@ -288,10 +186,10 @@ func TestExampleInvariants(t *testing.T) {
 	cfg := config.Default()
 	objs := mustLoad(t, "example")
 	for _, o := range objs {
-		if ns := o.obj.(metav1.Object).GetNamespace(); ns != "" {
+		if ns := o.Obj.(metav1.Object).GetNamespace(); ns != "" {
 			t.Errorf("%s: namespace %q; the example applies to the namespace given with -n", o, ns)
 		}
-		if _, ok := o.obj.(*corev1.Namespace); ok {
+		if _, ok := o.Obj.(*corev1.Namespace); ok {
 			t.Errorf("%s: the example must not create a Namespace", o)
 		}
 	}
@@ -394,9 +292,9 @@ func TestControllerInvariants(t *testing.T) {
 		t.Errorf("Namespace %s, want %s", ns.Name, controllerNamespace)
 	}
 	for _, o := range objs {
-		a := o.obj.(metav1.Object)
+		a := o.Obj.(metav1.Object)
 		namespaced := true
-		switch o.obj.(type) {
+		switch o.Obj.(type) {
 		case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
 			namespaced = false
 		}
@@ -644,10 +542,10 @@ func relocate(t *testing.T, objs []object, from, to string) []*unstructured.Unst
 	var out []*unstructured.Unstructured
 	for _, o := range objs {
 		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(o.raw); err != nil {
+		if err := u.UnmarshalJSON(o.Raw); err != nil {
 			t.Fatalf("%s: %v", o, err)
 		}
-		switch o.obj.(type) {
+		switch o.Obj.(type) {
 		case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
 		default:
 			if u.GetNamespace() == from {
@@ -737,7 +635,7 @@ func restrictNamespace(t *testing.T, s *server, ns string, objs []object) {
 	t.Helper()
 	var want map[string]string
 	for _, o := range objs {
-		if n, ok := o.obj.(*corev1.Namespace); ok {
+		if n, ok := o.Obj.(*corev1.Namespace); ok {
 			want = n.Labels
 		}
 	}

@@ -29,11 +29,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hapod/hapod/internal/dev/bench"
+	"github.com/hapod/hapod/internal/dev/gobuild"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 )
 
 func main() {
-	bench.MaybeRunController()
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "hapod-bench:", err)
 		os.Exit(1)
@@ -142,10 +142,6 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	work, err := filepath.Abs(f.work)
 	if err != nil {
 		return err
@@ -156,45 +152,27 @@ func run() error {
 	if f.profile {
 		o.ProfileDir = work
 	}
-	env := &bench.Env{Exe: exe, WorkDir: work, Log: log}
-	v := localcluster.DefaultVersions()
-	cluster := fmt.Sprintf("local control plane on 127.0.0.1 started by the bench: etcd %s; kube-apiserver, kube-controller-manager, kube-scheduler %s; kwok %s playing the kubelets.",
-		v.Etcd, v.Kubernetes, v.Kwok)
-	if f.kubeconfig != "" {
-		rc, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
-		if err != nil {
-			return err
-		}
-		env.REST, env.Kubeconfig = rc, f.kubeconfig
-		cluster = "the cluster of " + f.kubeconfig + " (not started by the bench)."
-	} else {
-		began := time.Now()
-		c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs})
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if err := c.Stop(); err != nil {
-				log.Error("stopping the local cluster", "err", err)
-			}
-		}()
-		log.Info("local cluster up", "took", time.Since(began).Round(time.Millisecond).String())
-		env.REST, env.Kubeconfig = c.RESTConfig(), c.Kubeconfig()
-		st, err := localcluster.ReadState(c.RunDir())
-		if err != nil {
-			return err
-		}
-		for _, p := range st.Processes {
-			switch p.Name {
-			case "kube-apiserver":
-				env.APIServerPID = p.PID
-			case "etcd":
-				env.EtcdPID = p.PID
-			case "kube-controller-manager":
-				env.KCMPID = p.PID
-			}
-		}
+	// The controller runs as its own process, the binary that ships, built
+	// once for the whole run.
+	wd, err := os.Getwd()
+	if err != nil {
+		return err
 	}
+	root, err := localcluster.RepoRoot(wd)
+	if err != nil {
+		return err
+	}
+	binDir := filepath.Join(work, "bin")
+	log.Info("building hapod-controller", "dir", binDir)
+	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller"); err != nil {
+		return err
+	}
+	env := &bench.Env{ControllerBin: filepath.Join(binDir, "hapod-controller"), WorkDir: work, Log: log}
+	cluster, stopCluster, err := useCluster(ctx, env, f)
+	if err != nil {
+		return err
+	}
+	defer stopCluster()
 
 	res, runErr := bench.Run(ctx, env, o)
 	if res == nil {
@@ -210,6 +188,53 @@ func run() error {
 	}
 	res.Markdown(os.Stdout)
 	return runErr
+}
+
+// useCluster points env at the cluster of -kubeconfig, or at a local control
+// plane it starts (with its components' pids, whose CPU time is reported) and
+// the returned function stops. It returns the cluster's description for the
+// report.
+func useCluster(ctx context.Context, env *bench.Env, f *flags) (string, func(), error) {
+	log := env.Log
+	if f.kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+		if err != nil {
+			return "", nil, err
+		}
+		env.REST, env.Kubeconfig = rc, f.kubeconfig
+		return "the cluster of " + f.kubeconfig + " (not started by the bench).", func() {}, nil
+	}
+	v := localcluster.DefaultVersions()
+	cluster := fmt.Sprintf("local control plane on 127.0.0.1 started by the bench: etcd %s; kube-apiserver, kube-controller-manager, kube-scheduler %s; kwok %s playing the kubelets.",
+		v.Etcd, v.Kubernetes, v.Kwok)
+	began := time.Now()
+	c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs})
+	if err != nil {
+		return "", nil, err
+	}
+	stop := func() {
+		if err := c.Stop(); err != nil {
+			log.Error("stopping the local cluster", "err", err)
+		}
+	}
+	log.Info("local cluster up", "took", time.Since(began).Round(time.Millisecond).String())
+	env.REST, env.Kubeconfig = c.RESTConfig(), c.Kubeconfig()
+	st, err := localcluster.ReadState(c.RunDir())
+	if err != nil {
+		stop()
+		return "", nil, err
+	}
+	for _, p := range st.Processes {
+		switch p.Name {
+		case "kube-apiserver":
+			env.APIServerPID = p.PID
+		case "etcd":
+			env.EtcdPID = p.PID
+		case "kube-controller-manager":
+			env.KCMPID = p.PID
+		}
+	}
+	return cluster, stop, nil
 }
 
 // render writes the report of an earlier run again, e.g. after the

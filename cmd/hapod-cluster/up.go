@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/poll"
 )
 
 // current is .cache/cluster/current: the one cluster that up manages.
@@ -195,29 +196,31 @@ func upDetached(ctx context.Context, cur current, timeout time.Duration, verbose
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
-	deadline := time.NewTimer(timeout + 30*time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	err = poll.Until(ctx, timeout+30*time.Second, func() (bool, error) {
 		select {
 		case err := <-exited:
-			return fmt.Errorf("the background cluster exited (%v); %s says:\n%s", err, logPath, tail(logPath))
-		case <-ctx.Done():
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			return errors.New("interrupted; stopping the background cluster")
-		case <-deadline.C:
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			return fmt.Errorf("the background cluster was not up within %s; %s says:\n%s", timeout+30*time.Second, logPath, tail(logPath))
-		case <-tick.C:
+			return false, poll.Stop(fmt.Errorf("the background cluster exited (%v); %s says:\n%s", err, logPath, child.Tail(logPath, 30)))
+		default:
 		}
-		if o, ok := cur.readOwner(); ok && o.pid == cmd.Process.Pid {
-			if _, err := os.Stat(cur.path("kubeconfig")); err == nil {
-				fmt.Fprintf(stdout, "export KUBECONFIG=%s\n", cur.path("kubeconfig"))
-				log.Info("cluster running in the background; stop it with 'make cluster-down'", "pid", o.pid, "log", logPath)
-				return cmd.Process.Release()
-			}
+		if o, ok := cur.readOwner(); !ok || o.pid != cmd.Process.Pid {
+			return false, nil
 		}
+		_, err := os.Stat(cur.path("kubeconfig"))
+		return err == nil, nil
+	})
+	switch {
+	case err == nil:
+		fmt.Fprintf(stdout, "export KUBECONFIG=%s\n", cur.path("kubeconfig"))
+		log.Info("cluster running in the background; stop it with 'make cluster-down'", "pid", cmd.Process.Pid, "log", logPath)
+		return cmd.Process.Release()
+	case ctx.Err() != nil:
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		return errors.New("interrupted; stopping the background cluster")
+	case errors.Is(err, context.DeadlineExceeded):
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		return fmt.Errorf("the background cluster was not up within %s; %s says:\n%s", timeout+30*time.Second, logPath, child.Tail(logPath, 30))
+	default:
+		return err // it exited
 	}
 }
 
@@ -236,11 +239,8 @@ func down(cur current, timeout time.Duration, log *slog.Logger, stdout io.Writer
 	if alive {
 		log.Info("stopping the cluster", "pid", o.pid)
 		_ = syscall.Kill(o.pid, syscall.SIGTERM)
-		deadline := time.Now().Add(timeout)
-		for o.alive() && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if o.alive() {
+		// Not bounded by a context: down is what runs after an interrupt.
+		if poll.Until(context.Background(), timeout, func() (bool, error) { return !o.alive(), nil }) != nil {
 			log.Info("the cluster did not stop in time, killing it", "pid", o.pid, "timeout", timeout.String())
 			_ = syscall.Kill(o.pid, syscall.SIGKILL)
 		}
@@ -258,16 +258,4 @@ func writeFileAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-func tail(path string) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log)"
-	}
-	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
-	if len(lines) > 30 {
-		lines = lines[len(lines)-30:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hapod/hapod/internal/dev/rolerecord"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -63,6 +64,10 @@ type app struct {
 	roles  *role.Listener
 	httpLn net.Listener
 	srv    *http.Server
+	// records gets each role change when -role-records is set; recordsFile
+	// is closed with the listener.
+	records     *rolerecord.Writer
+	recordsFile *os.File
 
 	ready    atomic.Bool // init-delay has passed
 	stopping atomic.Bool // a shutdown has begun
@@ -77,6 +82,13 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 		// Only for display: fencing uses -pod-name as given.
 		a.pod, _ = os.Hostname()
 	}
+	if o.roleRecords != "" {
+		f, err := os.OpenFile(o.roleRecords, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("-role-records: %w", err)
+		}
+		a.recordsFile, a.records = f, rolerecord.NewWriter(f)
+	}
 	var err error
 	// The listener is closed by shutdown, not by ctx: role.Listen assigns
 	// the hook that ctx would run only after registering it, so a signal
@@ -88,11 +100,12 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 		OnChange: a.roleChanged,
 	})
 	if err != nil {
+		a.closeRecords()
 		return nil, listenError("role-addr", o.roleAddr, err)
 	}
 	a.httpLn, err = net.Listen("tcp", o.httpAddr)
 	if err != nil {
-		_ = a.roles.Close()
+		a.closeRoles()
 		return nil, listenError("http-addr", o.httpAddr, err)
 	}
 	mux := http.NewServeMux()
@@ -136,7 +149,7 @@ func (a *app) serve(ctx context.Context) error {
 				return errors.Join(err, a.shutdown(ctx))
 			}
 		case err := <-serveErr:
-			_ = a.roles.Close()
+			a.closeRoles()
 			a.removeReadyFile()
 			return fmt.Errorf("http server: %w", err)
 		case <-ctx.Done():
@@ -163,7 +176,7 @@ func (a *app) shutdown(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	err := a.srv.Shutdown(ctx)
-	_ = a.roles.Close()
+	a.closeRoles()
 	a.removeReadyFile()
 	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
@@ -184,6 +197,25 @@ func (a *app) removeReadyFile() {
 // roleChanged runs on the listener's goroutine for each applied change.
 func (a *app) roleChanged(s role.State) {
 	a.log.Info("Role changed", "pod", a.pod, "role", string(s.Role), "epoch", s.Epoch, "group", s.Group)
+	if a.records == nil {
+		return
+	}
+	c := rolerecord.Change{At: s.Changed, Pod: a.pod, Role: string(s.Role), Epoch: s.Epoch, Group: s.Group}
+	if err := a.records.Write(c); err != nil {
+		a.log.Warn("Role record not written", "file", a.opts.roleRecords, "err", err)
+	}
+}
+
+// closeRoles closes the role listener, and then the records it writes to.
+func (a *app) closeRoles() {
+	_ = a.roles.Close()
+	a.closeRecords()
+}
+
+func (a *app) closeRecords() {
+	if a.recordsFile != nil {
+		_ = a.recordsFile.Close()
+	}
 }
 
 // status is the answer of GET /.

@@ -20,16 +20,20 @@ type options struct {
 	podUID    string
 	initDelay time.Duration
 	readyFile string
+	// roleRecords, if set, is appended one JSON line per applied role change
+	// (internal/dev/rolerecord), for tools that follow the app's role.
+	roleRecords string
 }
 
 // envFallback names the environment variable each flag falls back to.
 var envFallback = map[string]string{
-	"http-addr":  "HTTP_ADDR",
-	"role-addr":  "ROLE_ADDR",
-	"pod-name":   "POD_NAME",
-	"pod-uid":    "POD_UID",
-	"init-delay": "INIT_DELAY",
-	"ready-file": "READY_FILE",
+	"http-addr":    "HTTP_ADDR",
+	"role-addr":    "ROLE_ADDR",
+	"pod-name":     "POD_NAME",
+	"pod-uid":      "POD_UID",
+	"init-delay":   "INIT_DELAY",
+	"ready-file":   "READY_FILE",
+	"role-records": "ROLE_RECORDS",
 }
 
 // usageError is a mistake on the command line or in the environment; the
@@ -49,6 +53,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.podUID, "pod-uid", "", "this pod's UID (downward API metadata.uid); role messages for another UID are refused")
 	fs.DurationVar(&o.initDelay, "init-delay", 3*time.Second, "simulated start-up time; /readyz and GET / fail until it has passed")
 	fs.StringVar(&o.readyFile, "ready-file", "", "file to create once ready and remove on exit (optional)")
+	fs.StringVar(&o.roleRecords, "role-records", "", "file to append one JSON line to per role change: at, pod, role, epoch, group (optional)")
 	return fs
 }
 

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"github.com/hapod/hapod/internal/dev/bintest"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/dev/rolerecord"
 	"github.com/hapod/hapod/internal/wire"
 )
 
@@ -128,19 +129,14 @@ func getStatus(t *testing.T, a *app) (int, status) {
 	return code, st
 }
 
-// eventually polls cond every 5ms until it returns nil or timeout passes.
+// eventually polls cond until it returns nil or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	if err := poll.Until(t.Context(), timeout, func() (bool, error) {
 		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return err == nil, err
+	}); err != nil {
+		t.Fatalf("not within %v: %v", timeout, err)
 	}
 }
 
@@ -155,7 +151,9 @@ func waitReady(t *testing.T, a *app) {
 }
 
 func TestRoleMessagesSwitchAnswers(t *testing.T) {
-	a, logs, _ := startApp(t, testOptions())
+	o := testOptions()
+	o.roleRecords = filepath.Join(t.TempDir(), "roles.jsonl")
+	a, _, _ := startApp(t, o)
 	waitReady(t, a)
 	msg := func(r string, epoch uint64) wire.Message {
 		return wire.Message{Group: "shop/hapod", Pod: "demo-0", UID: "uid-0", Role: r, Epoch: epoch, Seq: epoch}
@@ -200,21 +198,28 @@ func TestRoleMessagesSwitchAnswers(t *testing.T) {
 		}
 	}
 
-	// One log line per applied change, with the epoch.
-	changes := regexp.MustCompile(`(?m)^.*msg="Role changed".*$`).FindAllString(logs.String(), -1)
-	want := []string{"role=standby epoch=1", "role=active epoch=2", "role=standby epoch=3"}
-	if len(changes) != len(want) {
-		t.Fatalf("role change log lines:\n%s\nwant %d", strings.Join(changes, "\n"), len(want))
+	// One role record per applied change, with the epoch, the group and when
+	// the listener accepted it.
+	data, err := os.ReadFile(o.roleRecords)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(data), []byte("\n"))
+	want := []rolerecord.Change{{Role: "standby", Epoch: 1}, {Role: "active", Epoch: 2}, {Role: "standby", Epoch: 3}}
+	if len(lines) != len(want) {
+		t.Fatalf("role records:\n%s\nwant %d", data, len(want))
 	}
 	for i, w := range want {
-		if !strings.Contains(changes[i], w) || !strings.Contains(changes[i], "group=shop/hapod") {
-			t.Errorf("log line %d = %q, want it to contain %q and the group", i, changes[i], w)
+		c, err := rolerecord.Decode(lines[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Role != w.Role || c.Epoch != w.Epoch || c.Group != "shop/hapod" || c.Pod != "demo-0" || c.At.IsZero() {
+			t.Errorf("role record %d = %+v, want role %s epoch %d group shop/hapod pod demo-0", i, c, w.Role, w.Epoch)
 		}
 	}
 }
 
-// A pod told active before its slow start is over cannot serve yet; it says
-// so with 503 and its true role.
 func TestActiveBeforeReadyAnswers503(t *testing.T) {
 	o := testOptions()
 	o.initDelay = time.Hour
@@ -470,23 +475,21 @@ func TestProcessErrors(t *testing.T) {
 	}
 }
 
-var servingLine = regexp.MustCompile(`msg=Serving .*http=(\S+)`)
-
 // SIGTERM ends the process cleanly with status 0.
 func TestProcessSIGTERM(t *testing.T) {
-	cmd, stderr := startProcess(t, "-http-addr", "127.0.0.1:0", "-role-addr", "127.0.0.1:0", "-init-delay", "0")
-	var addr string
+	addr := bintest.FreeAddr(t)
+	cmd, stderr := startProcess(t, "-http-addr", addr, "-role-addr", "127.0.0.1:0", "-init-delay", "0")
 	eventually(t, 10*time.Second, func() error {
-		m := servingLine.FindStringSubmatch(stderr.String())
-		if m == nil {
-			return errors.New("no Serving line yet: " + stderr.String())
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return err
 		}
-		addr = m[1]
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
 		return nil
 	})
-	if code, _ := get(t, "http://"+addr+"/healthz"); code != http.StatusOK {
-		t.Fatalf("/healthz = %d, want 200", code)
-	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

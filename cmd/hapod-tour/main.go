@@ -19,7 +19,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -27,7 +26,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -37,6 +35,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/hapod/hapod/internal/dev/gobuild"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/tour"
 )
@@ -59,25 +58,41 @@ const (
 	exitInterrupted = 130
 )
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// flags are the tour's command line.
+type flags struct {
+	kubeconfig       string
+	initDelay, grace time.Duration
+}
+
+// parseFlags reads args; a usage error is printed and returns exitUsage, -h exitOK.
+func parseFlags(args []string, stderr io.Writer) (flags, int, bool) {
+	var f flags
 	fs := flag.NewFlagSet("hapod-tour", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	kubeconfig := fs.String("kubeconfig", "", "use the cluster of this kubeconfig instead of the local control plane")
-	initDelay := fs.Duration("init-delay", time.Second, "the demo app's slow start before it is ready")
-	grace := fs.Duration("not-ready-grace", 3*time.Second, "the controller's -not-ready-grace")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "use the cluster of this kubeconfig instead of the local control plane")
+	fs.DurationVar(&f.initDelay, "init-delay", time.Second, "the demo app's slow start before it is ready")
+	fs.DurationVar(&f.grace, "not-ready-grace", 3*time.Second, "the controller's -not-ready-grace")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
+			return f, exitOK, false
 		}
-		return exitUsage
+		return f, exitUsage, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "hapod-tour: unexpected arguments %q\n", fs.Args())
-		return exitUsage
+		return f, exitUsage, false
 	}
-	if *initDelay <= 0 || *grace <= 0 {
+	if f.initDelay <= 0 || f.grace <= 0 {
 		fmt.Fprintln(stderr, "hapod-tour: -init-delay and -not-ready-grace must be positive")
-		return exitUsage
+		return f, exitUsage, false
+	}
+	return f, 0, true
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f, code, ok := parseFlags(args, stderr)
+	if !ok {
+		return code
 	}
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "hapod-tour:", err)
@@ -86,7 +101,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return exitFailed
 	}
-
 	wd, err := os.Getwd()
 	if err != nil {
 		return fail(err)
@@ -100,52 +114,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	binDir := filepath.Join(root, ".cache", "tour-bin")
 	say("building hapod-controller and hapod-demo into %s", rel(root, binDir))
-	if err := build(ctx, root, binDir); err != nil {
+	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller", "./cmd/hapod-demo"); err != nil {
 		return fail(err)
 	}
 
-	// The cluster: the one given, the one `make cluster` keeps, or one of our own.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	ownCluster := false
-	kc := *kubeconfig
-	if kc == "" {
-		cacheDir := filepath.Join(root, ".cache", "cluster")
-		current := filepath.Join(cacheDir, "current", "kubeconfig")
-		if answers(current) {
-			kc = current
-			say("reusing the running local cluster (make cluster): %s", rel(root, kc))
-		} else {
-			say("starting a local control plane on 127.0.0.1 (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)")
-			if _, err := os.Stat(filepath.Join(cacheDir, "bin")); err != nil {
-				say("its first start builds it from the Go module proxy: about 8 minutes on 2 cores, then cached in %s", rel(root, cacheDir))
-			}
-			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-			cl, err := localcluster.Start(ctx, localcluster.Options{CacheDir: cacheDir, Logger: log})
-			if err != nil {
-				if ctx.Err() != nil {
-					return fail(errors.New("interrupted while starting the local cluster"))
-				}
-				return fail(fmt.Errorf("the local cluster did not start: %w", err))
-			}
-			ownCluster = true
-			defer func() {
-				if err := cl.Stop(); err != nil {
-					fmt.Fprintln(stderr, "hapod-tour:", err)
-				} else {
-					say("local control plane stopped")
-				}
-			}()
-			go func() {
-				select {
-				case <-cl.Failed():
-					cancel(fmt.Errorf("the local cluster failed: %w", cl.Err()))
-				case <-ctx.Done():
-				}
-			}()
-			kc = cl.Kubeconfig()
-		}
+	kc, own, stopCluster, err := cluster(ctx, cancel, root, f.kubeconfig, say, stderr)
+	if err != nil {
+		return fail(err)
 	}
+	defer stopCluster()
 
 	logDir, err := newLogDir(filepath.Join(root, ".cache", "tour"), time.Now())
 	if err != nil {
@@ -158,9 +137,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ControllerBin:   filepath.Join(binDir, "hapod-controller"),
 		DemoBin:         filepath.Join(binDir, "hapod-demo"),
 		LogDir:          logDir,
-		InitDelay:       *initDelay,
-		NotReadyGrace:   *grace,
-		SkipCleanupWait: ownCluster,
+		InitDelay:       f.initDelay,
+		NotReadyGrace:   f.grace,
+		SkipCleanupWait: own, // the cluster goes next
 		Out:             stdout,
 	})
 	if res != nil && len(res.Scenes) > 0 {
@@ -179,6 +158,48 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "\nevery scene behaved as expected")
 	return exitOK
+}
+
+// cluster returns the kubeconfig of the cluster to play on: the one given, the one
+// `make cluster` keeps, or one of its own (own), which the returned function stops
+// (and whose failure cancels ctx).
+func cluster(ctx context.Context, cancel context.CancelCauseFunc, root, given string, say func(string, ...any), stderr io.Writer) (kubeconfig string, own bool, stop func(), err error) {
+	if given != "" {
+		return given, false, func() {}, nil
+	}
+	cacheDir := filepath.Join(root, ".cache", "cluster")
+	current := filepath.Join(cacheDir, "current", "kubeconfig")
+	if answers(current) {
+		say("reusing the running local cluster (make cluster): %s", rel(root, current))
+		return current, false, func() {}, nil
+	}
+	say("starting a local control plane on 127.0.0.1 (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)")
+	if _, err := os.Stat(filepath.Join(cacheDir, "bin")); err != nil {
+		say("its first start builds it from the Go module proxy: about 8 minutes on 2 cores, then cached in %s", rel(root, cacheDir))
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	cl, err := localcluster.Start(ctx, localcluster.Options{CacheDir: cacheDir, Logger: log})
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", false, nil, errors.New("interrupted while starting the local cluster")
+		}
+		return "", false, nil, fmt.Errorf("the local cluster did not start: %w", err)
+	}
+	go func() {
+		select {
+		case <-cl.Failed():
+			cancel(fmt.Errorf("the local cluster failed: %w", cl.Err()))
+		case <-ctx.Done():
+		}
+	}()
+	stop = func() {
+		if err := cl.Stop(); err != nil {
+			fmt.Fprintln(stderr, "hapod-tour:", err)
+		} else {
+			say("local control plane stopped")
+		}
+	}
+	return cl.Kubeconfig(), true, stop, nil
 }
 
 // keepRuns is how many runs' logs are kept.
@@ -208,22 +229,6 @@ func newLogDir(dir string, now time.Time) (string, error) {
 		old = old[1:]
 	}
 	return logDir, nil
-}
-
-// build compiles the controller and the demo app into dir.
-func build(ctx context.Context, root, dir string) error {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return errors.New("the go command is not in PATH")
-	}
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+string(filepath.Separator), "./cmd/hapod-controller", "./cmd/hapod-demo")
-	cmd.Dir = root
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out.String())
-	}
-	return nil
 }
 
 // answers reports whether a kubeconfig exists and its API server answers.

@@ -21,6 +21,8 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/election"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m) }
@@ -31,7 +33,7 @@ var loopback = &net.IPNet{IP: net.IPv4(127, 0, 0, 0), Mask: net.CIDRMask(8, 32)}
 // testNet2 (RFC 5737 TEST-NET-2) is a pod CIDR for tests of Service endpoints: the API
 // server refuses loopback addresses in EndpointSlices. These IPs are API data only;
 // nothing sends them traffic.
-const testNet2 = "198.51.100.0/24"
+var testNet2 = netplan.TestNet2.String()
 
 func TestDefaultNodesReady(t *testing.T) {
 	cs := clustertest.Clientset(t)
@@ -47,7 +49,7 @@ func TestDefaultNodesReady(t *testing.T) {
 		if len(n.Spec.Taints) != 0 {
 			t.Errorf("node %s: taints %v, want none", name, n.Spec.Taints)
 		}
-		if !nodeReady(n) {
+		if election.NodeReadyStatus(n) != corev1.ConditionTrue {
 			t.Errorf("node %s is not Ready: %v", name, n.Status.Conditions)
 		}
 	}
@@ -100,7 +102,7 @@ func TestReplicaSetPodsRunWithLoopbackIPs(t *testing.T) {
 		if ip == nil || !podNet.Contains(ip) || !loopback.Contains(ip) {
 			t.Errorf("pod %s: IP %q, want one in the node's pod CIDR %s inside 127.0.0.0/8", p.Name, p.Status.PodIP, podNet)
 		}
-		if !podReady(&p) {
+		if !election.PodReady(&p) {
 			t.Errorf("pod %s is Running but not Ready", p.Name)
 		}
 	}
@@ -304,7 +306,7 @@ func terminatedProblem(p, before *corev1.Pod) string {
 		return "container still ready"
 	case c.RestartCount != before.Status.ContainerStatuses[0].RestartCount:
 		return fmt.Sprintf("restartCount %d, was %d", c.RestartCount, before.Status.ContainerStatuses[0].RestartCount)
-	case podReady(p):
+	case election.PodReady(p):
 		return "pod still Ready"
 	case p.Status.PodIP != before.Status.PodIP:
 		return fmt.Sprintf("pod IP %q, was %q", p.Status.PodIP, before.Status.PodIP)
@@ -446,22 +448,4 @@ func waitSliceEvent(t *testing.T, w watch.Interface, timeout time.Duration, ok f
 			}
 		}
 	}
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }

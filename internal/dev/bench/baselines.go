@@ -20,6 +20,10 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+
+	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/poll"
 )
 
 // Timings of client-go leader election.
@@ -61,12 +65,12 @@ func (e *Env) leaderElection(ctx context.Context, t Timings, run ElectionRun) (a
 		return nil, nil, err
 	}
 	defer delNS()
-	node, delNode, err := e.node(ctx, "bench-le", "198.19.0.0/16")
+	node, delNode, err := e.node(ctx, "bench-le", netplan.BenchElection.String())
 	if err != nil {
 		return nil, nil, err
 	}
 	defer delNode()
-	ips := &addrs{a: 198, b: 19}
+	ips := newAddrs(netplan.BenchElection)
 
 	var (
 		mu   sync.Mutex
@@ -142,7 +146,9 @@ func (e *Env) electionGroup(ctx context.Context, ns, node, group string, ips *ad
 	leader := first.id
 	for range rounds {
 		// Crash at a random moment of the renewal cycle.
-		time.Sleep(t.RetryPeriod + rand.N(2*t.RetryPeriod))
+		if err := poll.Pause(ctx, t.RetryPeriod+rand.N(2*t.RetryPeriod)); err != nil {
+			return acquired, labelled, err
+		}
 		crashed := replicas[leader]
 		t0 := time.Now()
 		crashed.kill()
@@ -249,32 +255,18 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 		return nil, err
 	}
 	defer delNS()
-	node, delNode, err := e.node(ctx, "bench-rs", "198.19.128.0/17")
+	node, delNode, err := e.node(ctx, "bench-rs", netplan.BenchNoStandby.String())
 	if err != nil {
 		return nil, err
 	}
 	defer delNode()
 	const group = "solo"
-	pw, err := watchPods(ctx, e.cs, ns, "app="+group)
+	pw, err := watchPods(ctx, e.cs, ns, "app="+group, "")
 	if err != nil {
 		return nil, err
 	}
 	defer pw.stop()
-	tmpl := newPod(podSpec{group: group})
-	delete(tmpl.Labels, benchLabel)
-	tmpl.Annotations = nil // kwok picks the IP from the node's pod CIDR
-	tmpl.Spec.NodeName = ""
-	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node} // through the scheduler
-	one := int32(1)
-	rs := &appsv1.ReplicaSet{
-		ObjectMeta: metav1.ObjectMeta{Name: group},
-		Spec: appsv1.ReplicaSetSpec{
-			Replicas: &one,
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": group}},
-			Template: corev1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec},
-		},
-	}
-	if _, err := e.cs.AppsV1().ReplicaSets(ns).Create(ctx, rs, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+	if err := e.soloReplicaSet(ctx, ns, group, node); err != nil {
 		return nil, err
 	}
 	var out []time.Duration
@@ -285,40 +277,72 @@ func (e *Env) noStandby(ctx context.Context, n int) ([]time.Duration, error) {
 		// pod create and ReplicaSet status writes each) measured that
 		// throttle instead, about 150 ms each once the burst was spent.
 		if i > 0 {
-			time.Sleep(time.Second)
-		}
-		var only *corev1.Pod
-		if err := waitUntil(ctx, 30*time.Second, "one Ready pod", func() bool {
-			all := pw.all()
-			if len(all) != 1 || !runningReady(all[0]) {
-				return false
+			if err := poll.Pause(ctx, time.Second); err != nil {
+				return nil, err
 			}
-			only = all[0]
-			return true
-		}, &pw.board); err != nil {
-			return nil, err
 		}
-		uid := only.UID
-		t0 := time.Now()
-		if err := e.cs.CoreV1().Pods(ns).Delete(ctx, only.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil {
+		d, err := e.replaceOnce(ctx, pw, ns)
+		if err != nil {
 			return nil, fmt.Errorf("no standby %d: %w", i, err)
 		}
-		var ready time.Time
-		if err := waitUntil(ctx, 30*time.Second, "replacement Ready", func() bool {
-			for _, p := range pw.all() {
-				if p.UID == uid {
-					continue
-				}
-				if at, ok := pw.readySince(p.UID); ok {
-					ready = at
-					return true
-				}
-			}
-			return false
-		}, &pw.board); err != nil {
-			return nil, err
-		}
-		out = append(out, ready.Sub(t0))
+		out = append(out, d)
 	}
 	return out, nil
+}
+
+// soloReplicaSet creates a one-replica ReplicaSet of the seed's pod, scheduled
+// onto node, not hapod's to manage.
+func (e *Env) soloReplicaSet(ctx context.Context, ns, group, node string) error {
+	tmpl := newPod(podSpec{group: group})
+	delete(tmpl.Labels, benchLabel)
+	tmpl.Annotations = nil // kwok picks the IP from the node's pod CIDR
+	tmpl.Spec.NodeName = ""
+	tmpl.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node} // through the scheduler
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: group},
+		Spec: appsv1.ReplicaSetSpec{
+			Replicas: ptr.To(int32(1)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": group}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec},
+		},
+	}
+	_, err := e.cs.AppsV1().ReplicaSets(ns).Create(ctx, rs, metav1.CreateOptions{FieldManager: fieldManager})
+	return err
+}
+
+// replaceOnce waits for the one Ready pod, deletes it and returns the time to
+// its replacement Ready on the watch.
+func (e *Env) replaceOnce(ctx context.Context, pw *podWatch, ns string) (time.Duration, error) {
+	var only *corev1.Pod
+	if err := waitUntil(ctx, 30*time.Second, "one Ready pod", func() bool {
+		all := pw.all()
+		if len(all) != 1 || !runningReady(all[0]) {
+			return false
+		}
+		only = all[0]
+		return true
+	}, pw.changed); err != nil {
+		return 0, err
+	}
+	uid := only.UID
+	t0 := time.Now()
+	if err := e.cs.CoreV1().Pods(ns).Delete(ctx, only.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil {
+		return 0, err
+	}
+	var ready time.Time
+	if err := waitUntil(ctx, 30*time.Second, "replacement Ready", func() bool {
+		for _, p := range pw.all() {
+			if p.UID == uid {
+				continue
+			}
+			if at, ok := pw.readySince(p.UID); ok {
+				ready = at
+				return true
+			}
+		}
+		return false
+	}, pw.changed); err != nil {
+		return 0, err
+	}
+	return ready.Sub(t0), nil
 }

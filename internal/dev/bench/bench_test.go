@@ -9,14 +9,11 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
 )
 
-func TestMain(m *testing.M) {
-	// The bench starts its controller by running this test binary again.
-	MaybeRunController()
-	clustertest.Main(m)
-}
+func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 
 // TestShortRun runs the short mode's scenarios, smaller still, on the test
 // cluster and checks that they measured what they claim: every failover
@@ -24,13 +21,12 @@ func TestMain(m *testing.M) {
 // causal order of each failover's stages holds. No wall-clock limits: the
 // numbers depend on the machine.
 func TestShortRun(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	e := &Env{
-		REST: clustertest.RESTConfig(t), Kubeconfig: clustertest.Kubeconfig(t), Exe: exe,
-		WorkDir: t.TempDir(), Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
+		REST:          clustertest.RESTConfig(t),
+		Kubeconfig:    clustertest.Kubeconfig(t),
+		ControllerBin: bintest.Build(t, "github.com/hapod/hapod/cmd/hapod-controller"),
+		WorkDir:       t.TempDir(),
+		Log:           slog.New(slog.NewTextHandler(t.Output(), nil)),
 	}
 	o := Short()
 	o.Failovers = 10

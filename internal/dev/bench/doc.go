@@ -7,12 +7,11 @@
 // # What runs where
 //
 // The controller runs in its own process, so that its CPU time, peak memory
-// and API requests are its own: the bench re-executes its own binary with
-// HAPOD_BENCH_CHILD=controller (see [MaybeRunController]), and that child
-// wires internal/controller exactly as cmd/hapod-controller does (same
-// configuration flags, cache, client and notifier options) and adds two
-// things: an OnPromotion hook that writes each promotion's timestamps to its
-// stdout, and net/http/pprof on 127.0.0.1.
+// and API requests are its own: it is the real hapod-controller binary, run
+// by internal/dev/ctrlproc with flags (one process per scenario), which
+// writes each promotion's timestamps to its -failover-records file
+// (internal/record) and serves /metrics and pprof on 127.0.0.1. The bench
+// reads those records, never the controller's log.
 //
 // The applications are pkg/role listeners in the bench process, one per pod,
 // each bound to its own loopback address. Pods are created bare (the bench
@@ -32,6 +31,6 @@
 // # Clocks
 //
 // Every time is read on one machine: the bench's own (watch events, listener
-// state changes, the start of each trigger request) and the controller
-// child's (Promotion.Seen, Labelled, Acked) are compared by wall clock.
+// state changes, the start of each trigger request) and the controller's
+// (record.Record's Seen, Labelled, Acked) are compared by wall clock.
 package bench

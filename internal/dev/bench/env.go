@@ -17,11 +17,14 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/election"
 	"github.com/hapod/hapod/pkg/role"
 )
 
-// Labels and values the bench's pods carry. The controller child selects
+// Labels and values the bench's pods carry. The controller selects
 // benchLabel=true and groups by "app"; the Service selects on roleLabel.
 const (
 	benchLabel   = role.BenchLabel
@@ -36,12 +39,11 @@ const (
 // Env is the cluster the bench runs on.
 type Env struct {
 	// REST is an admin client configuration; Kubeconfig the same as a
-	// file, for the controller child.
+	// file, for the controller.
 	REST       *rest.Config
 	Kubeconfig string
-	// Exe is the binary to re-execute as the controller child: one whose
-	// main (or TestMain) calls MaybeRunController first.
-	Exe string
+	// ControllerBin is the built hapod-controller, run once per scenario.
+	ControllerBin string
 	// APIServerPID, EtcdPID and KCMPID (kube-controller-manager), if not
 	// 0, have their CPU time reported next to the controller's during mass
 	// failovers.
@@ -102,17 +104,17 @@ func (e *Env) namespace(ctx context.Context, prefix string) (string, func(), err
 		if err := e.cs.CoreV1().Pods(name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &now}, metav1.ListOptions{}); err != nil {
 			e.Log.Warn("delete pods", "namespace", name, "err", err)
 		}
-		err := poll(ctx, time.Minute, func() bool {
+		err := poll.Until(ctx, time.Minute, func() (bool, error) {
 			l, err := e.cs.CoreV1().Pods(name).List(ctx, metav1.ListOptions{Limit: 1})
-			return err == nil && len(l.Items) == 0
+			return err == nil && len(l.Items) == 0, err
 		})
 		if err != nil {
 			e.Log.Warn("pods not gone", "namespace", name, "err", err)
 		}
 	}
-	err := poll(ctx, 30*time.Second, func() bool {
+	err := poll.Until(ctx, 30*time.Second, func() (bool, error) {
 		_, err := e.cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil
+		return err == nil, err
 	})
 	if err != nil {
 		del()
@@ -140,38 +142,28 @@ func (e *Env) node(ctx context.Context, prefix, podCIDR string) (string, func(),
 	return name, del, nil
 }
 
-// poll calls cond every 10 ms until it holds or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	return waitUntil(ctx, timeout, "poll", func() bool {
-		if cond() {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-		return cond()
-	})
-}
-
-// addrs hands out distinct IPv4 addresses inside one /16: a.b.0.1,
-// a.b.0.2, ... a.b.0.250, a.b.1.1, ...
+// addrs hands out distinct IPv4 addresses of a prefix (a /17 or wider), from
+// its first /16 or /17: a.b.0.1, a.b.0.2, ... a.b.0.250, a.b.1.1, ...
 type addrs struct {
 	mu   sync.Mutex
-	a, b byte
+	base [4]byte
 	next int
 }
+
+func newAddrs(p netip.Prefix) *addrs { return &addrs{base: p.Masked().Addr().As4()} }
 
 func (p *addrs) take() netip.Addr {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	i := p.next
 	p.next++
-	return netip.AddrFrom4([4]byte{p.a, p.b, byte(i / 250 % 256), byte(i%250 + 1)})
+	return netip.AddrFrom4([4]byte{p.base[0], p.base[1], p.base[2] + byte(i/250%128), byte(i%250 + 1)})
 }
 
-// loopbackLanes are second octets of 127.x.0.0/16 blocks for listeners and
-// loopback pod IPs: above what localcluster (127.63, 127.64) and
-// clustertest (127.65-127.127) use, drawn at random so that two benches on
-// one machine rarely collide (a bind error would say so).
-func loopbackLane() byte { return byte(128 + rand.IntN(64)) }
+// loopbackLane is a /16 for listeners and loopback pod IPs, one of
+// netplan.BenchLanes drawn at random so that two benches on one machine
+// rarely collide (a bind error would say so).
+func loopbackLane() netip.Prefix { return netplan.Lane(rand.IntN(netplan.Lanes)) }
 
 // podSpec describes one bench pod.
 type podSpec struct {
@@ -229,17 +221,7 @@ func terminateContainer(ctx context.Context, cs kubernetes.Interface, pod *corev
 	}
 }
 
-// podReady reports the pod's Ready condition.
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // runningReady: Running, Ready, with an IP, not being deleted.
 func runningReady(p *corev1.Pod) bool {
-	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && podReady(p)
+	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && election.PodReady(p)
 }

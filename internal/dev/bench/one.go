@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -14,6 +13,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
+	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/record"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -39,11 +42,11 @@ const probeLabel = role.BenchProbeLabel
 // Stages of a failover, each timed from the start of the trigger's write
 // request.
 const (
-	StageSeen        = "controller saw it"          // Promotion.Seen
-	StageLabelled    = "label committed"            // Promotion.Labelled: the PATCH returned
+	StageSeen        = "controller saw it"          // record.Record.Seen
+	StageLabelled    = "label committed"            // record.Record.Labelled: the PATCH returned
 	StageLabelWatch  = "label seen on a watch"      // the bench's own pod watch
 	StageAck         = "app has the role"           // the listener accepted the message (it acks at once)
-	StageAckReceived = "controller got the ack"     // Promotion.Acked
+	StageAckReceived = "controller got the ack"     // record.Record.Acked
 	StageEndpoints   = "EndpointSlice = new active" // ready addresses are exactly the new active's
 )
 
@@ -63,188 +66,239 @@ type TriggerResult struct {
 // controller publishes them) and the hapod.io/role-address annotation
 // pointing at their listener on loopback.
 func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, error) {
-	ns, delNS, err := e.namespace(ctx, "bench-one")
+	r := &oneRun{e: e, o: o, port: 20000 + rand.IntN(40000), samples: map[string]map[string][]time.Duration{}}
+	defer r.tearDown()
+	if err := r.setUp(ctx); err != nil {
+		return nil, err
+	}
+	active, standby, err := r.firstPair(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer delNS()
-	node, delNode, err := e.node(ctx, "bench-one", "198.18.0.0/16")
-	if err != nil {
-		return nil, err
-	}
-	defer delNode()
-
-	const group = "one"
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: group},
-		Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": group, roleLabel: activeRole},
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
-		},
-	}
-	if _, err := e.cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
-		return nil, err
-	}
-	pw, err := watchPods(ctx, e.cs, ns, benchLabel+"=true")
-	if err != nil {
-		return nil, err
-	}
-	defer pw.stop()
-	sw, err := watchSlices(ctx, e.cs, ns, group)
-	if err != nil {
-		return nil, err
-	}
-	defer sw.stop()
-	ap := newApps()
-	defer ap.closeAll()
-
-	port := 20000 + rand.IntN(40000)
-	ctl, err := startController(ctx, o.controllerOptions(e, ns, port, filepath.Join(e.WorkDir, "controller-one.log")))
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = ctl.Stop() }()
-
-	podIPs := &addrs{a: 198, b: 18}
-	roleAddrs := &addrs{a: 127, b: loopbackLane()}
-	seq := 0
-	create := func() (string, error) {
-		name := fmt.Sprintf("%s-%d", group, seq)
-		seq++
-		ra := netip.AddrPortFrom(roleAddrs.take(), uint16(port))
-		if err := ap.listen(ctx, name, ra); err != nil {
-			return "", err
-		}
-		p := newPod(podSpec{name: name, group: group, node: node, ip: podIPs.take(), roleAddr: ra})
-		_, err := e.cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{FieldManager: fieldManager})
-		return name, err
-	}
-	steady := func(active, standby string) error {
-		return waitUntil(ctx, 20*time.Second, fmt.Sprintf("steady state (active %s, standby %s)", active, standby), func() bool {
-			a, ok1 := pw.get(active)
-			s, ok2 := pw.get(standby)
-			if !ok1 || !ok2 || len(pw.group(group)) != 2 || !runningReady(a) || !runningReady(s) ||
-				a.Labels[roleLabel] != activeRole || s.Labels[roleLabel] != standbyRole {
-				return false
-			}
-			as, _, _ := ap.state(active)
-			ss, _, _ := ap.state(standby)
-			if as.Role != role.Active || ss.Role != role.Standby {
-				return false
-			}
-			_, ok := sw.onlySince(a.Status.PodIP)
-			return ok
-		}, &pw.board, &sw.board, &ap.board, &ctl.promos.board)
-	}
-
-	// The first pod alone becomes active; the second joins as standby.
-	active, err := create()
-	if err != nil {
-		return nil, err
-	}
-	if err := waitUntil(ctx, 20*time.Second, "first active", func() bool {
-		s, _, _ := ap.state(active)
-		return s.Role == role.Active
-	}, &ap.board); err != nil {
-		return nil, err
-	}
-	standby, err := create()
-	if err != nil {
-		return nil, err
-	}
-	if err := steady(active, standby); err != nil {
-		return nil, err
-	}
-
-	triggers := []string{TriggerDelete, TriggerCritical}
-	samples := map[string]map[string][]time.Duration{}
-	for _, t := range triggers {
-		samples[t] = map[string][]time.Duration{}
-	}
-	var floorReturned, floorWatched []time.Duration
 	for i := range 2 * o.Failovers {
-		trigger := triggers[i%2]
-		// The floor any controller pays: a label PATCH of the bench's own
-		// (on the standby, which the controller then ignores), timed to
-		// its response and to its event on the bench's watch.
-		probe := strconv.Itoa(i)
-		patch := fmt.Appendf(nil, `{"metadata":{"labels":{%q:%q}}}`, probeLabel, probe)
-		p0 := time.Now()
-		if _, err := e.cs.CoreV1().Pods(ns).Patch(ctx, standby, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
-			return nil, fmt.Errorf("probe patch: %w", err)
-		}
-		floorReturned = append(floorReturned, time.Since(p0))
-		if err := waitUntil(ctx, 10*time.Second, "probe patch on the watch", func() bool {
-			p, ok := pw.get(standby)
-			return ok && p.Labels[probeLabel] == probe
-		}, &pw.board); err != nil {
+		if err := r.probe(ctx, i, standby); err != nil {
 			return nil, err
 		}
-		floorWatched = append(floorWatched, pw.updated(standby).Sub(p0))
 		// Let the last failover's aftermath (the replacement's events,
 		// Lease and Event writes) settle, so that each failover starts
 		// from a quiet controller, as a real one would: the controller's
-		// clock starts at the first event since its last reconcile.
-		time.Sleep(settle + rand.N(settle/2))
-		old, _ := pw.get(active)
-		next, _ := pw.get(standby)
-		var t0 time.Time
-		switch trigger {
-		case TriggerDelete:
-			uid := old.UID
-			t0 = time.Now()
-			err = e.cs.CoreV1().Pods(ns).Delete(ctx, old.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-		case TriggerCritical:
-			t0, err = terminateContainer(ctx, e.cs, old, appContainer, 137, "OOMKilled")
-		}
-		if err != nil {
-			return nil, fmt.Errorf("failover %d (%s): trigger: %w", i, trigger, err)
-		}
-		var st stageTimes
-		err := waitUntil(ctx, 15*time.Second, fmt.Sprintf("failover %d (%s) to %s", i, trigger, next.Name), func() bool {
-			return st.collect(pw, ap, sw, ctl.promos, next)
-		}, &pw.board, &sw.board, &ap.board, &ctl.promos.board)
-		if err != nil {
-			return nil, fmt.Errorf("%w (got %+v)", err, st)
-		}
-		for stage, at := range st.stages() {
-			samples[trigger][stage] = append(samples[trigger][stage], at.Sub(t0))
-		}
-
-		// The old pod goes (the controller deletes a pod whose critical
-		// container died); its app goes with it. A replacement joins.
-		if err := waitUntil(ctx, 15*time.Second, "old active gone", func() bool {
-			_, ok := pw.get(old.Name)
-			return !ok
-		}, &pw.board); err != nil {
+		// clock starts at the first event since its last reconcile. A
+		// pace (poll.Pause), not a wait for anything: the steady state was
+		// reached.
+		if err := poll.Pause(ctx, settle+rand.N(settle/2)); err != nil {
 			return nil, err
 		}
-		ap.close(old.Name)
-		active = next.Name
-		if standby, err = create(); err != nil {
-			return nil, err
-		}
-		if err := steady(active, standby); err != nil {
+		if active, standby, err = r.failover(ctx, i, oneGroupTriggers[i%2], active, standby); err != nil {
 			return nil, err
 		}
 		if (i+1)%20 == 0 {
 			e.Log.Info("one group", "failovers", i+1, "of", 2*o.Failovers)
 		}
 	}
+	return r.results(), nil
+}
 
+// oneGroupTriggers alternate.
+var oneGroupTriggers = []string{TriggerDelete, TriggerCritical}
+
+// oneGroupName is the group's (and its Service's) name.
+const oneGroupName = "one"
+
+// oneRun is the one-group scenario: its cluster objects, watches, apps,
+// controller and samples.
+type oneRun struct {
+	e    *Env
+	o    Options
+	port int // every listener's
+
+	ns, node          string
+	pw                *podWatch // the pods and the Service's EndpointSlices
+	ap                *apps
+	ctl               *ctrlproc.Controller
+	podIPs, roleAddrs *addrs
+	seq               int
+	cleanups          []func() // undone in reverse by tearDown
+
+	samples                     map[string]map[string][]time.Duration // by trigger, stage
+	floorReturned, floorWatched []time.Duration
+}
+
+func (r *oneRun) tearDown() {
+	for i := len(r.cleanups) - 1; i >= 0; i-- {
+		r.cleanups[i]()
+	}
+}
+
+// setUp creates the namespace, the node, the Service, the watches, the apps
+// and the controller.
+func (r *oneRun) setUp(ctx context.Context) error {
+	e := r.e
+	ns, delNS, err := e.namespace(ctx, "bench-one")
+	if err != nil {
+		return err
+	}
+	r.ns, r.cleanups = ns, append(r.cleanups, delNS)
+	node, delNode, err := e.node(ctx, "bench-one", netplan.BenchOneGroup.String())
+	if err != nil {
+		return err
+	}
+	r.node, r.cleanups = node, append(r.cleanups, delNode)
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: oneGroupName},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": oneGroupName, roleLabel: activeRole},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}
+	if _, err := e.cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+		return err
+	}
+	if r.pw, err = watchPods(ctx, e.cs, ns, benchLabel+"=true", oneGroupName); err != nil {
+		return err
+	}
+	r.cleanups = append(r.cleanups, r.pw.stop)
+	r.ap = newApps()
+	r.cleanups = append(r.cleanups, r.ap.closeAll)
+	if r.ctl, err = r.o.startController(ctx, e, ns, r.port, "controller-one"); err != nil {
+		return err
+	}
+	r.cleanups = append(r.cleanups, r.ctl.Stop)
+	r.podIPs, r.roleAddrs = newAddrs(netplan.BenchOneGroup), newAddrs(loopbackLane())
+	return nil
+}
+
+// create binds the next pod's listener, then creates the pod.
+func (r *oneRun) create(ctx context.Context) (string, error) {
+	name := fmt.Sprintf("%s-%d", oneGroupName, r.seq)
+	r.seq++
+	ra := netip.AddrPortFrom(r.roleAddrs.take(), uint16(r.port))
+	if err := r.ap.listen(ctx, name, ra); err != nil {
+		return "", err
+	}
+	p := newPod(podSpec{name: name, group: oneGroupName, node: r.node, ip: r.podIPs.take(), roleAddr: ra})
+	_, err := r.e.cs.CoreV1().Pods(r.ns).Create(ctx, p, metav1.CreateOptions{FieldManager: fieldManager})
+	return name, err
+}
+
+// firstPair: the first pod alone becomes active; the second joins as
+// standby.
+func (r *oneRun) firstPair(ctx context.Context) (active, standby string, err error) {
+	if active, err = r.create(ctx); err != nil {
+		return "", "", err
+	}
+	if err := waitUntil(ctx, 20*time.Second, "first active", func() bool {
+		s, _, _ := r.ap.state(active)
+		return s.Role == role.Active
+	}, r.ap.board.wait); err != nil {
+		return "", "", err
+	}
+	if standby, err = r.create(ctx); err != nil {
+		return "", "", err
+	}
+	return active, standby, r.steady(ctx, active, standby)
+}
+
+// steady waits until both pods are Running and Ready with the labels and
+// app roles they should have, and the EndpointSlice lists only the active.
+func (r *oneRun) steady(ctx context.Context, active, standby string) error {
+	return waitUntil(ctx, 20*time.Second, fmt.Sprintf("steady state (active %s, standby %s)", active, standby), func() bool {
+		a, ok1 := r.pw.get(active)
+		s, ok2 := r.pw.get(standby)
+		if !ok1 || !ok2 || len(r.pw.group(oneGroupName)) != 2 || !runningReady(a) || !runningReady(s) ||
+			a.Labels[roleLabel] != activeRole || s.Labels[roleLabel] != standbyRole {
+			return false
+		}
+		as, _, _ := r.ap.state(active)
+		ss, _, _ := r.ap.state(standby)
+		if as.Role != role.Active || ss.Role != role.Standby {
+			return false
+		}
+		_, ok := r.pw.onlySince(a.Status.PodIP)
+		return ok
+	}, r.pw.changed, r.ap.board.wait, r.ctl.Changed)
+}
+
+// probe times the floor any controller pays: a label PATCH of the bench's
+// own (on the standby, which the controller then ignores), to its response
+// and to its event on the bench's watch.
+func (r *oneRun) probe(ctx context.Context, i int, standby string) error {
+	probe := strconv.Itoa(i)
+	patch := fmt.Appendf(nil, `{"metadata":{"labels":{%q:%q}}}`, probeLabel, probe)
+	p0 := time.Now()
+	if _, err := r.e.cs.CoreV1().Pods(r.ns).Patch(ctx, standby, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
+		return fmt.Errorf("probe patch: %w", err)
+	}
+	r.floorReturned = append(r.floorReturned, time.Since(p0))
+	if err := waitUntil(ctx, 10*time.Second, "probe patch on the watch", func() bool {
+		p, ok := r.pw.get(standby)
+		return ok && p.Labels[probeLabel] == probe
+	}, r.pw.changed); err != nil {
+		return err
+	}
+	r.floorWatched = append(r.floorWatched, r.pw.updated(standby).Sub(p0))
+	return nil
+}
+
+// failover triggers failover i, collects its stages, then waits for the old
+// pod to go (the controller deletes a pod whose critical container died;
+// its app goes with it) and a replacement standby to settle. It returns the
+// new active and standby.
+func (r *oneRun) failover(ctx context.Context, i int, trigger, active, standby string) (string, string, error) {
+	old, _ := r.pw.get(active)
+	next, _ := r.pw.get(standby)
+	var t0 time.Time
+	var err error
+	switch trigger {
+	case TriggerDelete:
+		uid := old.UID
+		t0 = time.Now()
+		err = r.e.cs.CoreV1().Pods(r.ns).Delete(ctx, old.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	case TriggerCritical:
+		t0, err = terminateContainer(ctx, r.e.cs, old, appContainer, 137, "OOMKilled")
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("failover %d (%s): trigger: %w", i, trigger, err)
+	}
+	var st stageTimes
+	if err := waitUntil(ctx, 15*time.Second, fmt.Sprintf("failover %d (%s) to %s", i, trigger, next.Name), func() bool {
+		return st.collect(r.pw, r.ap, r.ctl, next)
+	}, r.pw.changed, r.ap.board.wait, r.ctl.Changed); err != nil {
+		return "", "", fmt.Errorf("%w (got %+v)", err, st)
+	}
+	if r.samples[trigger] == nil {
+		r.samples[trigger] = map[string][]time.Duration{}
+	}
+	for stage, at := range st.stages() {
+		r.samples[trigger][stage] = append(r.samples[trigger][stage], at.Sub(t0))
+	}
+
+	if err := waitUntil(ctx, 15*time.Second, "old active gone", func() bool {
+		_, ok := r.pw.get(old.Name)
+		return !ok
+	}, r.pw.changed); err != nil {
+		return "", "", err
+	}
+	r.ap.close(old.Name)
+	if standby, err = r.create(ctx); err != nil {
+		return "", "", err
+	}
+	return next.Name, standby, r.steady(ctx, next.Name, standby)
+}
+
+// results are the samples as series, the reference row last.
+func (r *oneRun) results() []TriggerResult {
 	var out []TriggerResult
-	for _, t := range triggers {
+	for _, t := range oneGroupTriggers {
 		tr := TriggerResult{Trigger: t}
 		for _, stage := range OneGroupStages {
-			tr.Stages = append(tr.Stages, newSeries(stage, durationsMs(samples[t][stage])))
+			tr.Stages = append(tr.Stages, newSeries(stage, durationsMs(r.samples[t][stage])))
 		}
 		out = append(out, tr)
 	}
-	out = append(out, TriggerResult{Trigger: TriggerNone, Stages: []Series{
-		newSeries(StagePatchReturned, durationsMs(floorReturned)),
-		newSeries(StagePatchWatched, durationsMs(floorWatched)),
+	return append(out, TriggerResult{Trigger: TriggerNone, Stages: []Series{
+		newSeries(StagePatchReturned, durationsMs(r.floorReturned)),
+		newSeries(StagePatchWatched, durationsMs(r.floorWatched)),
 	}})
-	return out, nil
 }
 
 // settle is the pause between failovers.
@@ -253,23 +307,23 @@ const settle = 100 * time.Millisecond
 // stageTimes are the moments one failover reached each stage.
 type stageTimes struct {
 	labelWatch, ack, endpoints time.Time
-	promo                      promotionLine
+	promo                      record.Record
 	havePromo                  bool
 }
 
 // collect fills in what has happened so far and reports whether every
 // stage has been reached.
-func (st *stageTimes) collect(pw *podWatch, ap *apps, sw *sliceWatch, promos *promotions, next *corev1.Pod) bool {
+func (st *stageTimes) collect(pw *podWatch, ap *apps, ctl *ctrlproc.Controller, next *corev1.Pod) bool {
 	if t, ok := pw.activeSince(next.UID); ok {
 		st.labelWatch = t
 	}
 	if _, at, ok := ap.state(next.Name); ok && !at.IsZero() {
 		st.ack = at
 	}
-	if t, ok := sw.onlySince(next.Status.PodIP); ok && st.endpoints.IsZero() {
+	if t, ok := pw.onlySince(next.Status.PodIP); ok && st.endpoints.IsZero() {
 		st.endpoints = t
 	}
-	if p, ok := promos.get(next.Name); ok {
+	if p, ok := ctl.Promotion(next.Name); ok {
 		st.promo, st.havePromo = p, true
 	}
 	return !st.labelWatch.IsZero() && !st.ack.IsZero() && !st.endpoints.IsZero() && st.havePromo

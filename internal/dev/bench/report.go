@@ -67,6 +67,23 @@ func summaryCells(s Summary) string {
 // Markdown writes the report.
 func (r *Results) Markdown(w io.Writer) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
+	r.mdHeader(p)
+	r.mdOneGroup(p)
+	r.mdAlternatives(p)
+	r.mdScale(p)
+	p("## Distribution\n\n![CDF of failover latency per system](cdf.svg)\n\n")
+	p("## How it was measured\n\n")
+	for _, n := range notes(r) {
+		p("- %s\n", n)
+	}
+}
+
+// printf is the writer of one Markdown report.
+type printf func(format string, a ...any)
+
+// mdHeader: the run, the machine, the cluster, the controller, the targets and
+// the scenarios that failed.
+func (r *Results) mdHeader(p printf) {
 	p("# hapod failover benchmark\n\n")
 	commit := ""
 	if r.Commit != "" {
@@ -84,7 +101,6 @@ func (r *Results) Markdown(w io.Writer) {
 	s := r.Settings
 	p("- **Controller:** its own process, `-workers %d -kube-api-qps %g -kube-api-burst %d -notify-cidrs %s`, other flags at their defaults.\n\n",
 		s.Workers, s.QPS, s.Burst, s.NotifyCIDRs)
-
 	if t := r.targets(); len(t) > 0 {
 		p("**Targets** (issue 5):\n\n")
 		for _, line := range t {
@@ -92,7 +108,6 @@ func (r *Results) Markdown(w io.Writer) {
 		}
 		p("\n")
 	}
-
 	if len(r.Errors) > 0 {
 		p("**Scenarios that failed:**\n\n")
 		for _, e := range r.Errors {
@@ -100,20 +115,25 @@ func (r *Results) Markdown(w io.Writer) {
 		}
 		p("\n")
 	}
+}
 
-	if len(r.OneGroup) > 0 {
-		p("## hapod, one group\n\n")
-		p("Failovers of one group (two pods), the triggers alternating. Each time runs from the start of the trigger's API write. ")
-		p("The app has the role when its pkg/role listener accepted the message (it acks at once); the controller tells the new active before it writes any label.\n\n")
-		p("| trigger | stage | n | p50 | p90 | p99 | max |\n|---|---|--:|--:|--:|--:|--:|\n")
-		for _, t := range r.OneGroup {
-			for _, st := range t.Stages {
-				p("| %s | %s | %s |\n", t.Trigger, st.Name, summaryCells(st.Summary))
-			}
-		}
-		p("\n")
+func (r *Results) mdOneGroup(p printf) {
+	if len(r.OneGroup) == 0 {
+		return
 	}
+	p("## hapod, one group\n\n")
+	p("Failovers of one group (two pods), the triggers alternating. Each time runs from the start of the trigger's API write. ")
+	p("The app has the role when its pkg/role listener accepted the message (it acks at once); the controller tells the new active before it writes any label.\n\n")
+	p("| trigger | stage | n | p50 | p90 | p99 | max |\n|---|---|--:|--:|--:|--:|--:|\n")
+	for _, t := range r.OneGroup {
+		for _, st := range t.Stages {
+			p("| %s | %s | %s |\n", t.Trigger, st.Name, summaryCells(st.Summary))
+		}
+	}
+	p("\n")
+}
 
+func (r *Results) mdAlternatives(p printf) {
 	p("## Against the alternatives\n\n")
 	p("Same cluster, same run. The last column is each median over hapod's median from the active pod's deletion to the new active's label committed.\n\n")
 	p("| system | measured | n | p50 | p90 | p99 | max | p50 ÷ hapod |\n|---|---|--:|--:|--:|--:|--:|--:|\n")
@@ -139,36 +159,33 @@ func (r *Results) Markdown(w io.Writer) {
 		}
 	}
 	p("\n\n")
+}
 
-	if len(r.Scale) > 0 {
-		p("## Scale: every group fails over at once\n\n")
-		p("Two pods per group, all actives on one kwok node, all standbys on another; trigger: %s. ", massText(r.Settings.Mass))
-		p("Times per group from the trigger. CPU, requests and peak memory are the controller process's over the window from the trigger until its API requests stopped; ")
-		p("peak RSS is VmHWM, reset just before the trigger.\n\n")
-		p("| groups | failed over | app has the role p50 / p99 / max | label committed p50 / p99 / max | API requests per failover |\n")
-		p("|--:|--:|--:|--:|--:|\n")
-		for _, sc := range r.Scale {
-			p("| %d | %d | %s / %s / %s | %s / %s / %s | %.1f (%s) |\n",
-				sc.Groups, sc.Completed, fmtMs(sc.Ack.Summary.P50), fmtMs(sc.Ack.Summary.P99), fmtMs(sc.Ack.Summary.Max),
-				fmtMs(sc.Labelled.Summary.P50), fmtMs(sc.Labelled.Summary.P99), fmtMs(sc.Labelled.Summary.Max),
-				sc.APIPerGroup, methods(sc.APIRequests))
-		}
-		p("\nWhere the CPU went over the same windows (the machine has %d cores; – where the bench did not start the cluster):\n\n", r.Machine.CPUs)
-		p("| groups | window | controller CPU | controller peak RSS | kube-apiserver | etcd | kube-controller-manager | bench (watches, listeners) |\n")
-		p("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-		for _, sc := range r.Scale {
-			p("| %d | %.2f s | %.2f s | %.0f MiB | %s | %s | %s | %.2f s |\n",
-				sc.Groups, sc.WindowSeconds, sc.CPUSeconds, sc.PeakRSSMiB,
-				cpuCell(sc.APIServerCPUSeconds), cpuCell(sc.EtcdCPUSeconds), cpuCell(sc.KCMCPUSeconds), sc.BenchCPUSeconds)
-		}
-		p("\n")
+func (r *Results) mdScale(p printf) {
+	if len(r.Scale) == 0 {
+		return
 	}
-
-	p("## Distribution\n\n![CDF of failover latency per system](cdf.svg)\n\n")
-	p("## How it was measured\n\n")
-	for _, n := range notes(r) {
-		p("- %s\n", n)
+	p("## Scale: every group fails over at once\n\n")
+	p("Two pods per group, all actives on one kwok node, all standbys on another; trigger: %s. ", massText(r.Settings.Mass))
+	p("Times per group from the trigger. CPU, requests and peak memory are the controller process's over the window from the trigger until its API requests stopped; ")
+	p("peak RSS is VmHWM, reset just before the trigger.\n\n")
+	p("| groups | failed over | app has the role p50 / p99 / max | label committed p50 / p99 / max | API requests per failover |\n")
+	p("|--:|--:|--:|--:|--:|\n")
+	for _, sc := range r.Scale {
+		p("| %d | %d | %s / %s / %s | %s / %s / %s | %.1f (%s) |\n",
+			sc.Groups, sc.Completed, fmtMs(sc.Ack.Summary.P50), fmtMs(sc.Ack.Summary.P99), fmtMs(sc.Ack.Summary.Max),
+			fmtMs(sc.Labelled.Summary.P50), fmtMs(sc.Labelled.Summary.P99), fmtMs(sc.Labelled.Summary.Max),
+			sc.APIPerGroup, methods(sc.APIRequests))
 	}
+	p("\nWhere the CPU went over the same windows (the machine has %d cores; – where the bench did not start the cluster):\n\n", r.Machine.CPUs)
+	p("| groups | window | controller CPU | controller peak RSS | kube-apiserver | etcd | kube-controller-manager | bench (watches, listeners) |\n")
+	p("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, sc := range r.Scale {
+		p("| %d | %.2f s | %.2f s | %.0f MiB | %s | %s | %s | %.2f s |\n",
+			sc.Groups, sc.WindowSeconds, sc.CPUSeconds, sc.PeakRSSMiB,
+			cpuCell(sc.APIServerCPUSeconds), cpuCell(sc.EtcdCPUSeconds), cpuCell(sc.KCMCPUSeconds), sc.BenchCPUSeconds)
+	}
+	p("\n")
 }
 
 // targets checks the issue's targets: one group under 10 ms (p99) to the
@@ -244,7 +261,7 @@ func massText(mass string) string {
 
 func notes(r *Results) []string {
 	n := []string{
-		"The controller runs in its own process: the bench binary re-executed as a child that wires internal/controller as cmd/hapod-controller does (same flags, cache, client and notifier options) plus an OnPromotion hook that prints each promotion's timestamps, and pprof on 127.0.0.1. Its CPU time and peak RSS come from /proc/<pid>/stat and /proc/<pid>/status, its API requests from rest_client_requests_total on its /metrics.",
+		"The controller runs in its own process: the real hapod-controller binary, with -failover-records (each promotion's timestamps as JSON lines, which the bench reads) and -pprof-bind-address on 127.0.0.1. Its CPU time and peak RSS come from /proc/<pid>/stat and /proc/<pid>/status, its API requests from rest_client_requests_total on its /metrics.",
 		"Apps are pkg/role listeners in the bench process, one per pod, each bound to its own 127.x.y.z address; the controller runs with -notify-cidrs 127.0.0.0/8 and sends nowhere else. Pods are created bare (the bench is their ReplicaSet) with the hapod.io/pod-ip annotation, so every address is known, and bound, before the pod exists.",
 		"One group: pod IPs are in 198.18.0.0/15 (RFC 2544 benchmark range, API data only: nothing is sent there) because the API server refuses loopback addresses in EndpointSlices; the hapod.io/role-address annotation points the controller at the listener. The EndpointSlice stage is the first watch event after which the Service's ready addresses are exactly the new active's (what kube-proxy consumes). Between failovers the bench waits for a steady state: replacement standby Running, labelled and told, EndpointSlice settled.",
 		"The reference rows are a label PATCH by the bench itself, on the standby before each failover: what one API write costs here, to its response and to its event on a watch. A failover's label stage is two such writes in a row (the old active's label removed, then the new one's set, so that the Service never selects two pods), after the new active has been told.",

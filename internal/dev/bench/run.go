@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
 )
 
 // Options says what to measure and how the controller runs.
@@ -82,11 +85,22 @@ func Short() Options {
 	return o
 }
 
-func (o Options) controllerOptions(e *Env, ns string, port int, logPath string) controllerOptions {
-	return controllerOptions{
-		Exe: e.Exe, Kubeconfig: e.Kubeconfig, Namespace: ns, RolePort: port,
-		Workers: o.Workers, QPS: o.QPS, Burst: o.Burst, LogPath: logPath,
-	}
+// startController runs hapod-controller for one scenario: it manages the
+// bench's pods in ns (selector benchLabel=true, grouped by "app"), tells
+// them their role on port, and logs to <WorkDir>/<name>.log.
+func (o Options) startController(ctx context.Context, e *Env, ns string, port int, name string) (*ctrlproc.Controller, error) {
+	return ctrlproc.Start(ctx, ctrlproc.Options{
+		Bin: e.ControllerBin, Kubeconfig: e.Kubeconfig, Namespaces: ns,
+		LogPath: filepath.Join(e.WorkDir, name+".log"),
+		Args: []string{
+			"-selector", benchLabel + "=true",
+			"-group-label", "app",
+			"-role-port", strconv.Itoa(port),
+			"-workers", strconv.Itoa(o.Workers),
+			"-kube-api-qps", strconv.FormatFloat(o.QPS, 'f', -1, 64),
+			"-kube-api-burst", strconv.Itoa(o.Burst),
+		},
+	})
 }
 
 // Results is everything one run measured.
@@ -169,55 +183,17 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 			r.OneGroup = one
 		}
 	}
-
-	for _, b := range []struct {
-		t   Timings
-		run ElectionRun
-	}{{DefaultTimings, o.ElectionDefault}, {AggressiveTimings, o.ElectionAggressive}} {
-		if b.run.Groups == 0 || b.run.Rounds == 0 || !o.runs("election") {
-			continue
-		}
-		e.Log.Info("baseline: leader election", "timings", b.t.String(), "groups", b.run.Groups, "rounds", b.run.Rounds)
-		acq, lab, err := e.leaderElection(ctx, b.t, b.run)
-		if err != nil {
-			fail("leader election "+b.t.String(), err)
-		}
-		if len(lab) > 0 {
-			a := newSeries("lease held", durationsMs(acq))
-			r.Baselines = append(r.Baselines, Baseline{
-				System:   "client-go leaderelection " + b.t.String(),
-				Measure:  "leader crashed → new leader's pod labelled active",
-				Series:   newSeries("labelled", durationsMs(lab)),
-				Acquired: &a,
-			})
-		}
+	if o.runs("election") {
+		e.runElections(ctx, o, r, fail)
 	}
 	if o.NoStandby > 0 && o.runs("nostandby") {
-		e.Log.Info("baseline: no standby", "replacements", o.NoStandby)
-		ds, err := e.noStandby(ctx, o.NoStandby)
-		if err != nil {
-			fail("no standby", err)
-		}
-		if len(ds) > 0 {
-			with := make([]time.Duration, len(ds))
-			for i, d := range ds {
-				with[i] = d + o.InitDelay
-			}
-			kwokOnly := newSeries("replacement Ready (kwok)", durationsMs(ds))
-			r.Baselines = append(r.Baselines, Baseline{
-				System:   "no standby (1-replica ReplicaSet)",
-				Measure:  fmt.Sprintf("pod deleted → replacement Ready, + %v app init", o.InitDelay),
-				Series:   newSeries("ready + init", durationsMs(with)),
-				Acquired: &kwokOnly,
-			})
-		}
+		e.runNoStandby(ctx, o, r, fail)
 	}
 	if ref := r.hapodMedian(StageLabelled); ref > 0 {
 		for i := range r.Baselines {
 			r.Baselines[i].Ratio = r.Baselines[i].Series.Summary.P50 / ref
 		}
 	}
-
 	for _, n := range o.Groups {
 		if !o.runs("scale") {
 			break
@@ -237,6 +213,55 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 		return r, fmt.Errorf("%d scenario(s) failed: %s", len(r.Errors), strings.Join(r.Errors, "; "))
 	}
 	return r, nil
+}
+
+// runElections measures both leader-election baselines into r.
+func (e *Env) runElections(ctx context.Context, o Options, r *Results, fail func(string, error)) {
+	for _, b := range []struct {
+		t   Timings
+		run ElectionRun
+	}{{DefaultTimings, o.ElectionDefault}, {AggressiveTimings, o.ElectionAggressive}} {
+		if b.run.Groups == 0 || b.run.Rounds == 0 {
+			continue
+		}
+		e.Log.Info("baseline: leader election", "timings", b.t.String(), "groups", b.run.Groups, "rounds", b.run.Rounds)
+		acq, lab, err := e.leaderElection(ctx, b.t, b.run)
+		if err != nil {
+			fail("leader election "+b.t.String(), err)
+		}
+		if len(lab) > 0 {
+			a := newSeries("lease held", durationsMs(acq))
+			r.Baselines = append(r.Baselines, Baseline{
+				System:   "client-go leaderelection " + b.t.String(),
+				Measure:  "leader crashed → new leader's pod labelled active",
+				Series:   newSeries("labelled", durationsMs(lab)),
+				Acquired: &a,
+			})
+		}
+	}
+}
+
+// runNoStandby measures the no-standby baseline into r.
+func (e *Env) runNoStandby(ctx context.Context, o Options, r *Results, fail func(string, error)) {
+	e.Log.Info("baseline: no standby", "replacements", o.NoStandby)
+	ds, err := e.noStandby(ctx, o.NoStandby)
+	if err != nil {
+		fail("no standby", err)
+	}
+	if len(ds) == 0 {
+		return
+	}
+	with := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		with[i] = d + o.InitDelay
+	}
+	kwokOnly := newSeries("replacement Ready (kwok)", durationsMs(ds))
+	r.Baselines = append(r.Baselines, Baseline{
+		System:   "no standby (1-replica ReplicaSet)",
+		Measure:  fmt.Sprintf("pod deleted → replacement Ready, + %v app init", o.InitDelay),
+		Series:   newSeries("ready + init", durationsMs(with)),
+		Acquired: &kwokOnly,
+	})
 }
 
 // hapodMedian is the one-group median of a stage for the pod-deleted

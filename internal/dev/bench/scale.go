@@ -14,9 +14,10 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -61,136 +62,204 @@ type ScaleResult struct {
 // one node and every standby on another, then fails all of them over at
 // once. Pod IPs are on loopback, each pod's listener bound to its IP.
 func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error) {
-	trigger := o.Mass
-	ns, delNS, err := e.namespace(ctx, fmt.Sprintf("bench-scale-%d", n))
+	s := &scaleRun{e: e, o: o, n: n, port: 20000 + rand.IntN(40000)}
+	defer s.tearDown()
+	if err := s.setUp(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.createGroups(ctx); err != nil {
+		return nil, err
+	}
+	res := &ScaleResult{Groups: n, Trigger: o.Mass}
+	before, err := s.measureBefore(ctx, res)
 	if err != nil {
 		return nil, err
 	}
-	defer delNS()
+	profDone := s.startProfile(ctx, res)
+	starts, err := s.trigger(ctx)
+	if err != nil {
+		return nil, err
+	}
+	waitErr := waitUntil(ctx, 2*time.Minute, fmt.Sprintf("mass failover of %d groups", n), s.failedOver, s.ap.board.wait, s.pw.changed, s.ctl.Changed)
+	if err := s.measureAfter(ctx, res, before, starts[0]); err != nil {
+		return nil, err
+	}
+	s.latencies(res, starts)
+	if profDone != nil {
+		if err := <-profDone; err != nil {
+			e.Log.Warn("cpu profile", "err", err)
+			res.Profile = ""
+		}
+	}
+	return res, waitErr
+}
+
+// scaleRun is one mass failover: its cluster objects, watches, apps and
+// controller.
+type scaleRun struct {
+	e    *Env
+	o    Options
+	n    int
+	port int // every listener's
+
+	ns                string
+	nodeA, nodeB      string
+	ipsA, ipsB        *addrs
+	pw                *podWatch
+	ap                *apps
+	ctl               *ctrlproc.Controller
+	actives, standbys []string
+	cleanups          []func() // undone in reverse by tearDown
+}
+
+func (s *scaleRun) tearDown() {
+	for i := len(s.cleanups) - 1; i >= 0; i-- {
+		s.cleanups[i]()
+	}
+}
+
+// setUp creates the namespace, a node per side on its own loopback lane, the
+// pod watch, the apps and the controller.
+func (s *scaleRun) setUp(ctx context.Context) error {
+	e := s.e
+	ns, delNS, err := e.namespace(ctx, fmt.Sprintf("bench-scale-%d", s.n))
+	if err != nil {
+		return err
+	}
+	s.ns, s.cleanups = ns, append(s.cleanups, delNS)
 	laneA, laneB := loopbackLane(), loopbackLane()
 	for laneB == laneA {
 		laneB = loopbackLane()
 	}
-	ipsA, ipsB := &addrs{a: 127, b: laneA}, &addrs{a: 127, b: laneB}
-	nodeA, delA, err := e.node(ctx, "bench-a", fmt.Sprintf("127.%d.0.0/16", laneA))
+	s.ipsA, s.ipsB = newAddrs(laneA), newAddrs(laneB)
+	nodeA, delA, err := e.node(ctx, "bench-a", laneA.String())
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer delA()
-	nodeB, delB, err := e.node(ctx, "bench-b", fmt.Sprintf("127.%d.0.0/16", laneB))
+	s.nodeA, s.cleanups = nodeA, append(s.cleanups, delA)
+	nodeB, delB, err := e.node(ctx, "bench-b", laneB.String())
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer delB()
+	s.nodeB, s.cleanups = nodeB, append(s.cleanups, delB)
+	if s.pw, err = watchPods(ctx, e.cs, ns, benchLabel+"=true", ""); err != nil {
+		return err
+	}
+	s.cleanups = append(s.cleanups, s.pw.stop)
+	s.ap = newApps()
+	s.cleanups = append(s.cleanups, s.ap.closeAll)
+	if s.ctl, err = s.o.startController(ctx, e, ns, s.port, fmt.Sprintf("controller-scale-%d", s.n)); err != nil {
+		return err
+	}
+	s.cleanups = append(s.cleanups, s.ctl.Stop)
+	s.actives, s.standbys = s.names("a"), s.names("b")
+	return nil
+}
 
-	pw, err := watchPods(ctx, e.cs, ns, benchLabel+"=true")
-	if err != nil {
-		return nil, err
+func (s *scaleRun) names(side string) []string {
+	out := make([]string, s.n)
+	for i := range out {
+		out[i] = fmt.Sprintf("g%d-%s", i, side)
 	}
-	defer pw.stop()
-	ap := newApps()
-	defer ap.closeAll()
-	port := 20000 + rand.IntN(40000)
-	ctl, err := startController(ctx, o.controllerOptions(e, ns, port, filepath.Join(e.WorkDir, fmt.Sprintf("controller-scale-%d.log", n))))
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = ctl.Stop() }()
+	return out
+}
 
-	names := func(side string) []string {
-		out := make([]string, n)
-		for i := range out {
-			out[i] = fmt.Sprintf("g%d-%s", i, side)
-		}
-		return out
+// createGroups creates the actives first, each alone in its group, then the
+// standbys, and waits until every app knows its role, every standby is
+// labelled and the controller's setup writes (Lease reservations, Events)
+// have drained.
+func (s *scaleRun) createGroups(ctx context.Context) error {
+	setup := time.Duration(s.n)*30*time.Millisecond + 30*time.Second
+	if err := s.create(ctx, s.actives, s.nodeA, s.ipsA); err != nil {
+		return err
 	}
-	actives, standbys := names("a"), names("b")
-	create := func(pods []string, node string, ips *addrs) error {
-		specs := make([]podSpec, n)
-		for i, name := range pods {
-			ip := ips.take()
-			if err := ap.listen(ctx, name, netip.AddrPortFrom(ip, uint16(port))); err != nil {
-				return err
-			}
-			specs[i] = podSpec{name: name, group: fmt.Sprintf("g%d", i), node: node, ip: ip}
-		}
-		return parallel(ctx, 32, n, func(i int) error {
-			_, err := e.cs.CoreV1().Pods(ns).Create(ctx, newPod(specs[i]), metav1.CreateOptions{FieldManager: fieldManager})
-			return err
-		})
+	if err := waitUntil(ctx, setup, "every group has its active", s.told(s.actives, role.Active), s.ap.board.wait); err != nil {
+		return err
 	}
-	told := func(pods []string, want role.Role) func() bool {
-		return func() bool {
-			for _, p := range pods {
-				if s, _, _ := ap.state(p); s.Role != want {
-					return false
-				}
-			}
-			return true
-		}
+	if err := s.create(ctx, s.standbys, s.nodeB, s.ipsB); err != nil {
+		return err
 	}
-	setup := time.Duration(n)*30*time.Millisecond + 30*time.Second
-	// Actives first, each alone in its group; then the standbys.
-	if err := create(actives, nodeA, ipsA); err != nil {
-		return nil, err
-	}
-	if err := waitUntil(ctx, setup, "every group has its active", told(actives, role.Active), &ap.board); err != nil {
-		return nil, err
-	}
-	if err := create(standbys, nodeB, ipsB); err != nil {
-		return nil, err
-	}
-	if err := waitUntil(ctx, setup, "every standby told", told(standbys, role.Standby), &ap.board); err != nil {
-		return nil, err
+	if err := waitUntil(ctx, setup, "every standby told", s.told(s.standbys, role.Standby), s.ap.board.wait); err != nil {
+		return err
 	}
 	if err := waitUntil(ctx, setup, "every standby labelled", func() bool {
-		for _, p := range standbys {
-			if pod, ok := pw.get(p); !ok || pod.Labels[roleLabel] != standbyRole || !runningReady(pod) {
+		for _, p := range s.standbys {
+			if pod, ok := s.pw.get(p); !ok || pod.Labels[roleLabel] != standbyRole || !runningReady(pod) {
 				return false
 			}
 		}
 		return true
-	}, &pw.board); err != nil {
-		return nil, err
+	}, s.pw.changed); err != nil {
+		return err
 	}
-	// Let the setup's writes (Lease reservations, Events) drain.
-	if _, err := quiet(ctx, ctl, time.Second, 30*time.Second); err != nil {
-		return nil, err
-	}
+	_, err := quiet(ctx, s.ctl, time.Second, 30*time.Second)
+	return err
+}
 
-	res := &ScaleResult{Groups: n, Trigger: trigger}
-	before, err := e.snapshot(ctx, ctl)
+// create binds each pod's listener, then creates the pods.
+func (s *scaleRun) create(ctx context.Context, pods []string, node string, ips *addrs) error {
+	specs := make([]podSpec, s.n)
+	for i, name := range pods {
+		ip := ips.take()
+		if err := s.ap.listen(ctx, name, netip.AddrPortFrom(ip, uint16(s.port))); err != nil {
+			return err
+		}
+		specs[i] = podSpec{name: name, group: fmt.Sprintf("g%d", i), node: node, ip: ip}
+	}
+	return parallel(ctx, 32, s.n, func(i int) error {
+		_, err := s.e.cs.CoreV1().Pods(s.ns).Create(ctx, newPod(specs[i]), metav1.CreateOptions{FieldManager: fieldManager})
+		return err
+	})
+}
+
+// told is the condition that every app of pods holds want.
+func (s *scaleRun) told(pods []string, want role.Role) func() bool {
+	return func() bool {
+		for _, p := range pods {
+			if st, _, _ := s.ap.state(p); st.Role != want {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// measureBefore takes the counters the failover is measured against and
+// resets the controller's peak RSS.
+func (s *scaleRun) measureBefore(ctx context.Context, res *ScaleResult) (snapshot, error) {
+	before, err := s.e.snapshot(ctx, s.ctl)
 	if err != nil {
-		return nil, err
+		return before, err
 	}
 	res.RSSBeforeMiB = before.rss / (1 << 20)
-	if err := resetPeak(ctl.Pid()); err != nil {
-		return nil, err
-	}
-	var profDone chan error
-	if o.ProfileDir != "" && n == o.ProfileGroups {
-		res.Profile = filepath.Join(o.ProfileDir, fmt.Sprintf("controller-cpu-%d.pprof", n))
-		profDone = make(chan error, 1)
-		go func() { profDone <- ctl.cpuProfile(ctx, o.ProfileSeconds, res.Profile) }()
-		time.Sleep(100 * time.Millisecond) // the profile has started
-	}
+	return before, resetPeak(s.ctl.Pid())
+}
 
-	// The apps on the failed side are gone with it.
-	for _, p := range actives {
-		ap.close(p)
+// startProfile asks for a CPU profile of the controller if this is the
+// profiled size, and returns once the request is on its way (nil if none).
+func (s *scaleRun) startProfile(ctx context.Context, res *ScaleResult) chan error {
+	if s.o.ProfileDir == "" || s.n != s.o.ProfileGroups {
+		return nil
 	}
-	starts := make([]time.Time, n)
-	switch trigger {
+	res.Profile = filepath.Join(s.o.ProfileDir, fmt.Sprintf("controller-cpu-%d.pprof", s.n))
+	done := make(chan error, 1)
+	sent := make(chan struct{})
+	go func() { done <- cpuProfile(ctx, s.ctl.PprofURL(), s.o.ProfileSeconds, res.Profile, sent) }()
+	<-sent
+	return done
+}
+
+// trigger fails every active at once and returns when each group's clock
+// started: the node's failure for all (its apps are gone with it), or each
+// active's DELETE.
+func (s *scaleRun) trigger(ctx context.Context) ([]time.Time, error) {
+	for _, p := range s.actives {
+		s.ap.close(p)
+	}
+	starts := make([]time.Time, s.n)
+	switch s.o.Mass {
 	case MassNode:
-		// localcluster.FailNode in two steps, so that the clock starts
-		// at the write that fails the node: first kwok stops playing its
-		// kubelet (no more heartbeats), then its Ready condition turns
-		// Unknown.
-		if err := unmanage(ctx, e, nodeA); err != nil {
-			return nil, err
-		}
-		time.Sleep(200 * time.Millisecond) // kwok has let go of the node
-		t0, err := nodeUnknown(ctx, e, nodeA)
+		t0, err := localcluster.FailNode(ctx, s.e.cs, s.nodeA)
 		if err != nil {
 			return nil, err
 		}
@@ -198,49 +267,55 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 			starts[i] = t0
 		}
 	case MassDelete:
-		err := parallel(ctx, 64, n, func(i int) error {
-			p, ok := pw.get(actives[i])
+		err := parallel(ctx, 64, s.n, func(i int) error {
+			p, ok := s.pw.get(s.actives[i])
 			if !ok {
-				return fmt.Errorf("pod %s not on the watch", actives[i])
+				return fmt.Errorf("pod %s not on the watch", s.actives[i])
 			}
 			uid := p.UID
 			starts[i] = time.Now()
-			return e.cs.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+			return s.e.cs.CoreV1().Pods(s.ns).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 		})
 		if err != nil {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("unknown mass trigger %q", trigger)
+		return nil, fmt.Errorf("unknown mass trigger %q", s.o.Mass)
 	}
-	t0 := starts[0]
+	return starts, nil
+}
 
-	done := func() bool {
-		for i, p := range standbys {
-			if _, at, _ := ap.state(p); at.IsZero() {
-				return false
-			}
-			pod, ok := pw.get(p)
-			if !ok {
-				return false
-			}
-			if _, ok := pw.activeSince(pod.UID); !ok {
-				return false
-			}
-			if _, ok := ctl.promos.get(standbys[i]); !ok {
-				return false
-			}
+// failedOver: every standby's app has the role, its label is on the watch
+// and the controller recorded its promotion.
+func (s *scaleRun) failedOver() bool {
+	for _, p := range s.standbys {
+		if _, at, _ := s.ap.state(p); at.IsZero() {
+			return false
 		}
-		return true
+		pod, ok := s.pw.get(p)
+		if !ok {
+			return false
+		}
+		if _, ok := s.pw.activeSince(pod.UID); !ok {
+			return false
+		}
+		if _, ok := s.ctl.Promotion(p); !ok {
+			return false
+		}
 	}
-	waitErr := waitUntil(ctx, 2*time.Minute, fmt.Sprintf("mass failover of %d groups", n), done, &ap.board, &pw.board, &ctl.promos.board)
-	window, err := quiet(ctx, ctl, time.Second, 30*time.Second)
+	return true
+}
+
+// measureAfter waits until the controller's API requests stop, and fills in
+// the cost of the window from t0 until then.
+func (s *scaleRun) measureAfter(ctx context.Context, res *ScaleResult, before snapshot, t0 time.Time) error {
+	window, err := quiet(ctx, s.ctl, time.Second, 30*time.Second)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	after, err := e.snapshot(ctx, ctl)
+	after, err := s.e.snapshot(ctx, s.ctl)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	res.WindowSeconds = window.Sub(t0).Seconds()
 	res.CPUSeconds = after.cpu - before.cpu
@@ -250,23 +325,25 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	res.BenchCPUSeconds = after.benchCPU - before.benchCPU
 	res.PeakRSSMiB = after.peak / (1 << 20)
 	res.APIRequests = map[string]float64{}
-	var total float64
 	for m, v := range after.requests {
 		if d := v - before.requests[m]; d > 0 {
 			res.APIRequests[m] = d
-			total += d
 		}
 	}
+	return nil
+}
 
+// latencies fills in each completed group's stages, from its start.
+func (s *scaleRun) latencies(res *ScaleResult, starts []time.Time) {
 	var seen, ack, labelled, watched []time.Duration
-	for i, p := range standbys {
-		_, at, _ := ap.state(p)
-		pod, _ := pw.get(p)
+	for i, p := range s.standbys {
+		_, at, _ := s.ap.state(p)
+		pod, _ := s.pw.get(p)
 		var lw time.Time
 		if pod != nil {
-			lw, _ = pw.activeSince(pod.UID)
+			lw, _ = s.pw.activeSince(pod.UID)
 		}
-		pr, havePromo := ctl.promos.get(p)
+		pr, havePromo := s.ctl.Promotion(p)
 		if at.IsZero() || lw.IsZero() || !havePromo {
 			continue
 		}
@@ -283,37 +360,8 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	res.Labelled = newSeries("labelled", durationsMs(labelled))
 	res.LabelWatch = newSeries("label on watch", durationsMs(watched))
 	if res.Completed > 0 {
-		res.APIPerGroup = total / float64(res.Completed)
+		res.APIPerGroup = sum(res.APIRequests) / float64(res.Completed)
 	}
-	if profDone != nil {
-		if err := <-profDone; err != nil {
-			e.Log.Warn("cpu profile", "err", err)
-			res.Profile = ""
-		}
-	}
-	if waitErr != nil {
-		return res, waitErr
-	}
-	return res, nil
-}
-
-// unmanage removes the annotation by which kwok manages a node, as
-// localcluster.FailNode does first.
-func unmanage(ctx context.Context, e *Env, node string) error {
-	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:null}}}`, localcluster.KwokNodeAnnotation)
-	_, err := e.cs.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-	return err
-}
-
-// nodeUnknown writes what the node lifecycle controller writes when a
-// node's kubelet stops posting status, and returns when the write started.
-func nodeUnknown(ctx context.Context, e *Env, node string) (time.Time, error) {
-	now := metav1.Now().UTC().Format(time.RFC3339)
-	patch := fmt.Appendf(nil, `{"status":{"conditions":[{"type":"Ready","status":"Unknown","reason":"NodeStatusUnknown",`+
-		`"message":"Kubelet stopped posting node status.","lastHeartbeatTime":%q,"lastTransitionTime":%q}]}}`, now, now)
-	t0 := time.Now()
-	_, err := e.cs.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}, "status")
-	return t0, err
 }
 
 // parallel runs f(0..n-1) on at most k goroutines and returns the errors.
@@ -350,34 +398,40 @@ func parallel(ctx context.Context, k, n int, f func(i int) error) error {
 }
 
 // quiet waits until the controller's API request count has not moved for
-// d (at most max), and returns when it last moved.
-func quiet(ctx context.Context, ctl *controllerProc, d, limit time.Duration) (time.Time, error) {
-	deadline := time.Now().Add(limit)
-	last, err := ctl.apiRequests(ctx)
+// d (at most limit), and returns when it last moved. It scrapes /metrics
+// every scrapeEvery, not at every poll: a scrape costs the process measured.
+func quiet(ctx context.Context, ctl *ctrlproc.Controller, d, limit time.Duration) (time.Time, error) {
+	last, err := apiRequests(ctx, ctl.MetricsURL())
 	if err != nil {
 		return time.Time{}, err
 	}
-	lastChange := time.Now()
-	for time.Now().Before(deadline) {
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			return time.Time{}, ctx.Err()
+	lastChange, lastScrape := time.Now(), time.Now()
+	err = poll.Until(ctx, limit, func() (bool, error) {
+		if time.Since(lastScrape) < scrapeEvery {
+			return false, nil
 		}
-		cur, err := ctl.apiRequests(ctx)
+		cur, err := apiRequests(ctx, ctl.MetricsURL())
+		lastScrape = time.Now()
 		if err != nil {
-			return time.Time{}, err
+			return false, poll.Stop(err)
 		}
 		if sum(cur) != sum(last) {
 			last, lastChange = cur, time.Now()
-			continue
+			return false, nil
 		}
-		if time.Since(lastChange) >= d {
-			return lastChange, nil
-		}
+		return time.Since(lastChange) >= d, nil
+	})
+	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return lastChange, nil // still busy at limit: the window ends there
+	}
+	if err != nil {
+		return time.Time{}, err
 	}
 	return lastChange, nil
 }
+
+// scrapeEvery is quiet's pace.
+const scrapeEvery = 100 * time.Millisecond
 
 func sum(m map[string]float64) float64 {
 	var s float64
@@ -395,7 +449,7 @@ type snapshot struct {
 	requests                                     map[string]float64
 }
 
-func (e *Env) snapshot(ctx context.Context, ctl *controllerProc) (snapshot, error) {
+func (e *Env) snapshot(ctx context.Context, ctl *ctrlproc.Controller) (snapshot, error) {
 	var s snapshot
 	var err error
 	if s.cpu, err = cpuSeconds(ctl.Pid()); err != nil {
@@ -414,7 +468,7 @@ func (e *Env) snapshot(ctx context.Context, ctl *controllerProc) (snapshot, erro
 		s.kcmCPU, _ = cpuSeconds(e.KCMPID)
 	}
 	s.benchCPU, _ = cpuSeconds(os.Getpid())
-	s.requests, err = ctl.apiRequests(ctx)
+	s.requests, err = apiRequests(ctx, ctl.MetricsURL())
 	return s, err
 }
 

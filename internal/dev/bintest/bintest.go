@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/hapod/hapod/internal/dev/gobuild"
 )
 
 var builds struct {
@@ -35,10 +36,10 @@ func Build(t testing.TB, pkg string) string {
 		}
 		builds.dir, builds.bins = dir, map[string]string{}
 	}
-	bin := filepath.Join(builds.dir, filepath.Base(pkg))
-	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	if err := gobuild.Build(t.Context(), "", builds.dir, pkg); err != nil {
+		t.Fatal(err)
 	}
+	bin := filepath.Join(builds.dir, filepath.Base(pkg))
 	builds.bins[pkg] = bin
 	return bin
 }

@@ -21,7 +21,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -174,8 +176,8 @@ func Namespace(t testing.TB) string {
 // Node creates a kwok node named after the test, waits until it is Ready and untainted,
 // deletes it when the test ends, and returns its name. Its pod CIDR is podCIDR[0] if
 // given, else a /24 inside 127.0.0.0/8 that no node of the cluster has yet (from
-// 127.65.0.0 to 127.127.255.0, the second octet drawn at random per test binary, so
-// binaries that share a cluster rarely even try the same one).
+// 127.65.0.0 to 127.127.255.0, netplan.TestNodeOctets, the second octet drawn at random
+// per test binary, so binaries that share a cluster rarely even try the same one).
 //
 // The scheduler may place any pod on any Ready node, including kwok-node-0/1 and other
 // tests' nodes; pin a test's pods with nodeSelector kubernetes.io/hostname=<name>.
@@ -227,9 +229,10 @@ func allocateCIDR(ctx context.Context, cs kubernetes.Interface) (string, error) 
 	}
 	cidrs.Lock()
 	defer cidrs.Unlock()
-	for range 64 * 256 {
+	first, n := int(netplan.TestNodeOctets.First), int(netplan.TestNodeOctets.Last-netplan.TestNodeOctets.First)+1
+	for range n * 256 {
 		if cidrs.second == 0 || cidrs.third > 255 {
-			cidrs.second, cidrs.third = 65+rand.IntN(63), 0
+			cidrs.second, cidrs.third = first+rand.IntN(n), 0
 		}
 		c := fmt.Sprintf("127.%d.%d.0/24", cidrs.second, cidrs.third)
 		cidrs.third++
@@ -237,39 +240,23 @@ func allocateCIDR(ctx context.Context, cs kubernetes.Interface) (string, error) 
 			return c, nil
 		}
 	}
-	return "", fmt.Errorf("every /24 of 127.65.0.0-127.127.255.0 is in use")
+	return "", fmt.Errorf("every /24 of 127.%d.0.0-127.%d.255.0 is in use", netplan.TestNodeOctets.First, netplan.TestNodeOctets.Last)
 }
 
-// Eventually calls cond every 10 ms until it returns true, and fails the test if that
-// has not happened within timeout. An error from cond means "not yet, because ...": it
-// does not stop the polling, and the last one is reported if the deadline passes. To
-// stop at once, call t.Fatal in cond.
+// Eventually calls cond every poll.Interval until it returns true, and fails the test
+// if that has not happened within timeout. An error from cond means "not yet, because
+// ...": it does not stop the polling, and the last one is reported if the deadline
+// passes. To stop at once, call t.Fatal in cond.
 func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, error)) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
 	began := time.Now()
-	var last error
 	polls := 0
-	for {
-		ok, err := cond()
+	err := poll.Until(t.Context(), timeout, func() (bool, error) {
 		polls++
-		if ok && err == nil {
-			return
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				t.Fatalf("condition not met within %s (%d polls); last: %v", time.Since(began).Round(time.Millisecond), polls, last)
-			}
-			t.Fatalf("condition not met within %s (%d polls)", time.Since(began).Round(time.Millisecond), polls)
-		case <-tick.C:
-		}
+		return cond()
+	})
+	if err != nil {
+		t.Fatalf("condition not met within %s (%d polls): %v", time.Since(began).Round(time.Millisecond), polls, err)
 	}
 }
 
@@ -278,7 +265,7 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, error)) 
 // localcluster.FailNode).
 func FailNode(t testing.TB, name string) {
 	t.Helper()
-	if err := localcluster.FailNode(t.Context(), Clientset(t), name); err != nil {
+	if _, err := localcluster.FailNode(t.Context(), Clientset(t), name); err != nil {
 		t.Fatalf("clustertest: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 // Package clustertest runs tests against a real local Kubernetes control plane
 // (package localcluster): one cluster per test binary, a namespace and kwok nodes per
-// test, polling with deadlines, and helpers that play the kubelet.
+// test, polling with deadlines (Eventually, on internal/dev/poll), and helpers that play
+// the kubelet.
 //
 // Use it from TestMain:
 //

@@ -16,6 +16,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/poll"
 )
 
 // Versions pins the version of every component of the control plane.
@@ -249,8 +252,7 @@ func (b *builder) goCmd(ctx context.Context, dir string, extraEnv []string, args
 	cmd.Stderr = b.logFile
 	_, _ = fmt.Fprintf(b.logFile, "+ (cd %s && go %s)\n", dir, strings.Join(args, " "))
 	if err := cmd.Run(); err != nil {
-		tail, _ := tailFile(b.logPath, 30)
-		return nil, fmt.Errorf("go %s: %w; tail of %s:\n%s", args[0], err, b.logPath, tail)
+		return nil, fmt.Errorf("go %s: %w; tail of %s:\n%s", args[0], err, b.logPath, child.Tail(b.logPath, 30))
 	}
 	return stdout.Bytes(), nil
 }
@@ -393,20 +395,20 @@ func lockFile(ctx context.Context, path string) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open build lock: %w", err)
 	}
-	for {
+	// Bounded by ctx; a cold build by another process takes about 8 minutes.
+	err = poll.Until(ctx, time.Hour, func() (bool, error) {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { _ = f.Close() }, nil // closing releases the lock
+		if err != nil && !errors.Is(err, syscall.EWOULDBLOCK) {
+			return false, poll.Stop(fmt.Errorf("lock %s: %w", path, err))
 		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			_ = f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			_ = f.Close()
+		return err == nil, nil
+	})
+	if err != nil {
+		_ = f.Close()
+		if ctx.Err() != nil {
 			return nil, fmt.Errorf("waiting for another build of the cluster binaries (lock %s): %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
 		}
+		return nil, err
 	}
+	return func() { _ = f.Close() }, nil // closing releases the lock
 }

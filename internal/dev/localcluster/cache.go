@@ -1,7 +1,6 @@
 package localcluster
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -128,18 +127,4 @@ func resolveCacheDir(dir string) (string, error) {
 		return DefaultCacheDir()
 	}
 	return filepath.Abs(dir)
-}
-
-// tailFile returns the last n lines of a file, for error messages.
-func tailFile(path string, n int) (string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	data = bytes.TrimRight(data, "\n")
-	lines := bytes.Split(data, []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n"))), nil
 }

@@ -29,6 +29,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -38,18 +40,19 @@ import (
 const PodIPAnnotation = role.PodIPAnnotation
 
 // DefaultNodePodCIDRs are the pod CIDRs of the nodes Start creates, kwok-node-0 and
-// kwok-node-1: inside 127.0.0.0/8, so local processes can bind the pods' IPs.
-var DefaultNodePodCIDRs = []string{"127.64.0.0/24", "127.64.1.0/24"}
+// kwok-node-1: inside 127.0.0.0/8 (netplan.DefaultNodes), so local processes can bind
+// the pods' IPs.
+var DefaultNodePodCIDRs = []string{netplan.Subnet24(netplan.DefaultNodes, 0).String(), netplan.Subnet24(netplan.DefaultNodes, 1).String()}
 
-// Fixed address ranges of every cluster.
-const (
+// Fixed address ranges of every cluster (see netplan).
+var (
 	// kwokFallbackCIDR gives IPs to pods on nodes without a pod CIDR (kwok --cidr).
-	kwokFallbackCIDR = "127.63.0.0/16"
+	kwokFallbackCIDR = netplan.KwokFallback.String()
 	// serviceCIDR holds Service cluster IPs. Nothing routes them (there is no kube-proxy);
 	// they are API data only.
-	serviceCIDR = "10.96.0.0/16"
+	serviceCIDR = netplan.Services.String()
 	// nodeIP is every kwok node's InternalIP, and so the hostIP of every pod.
-	nodeIP = "127.0.0.1"
+	nodeIP = netplan.Host.String()
 )
 
 //go:embed stages.yaml
@@ -173,11 +176,6 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		bins:       bins,
 		failed:     make(chan struct{}),
 	}
-	for _, d := range []string{"logs", "etcd", "kwok", "kcm", "scheduler"} {
-		if err := os.MkdirAll(filepath.Join(runDir, d), 0o755); err != nil {
-			return nil, fmt.Errorf("create run dir: %w", err)
-		}
-	}
 	defer func() {
 		if err != nil {
 			if stopErr := c.Stop(); stopErr != nil {
@@ -185,30 +183,70 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 			}
 		}
 	}()
+	if err := c.prepareRunDir(); err != nil {
+		return c, err
+	}
+	pk, err := c.writeCredentials()
+	if err != nil {
+		return c, err
+	}
+	etcdURL, err := c.startEtcd(ctx)
+	if err != nil {
+		return c, err
+	}
+	log.Debug("component healthy", "component", "etcd", "after", time.Since(began).String())
+	if err := c.startAPIServer(ctx, pk, etcdURL); err != nil {
+		return c, err
+	}
+	log.Debug("component healthy", "component", "kube-apiserver", "after", time.Since(began).String())
+	if err := c.startControllers(ctx, pk); err != nil {
+		return c, err
+	}
+	log.Debug("components healthy", "after", time.Since(began).String())
+	if err := c.createNodes(ctx, opts.NodePodCIDRs); err != nil {
+		return c, err
+	}
+	log.Info("local cluster up", "kubeconfig", c.kubeconfig, "apiserver", c.restConfig.Host,
+		"nodes", len(opts.NodePodCIDRs), "took", time.Since(began).Round(10*time.Millisecond).String())
+	return c, nil
+}
+
+// prepareRunDir creates the run directory and its state file (which names this
+// process as the owner), and picks the components' ports.
+func (c *Cluster) prepareRunDir() error {
+	for _, d := range []string{"logs", "etcd", "kwok", "kcm", "scheduler"} {
+		if err := os.MkdirAll(filepath.Join(c.runDir, d), 0o755); err != nil {
+			return fmt.Errorf("create run dir: %w", err)
+		}
+	}
 	ownerStart, err := ProcStartTime(os.Getpid())
 	if err != nil {
-		return c, err
+		return err
 	}
 	c.state = State{OwnerPID: os.Getpid(), OwnerStartTime: ownerStart, Kubeconfig: c.kubeconfig}
-	if err := writeState(runDir, &c.state); err != nil {
-		return c, err
+	if err := writeState(c.runDir, &c.state); err != nil {
+		return err
 	}
-
 	p, err := FreePorts(5)
 	if err != nil {
-		return c, err
+		return err
 	}
 	c.ports = ports{etcdClient: p[0], etcdPeer: p[1], apiserver: p[2], kcm: p[3], scheduler: p[4]}
+	return nil
+}
 
+// writeCredentials generates the certificates and keys, the admin kubeconfig and
+// kwok's stages.
+func (c *Cluster) writeCredentials() (*pki, error) {
 	_, svcNet, _ := net.ParseCIDR(serviceCIDR)
 	svcIP := append(net.IP{}, svcNet.IP.To4()...)
 	svcIP[3]++ // the first address is the kubernetes Service's
 	pk, err := newPKI(svcIP)
 	if err != nil {
-		return c, err
+		return nil, err
 	}
-	if err := pk.write(filepath.Join(runDir, "pki")); err != nil {
-		return c, err
+	if err := pk.write(filepath.Join(c.runDir, "pki")); err != nil {
+		return nil, err
 	}
 	c.restConfig = &rest.Config{
 		Host: "https://127.0.0.1:" + strconv.Itoa(c.ports.apiserver),
@@ -217,35 +255,35 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		},
 	}
 	if err := writeKubeconfig(c.kubeconfig, c.restConfig); err != nil {
-		return c, err
+		return nil, err
 	}
-	stages := filepath.Join(runDir, "kwok", "stages.yaml")
-	if err := os.WriteFile(stages, kwokStages, 0o644); err != nil {
-		return c, err
-	}
+	return pk, os.WriteFile(c.stagesPath(), kwokStages, 0o644)
+}
 
-	// etcd
+func (c *Cluster) stagesPath() string { return filepath.Join(c.runDir, "kwok", "stages.yaml") }
+
+// startEtcd starts etcd, waits until it is healthy and returns its client URL.
+func (c *Cluster) startEtcd(ctx context.Context) (string, error) {
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(c.ports.etcdClient)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(c.ports.etcdPeer)
-	etcd, err := c.startProcess("etcd", bins.Etcd, nil,
+	etcd, err := c.startProcess("etcd", c.bins.Etcd, nil,
 		"--name", "hapod",
-		"--data-dir", filepath.Join(runDir, "etcd"),
+		"--data-dir", filepath.Join(c.runDir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 		"--initial-cluster", "hapod="+peerURL,
 		"--unsafe-no-fsync", // throwaway data: durability buys nothing, fsync costs latency
 		"--log-level", "warn")
 	if err != nil {
-		return c, err
+		return "", err
 	}
-	if err := c.waitHealthy(ctx, etcd, etcdURL+"/health", plainClient(), `"health":"true"`); err != nil {
-		return c, err
-	}
-	log.Debug("component healthy", "component", "etcd", "after", time.Since(began).String())
+	return etcdURL, c.waitHealthy(ctx, etcd, etcdURL+"/health", plainClient(), `"health":"true"`)
+}
 
-	// kube-apiserver
+// startAPIServer starts kube-apiserver on etcd and waits until it is ready.
+func (c *Cluster) startAPIServer(ctx context.Context, pk *pki, etcdURL string) error {
 	pkiPath := pk.path
-	apiserver, err := c.startProcess("kube-apiserver", bins.KubeAPIServer, nil,
+	apiserver, err := c.startProcess("kube-apiserver", c.bins.KubeAPIServer, nil,
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.apiserver),
 		"--advertise-address", "127.0.0.1",
@@ -262,23 +300,25 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		"--allow-privileged=true",
 		"--profiling=false")
 	if err != nil {
-		return c, err
+		return err
 	}
 	adminHTTP, err := adminClient(pk)
 	if err != nil {
-		return c, err
+		return err
 	}
-	if err := c.waitHealthy(ctx, apiserver, c.restConfig.Host+"/readyz", adminHTTP, ""); err != nil {
-		return c, err
-	}
-	log.Debug("component healthy", "component", "kube-apiserver", "after", time.Since(began).String())
+	return c.waitHealthy(ctx, apiserver, c.restConfig.Host+"/readyz", adminHTTP, "")
+}
 
-	// kube-controller-manager, kube-scheduler and kwok only need the API server.
-	kcm, err := c.startProcess("kube-controller-manager", bins.KubeControllerManager, nil,
+// startControllers starts kube-controller-manager, kube-scheduler and kwok, which
+// only need the API server, and waits until the first two are healthy (kwok's health
+// is that it makes nodes Ready: createNodes waits for that).
+func (c *Cluster) startControllers(ctx context.Context, pk *pki) error {
+	pkiPath := pk.path
+	kcm, err := c.startProcess("kube-controller-manager", c.bins.KubeControllerManager, nil,
 		"--kubeconfig", c.kubeconfig,
 		"--authentication-kubeconfig", c.kubeconfig, "--authorization-kubeconfig", c.kubeconfig,
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.kcm),
-		"--cert-dir", filepath.Join(runDir, "kcm"),
+		"--cert-dir", filepath.Join(c.runDir, "kcm"),
 		"--leader-elect=false",
 		"--controllers", "*",
 		"--allocate-node-cidrs=false", // nodes get their pod CIDR from whoever creates them
@@ -288,23 +328,23 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		"--service-cluster-ip-range", serviceCIDR,
 		"--profiling=false")
 	if err != nil {
-		return c, err
+		return err
 	}
-	scheduler, err := c.startProcess("kube-scheduler", bins.KubeScheduler, nil,
+	scheduler, err := c.startProcess("kube-scheduler", c.bins.KubeScheduler, nil,
 		"--kubeconfig", c.kubeconfig,
 		"--authentication-kubeconfig", c.kubeconfig, "--authorization-kubeconfig", c.kubeconfig,
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.scheduler),
-		"--cert-dir", filepath.Join(runDir, "scheduler"),
+		"--cert-dir", filepath.Join(c.runDir, "scheduler"),
 		"--leader-elect=false",
 		"--profiling=false")
 	if err != nil {
-		return c, err
+		return err
 	}
-	kwok, err := c.startProcess("kwok", bins.Kwok,
+	kwok, err := c.startProcess("kwok", c.bins.Kwok,
 		// kwok would also read ~/.kwok/kwok.yaml; point its work dir into the run dir.
-		[]string{"KWOK_WORKDIR=" + filepath.Join(runDir, "kwok")},
+		[]string{"KWOK_WORKDIR=" + filepath.Join(c.runDir, "kwok")},
 		"--kubeconfig", c.kubeconfig,
-		"--config", stages,
+		"--config", c.stagesPath(),
 		// Only annotated nodes (NewNode's): removing the annotation stops
 		// kwok's heartbeats, which is how tests fail a node (FailNode).
 		"--manage-nodes-with-annotation-selector", KwokNodeAnnotation+"=fake",
@@ -312,39 +352,40 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		"--cidr", kwokFallbackCIDR,
 		"--node-ip", nodeIP)
 	if err != nil {
-		return c, err
+		return err
 	}
 	insecure := insecureClient()
 	if err := c.waitHealthy(ctx, kcm, "https://127.0.0.1:"+strconv.Itoa(c.ports.kcm)+"/healthz", insecure, ""); err != nil {
-		return c, err
+		return err
 	}
 	if err := c.waitHealthy(ctx, scheduler, "https://127.0.0.1:"+strconv.Itoa(c.ports.scheduler)+"/healthz", insecure, ""); err != nil {
-		return c, err
+		return err
 	}
 	if kwok.exited() {
-		return c, kwok.exitError()
+		return kwok.exitError()
 	}
-	log.Debug("components healthy", "after", time.Since(began).String())
+	return nil
+}
 
+// createNodes creates kwok-node-<i> for each pod CIDR at once, then waits until
+// every one is Ready.
+func (c *Cluster) createNodes(ctx context.Context, podCIDRs []string) error {
 	client, err := kubernetes.NewForConfig(c.RESTConfig())
 	if err != nil {
-		return c, err
+		return err
 	}
 	c.client = client
-	// kwok's health is that it makes nodes Ready: create the nodes at once, then wait.
-	for i, cidr := range opts.NodePodCIDRs {
+	for i, cidr := range podCIDRs {
 		if _, err := client.CoreV1().Nodes().Create(ctx, NewNode(fmt.Sprintf("kwok-node-%d", i), cidr), metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
-			return c, fmt.Errorf("create node kwok-node-%d: %w", i, err)
+			return fmt.Errorf("create node kwok-node-%d: %w", i, err)
 		}
 	}
-	for i := range opts.NodePodCIDRs {
+	for i := range podCIDRs {
 		if _, err := WaitNodeReady(ctx, client, fmt.Sprintf("kwok-node-%d", i)); err != nil {
-			return c, err
+			return err
 		}
 	}
-	log.Info("local cluster up", "kubeconfig", c.kubeconfig, "apiserver", c.restConfig.Host,
-		"nodes", len(opts.NodePodCIDRs), "took", time.Since(began).Round(10*time.Millisecond).String())
-	return c, nil
+	return nil
 }
 
 // startProcess starts a component with its output in logs/<name>.log and records it in
@@ -380,34 +421,35 @@ func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.procs = append(c.procs, p)
-	c.state.Processes = append(c.state.Processes, StateProcess{Name: name, PID: cmd.Process.Pid, Exe: bin})
+	// /proc/<pid>/exe names the binary with symlinks resolved (a work tree's
+	// .cache/cluster/bin may be a link into another tree's cache): record it so,
+	// or the pid-reuse guard would take the component for another process.
+	exe, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		exe = bin
+	}
+	c.state.Processes = append(c.state.Processes, StateProcess{Name: name, PID: cmd.Process.Pid, Exe: exe})
 	return p, writeState(c.runDir, &c.state)
 }
 
 // waitHealthy polls url until it answers 200 (with want in the body, if set), the
 // process exits, or ctx ends.
 func (c *Cluster) waitHealthy(ctx context.Context, p *process, url string, hc *http.Client, want string) error {
-	var lastErr error
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	err := poll.Until(ctx, time.Hour, func() (bool, error) { // bounded by ctx: Options.Timeout
 		if p.exited() {
 			err := p.exitError()
 			if strings.Contains(err.Error(), "address already in use") {
-				return fmt.Errorf("%w: %w", errPortTaken, err)
+				return false, poll.Stop(fmt.Errorf("%w: %w", errPortTaken, err))
 			}
-			return err
+			return false, poll.Stop(err)
 		}
-		if lastErr = probe(ctx, hc, url, want); lastErr == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s not healthy at %s before the deadline (%w), last probe: %v; tail of %s:\n%s",
-				p.name, url, ctx.Err(), lastErr, p.logPath, logTail(p.logPath))
-		case <-tick.C:
-		}
+		err := probe(ctx, hc, url, want)
+		return err == nil, err
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("%s not healthy at %s before the deadline: %w; tail of %s:\n%s", p.name, url, err, p.logPath, child.Tail(p.logPath, 25))
 	}
+	return err
 }
 
 func probe(ctx context.Context, hc *http.Client, url, want string) error {

@@ -3,14 +3,18 @@ package localcluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
-	"github.com/hapod/hapod/pkg/role"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/election"
+	"github.com/hapod/hapod/pkg/role"
 )
 
 // KwokNodeAnnotation marks the nodes kwok manages (value "fake").
@@ -79,33 +83,25 @@ func warmIPPool(ctx context.Context, client kubernetes.Interface, node string) e
 		},
 	}
 	pods := client.CoreV1().Pods(metav1.NamespaceDefault)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
 	var created *corev1.Pod
-	var last error
-	for created == nil || created.Status.PodIP == "" {
+	err := poll.Until(ctx, time.Hour, func() (bool, error) { // bounded by ctx
+		var got *corev1.Pod
 		var err error
 		if created == nil {
 			// Refused until kube-controller-manager made the namespace's
 			// default ServiceAccount, right after a cluster starts.
-			created, err = pods.Create(ctx, pod, metav1.CreateOptions{FieldManager: FieldManager})
-			if err != nil {
-				created = nil
-			}
+			got, err = pods.Create(ctx, pod, metav1.CreateOptions{FieldManager: FieldManager})
 		} else {
-			created, err = pods.Get(ctx, created.Name, metav1.GetOptions{})
+			got, err = pods.Get(ctx, created.Name, metav1.GetOptions{})
 		}
 		if err != nil {
-			last = err
+			return false, err
 		}
-		if created != nil && created.Status.PodIP != "" {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("node %s: warm-up pod got no IP (last error: %v): %w", node, last, ctx.Err())
-		case <-tick.C:
-		}
+		created = got
+		return created.Status.PodIP != "", nil
+	})
+	if err != nil {
+		return fmt.Errorf("node %s: warm-up pod got no IP: %w", node, err)
 	}
 	if err := pods.Delete(ctx, created.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
 		return fmt.Errorf("node %s: delete warm-up pod: %w", node, err)
@@ -117,46 +113,34 @@ func warmIPPool(ctx context.Context, client kubernetes.Interface, node string) e
 // API server taints a new node not-ready; the node lifecycle controller lifts the taint
 // once kwok has made it Ready).
 func WaitNodeReady(ctx context.Context, client kubernetes.Interface, name string) (*corev1.Node, error) {
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var last string
-	for {
-		n, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		switch {
+	var n *corev1.Node
+	err := poll.Until(ctx, time.Hour, func() (bool, error) { // bounded by ctx
+		var err error
+		switch n, err = client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); {
 		case err != nil:
-			last = err.Error()
-		case !nodeReady(n):
-			last = "not Ready"
+			return false, err
+		case election.NodeReadyStatus(n) != corev1.ConditionTrue:
+			return false, errors.New("not Ready")
 		case len(n.Spec.Taints) > 0:
-			last = fmt.Sprintf("Ready but tainted %v", n.Spec.Taints)
-		default:
-			return n, nil
+			return false, fmt.Errorf("Ready but tainted %v", n.Spec.Taints)
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("node %s not Ready and untainted (%s): %w; is kwok running?", name, last, ctx.Err())
-		case <-tick.C:
-		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node %s not Ready and untainted: %w; is kwok running?", name, err)
 	}
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	return n, nil
 }
 
 // FailNode makes a node fail as a dead kubelet's would: kwok stops managing
 // it (no more heartbeats), and its Ready condition turns Unknown with the
 // reason the node lifecycle controller gives, written at once instead of
-// after the node-monitor grace period.
-func FailNode(ctx context.Context, client kubernetes.Interface, name string) error {
+// after the node-monitor grace period. It returns when the Ready write was
+// sent: the moment the node failed, for anyone timing what follows.
+func FailNode(ctx context.Context, client kubernetes.Interface, name string) (time.Time, error) {
 	unmanage := []byte(`{"metadata":{"annotations":{"` + KwokNodeAnnotation + `":null}}}`)
 	if _, err := client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, unmanage, metav1.PatchOptions{FieldManager: FieldManager}); err != nil {
-		return fmt.Errorf("stop kwok managing node %s: %w", name, err)
+		return time.Time{}, fmt.Errorf("stop kwok managing node %s: %w", name, err)
 	}
 	now := metav1.Now()
 	status, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{{
@@ -164,10 +148,11 @@ func FailNode(ctx context.Context, client kubernetes.Interface, name string) err
 		Message: "Kubelet stopped posting node status.", LastHeartbeatTime: now, LastTransitionTime: now,
 	}}}})
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
+	sent := time.Now()
 	if _, err := client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, status, metav1.PatchOptions{FieldManager: FieldManager}, "status"); err != nil {
-		return fmt.Errorf("mark node %s NotReady: %w", name, err)
+		return time.Time{}, fmt.Errorf("mark node %s NotReady: %w", name, err)
 	}
-	return nil
+	return sent, nil
 }

@@ -1,6 +1,7 @@
 package localcluster
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/poll"
 )
 
 // process is one component the cluster started.
@@ -33,37 +37,20 @@ func (p *process) exited() bool {
 
 // exitError describes an unexpected exit with the tail of the component's log.
 func (p *process) exitError() error {
-	return fmt.Errorf("%s exited (%v); tail of %s:\n%s", p.name, p.waitErr, p.logPath, logTail(p.logPath))
-}
-
-func logTail(path string) string {
-	tail, err := tailFile(path, 25)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	return tail
+	return fmt.Errorf("%s exited (%v); tail of %s:\n%s", p.name, p.waitErr, p.logPath, child.Tail(p.logPath, 25))
 }
 
 // stop sends SIGTERM to the process group, then SIGKILL if it has not exited within
-// grace. It reports whether SIGKILL was needed.
+// grace (child.Terminate). It reports whether SIGKILL was needed.
 func (p *process) stop(grace time.Duration) (killed bool, err error) {
 	if p.exited() {
 		return false, nil
 	}
-	pid := p.cmd.Process.Pid
-	_ = syscall.Kill(-pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return false, nil
-	case <-time.After(grace):
+	killed = child.Terminate(p.cmd.Process.Pid, p.done, grace)
+	if !p.exited() {
+		return killed, fmt.Errorf("%s (pid %d) has not exited 10s after SIGKILL", p.name, p.cmd.Process.Pid)
 	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-		return true, nil
-	case <-time.After(10 * time.Second):
-		return true, fmt.Errorf("%s (pid %d) has not exited 10s after SIGKILL", p.name, pid)
-	}
+	return killed, nil
 }
 
 // State is the content of the state file in a run directory: enough for another
@@ -151,15 +138,11 @@ func stopPID(p StateProcess, grace time.Duration) error {
 	return fmt.Errorf("%s (pid %d) still runs after SIGKILL", p.Name, p.PID)
 }
 
+// waitGone waits up to d for the process to end. Stopping must finish also when the
+// caller's context is done (an interrupted tour still stops its cluster), so it has
+// none of its own.
 func waitGone(p StateProcess, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for runs(p.PID, p.Exe) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return true
+	return poll.Until(context.Background(), d, func() (bool, error) { return !runs(p.PID, p.Exe), nil }) == nil
 }
 
 // runs reports whether pid is a live process executing exe. A zombie has no exe link,

@@ -12,8 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +25,8 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/dev/rolerecord"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -121,7 +121,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 	if p == nil {
 		return nil // deleted meanwhile
 	}
-	k.obs.mark(uid, func(v *podView) { v.ProcStarted = time.Now() })
+	k.obs.Mark(uid, func(v *podView) { v.X.ProcStarted = time.Now() })
 
 	roleAddr := netip.AddrPortFrom(addr, uint16(k.rolePort)).String()
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
@@ -144,7 +144,7 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 		}
 		return err
 	}
-	k.obs.mark(uid, func(v *podView) { v.ProbeOK = time.Now() })
+	k.obs.Mark(uid, func(v *podView) { v.X.ProbeOK = time.Now() })
 	sent, err := podstatus.Write(k.ctx, k.cs, k.ns, name, uid, FieldManager, podstatus.Ready)
 	if err != nil {
 		if apierrors.IsNotFound(err) || k.ctx.Err() != nil {
@@ -152,9 +152,13 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 		}
 		return fmt.Errorf("write Ready: %w", err)
 	}
-	k.obs.mark(uid, func(v *podView) { v.ReadyWritten = sent })
+	k.obs.Mark(uid, func(v *podView) { v.X.ReadyWritten = sent })
 	return nil
 }
+
+// roleRecordsFD is the descriptor on which a pod's process writes its role records: the
+// write end of a pipe the tour reads (cmd.ExtraFiles[0] is descriptor 3).
+const roleRecordsFD = "/dev/fd/3"
 
 // start starts the pod's process. It returns nil, nil if the pod went meanwhile.
 func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, error) {
@@ -163,17 +167,19 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 	if err != nil {
 		return nil, err
 	}
+	defer func() { _ = logFile.Close() }() // the child has its own descriptor
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		_ = logFile.Close()
 		return nil, err
 	}
 	cmd := exec.Command(k.bin,
 		"-http-addr", netip.AddrPortFrom(addr, uint16(k.httpPort)).String(),
 		"-role-addr", netip.AddrPortFrom(addr, uint16(k.rolePort)).String(),
 		"-pod-name", name, "-pod-uid", string(uid),
-		"-init-delay", k.initDelay.String())
-	cmd.Stdout, cmd.Stderr = logFile, pw
+		"-init-delay", k.initDelay.String(),
+		"-role-records", roleRecordsFD)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = []*os.File{pw}
 	p := &proc{pod: name, uid: uid, addr: addr, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 
 	k.mu.Lock()
@@ -181,7 +187,6 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 		k.mu.Unlock()
 		_ = pr.Close()
 		_ = pw.Close()
-		_ = logFile.Close()
 		return nil, nil
 	}
 	err = child.Start(cmd)
@@ -189,18 +194,17 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 	if err != nil {
 		k.mu.Unlock()
 		_ = pr.Close()
-		_ = logFile.Close()
 		return nil, fmt.Errorf("start hapod-demo: %w", err)
 	}
 	k.procs[uid] = p
 	k.mu.Unlock()
 
-	k.wg.Go(func() { k.readLog(p, pr, logFile) })
+	k.wg.Go(func() { k.readRoles(p, pr) })
 	k.wg.Go(func() {
 		err := cmd.Wait()
-		k.obs.mark(uid, func(v *podView) { v.ProcExited = time.Now() })
+		k.obs.Mark(uid, func(v *podView) { v.X.ProcExited = time.Now() })
 		if !p.stopping.Load() && k.ctx.Err() == nil {
-			k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, err, logPath, tail(logPath, 10))
+			k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, err, logPath, child.Tail(logPath, 10))
 		}
 		k.pool.put(addr)
 		close(p.done)
@@ -208,25 +212,18 @@ func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, err
 	return p, nil
 }
 
-// roleLine matches the demo app's log line for a role change (cmd/hapod-demo).
-var roleLine = regexp.MustCompile(`msg="Role changed" .*\brole=(\w+) epoch=(\d+)`)
-
-// readLog copies the process's stderr to its log, each line prefixed with the time the
-// tour read it, and records the role changes it logs.
-func (k *kubelet) readLog(p *proc, r io.ReadCloser, logFile *os.File) {
-	defer func() { _ = logFile.Close() }()
+// readRoles records the role changes the process reports on its role-records pipe,
+// until it exits.
+func (k *kubelet) readRoles(p *proc, r io.ReadCloser) {
 	defer func() { _ = r.Close() }()
-	w := bufio.NewWriter(logFile)
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		now := time.Now()
-		line := sc.Text()
-		if m := roleLine.FindStringSubmatch(line); m != nil {
-			epoch, _ := strconv.ParseUint(m[2], 10, 64)
-			k.obs.appSaid(p.uid, now, m[1], epoch)
+		c, err := rolerecord.Decode(sc.Bytes())
+		if err != nil {
+			k.obs.problem("pod %s: %v", p.pod, err)
+			continue
 		}
-		fmt.Fprintf(w, "%s %s\n", now.Format("15:04:05.000000"), line)
-		_ = w.Flush()
+		k.obs.appSaid(p.uid, c.At, c.Role, c.Epoch)
 	}
 }
 
@@ -237,41 +234,39 @@ var errStopped = errors.New("stopped")
 // probe polls the process's /readyz until it answers 200.
 func (k *kubelet) probe(p *proc) error {
 	url := "http://" + netip.AddrPortFrom(p.addr, uint16(k.httpPort)).String() + "/readyz"
-	ctx, cancel := context.WithTimeout(k.ctx, k.probeTimeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	last := "no answer yet"
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := k.http.Do(req)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
+	err := poll.Until(k.ctx, k.probeTimeout, func() (bool, error) {
 		select {
 		case <-p.done:
 			if p.stopping.Load() {
-				return errStopped
+				return false, poll.Stop(errStopped)
 			}
-			return fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, tail(p.logPath, 10))
-		case <-ctx.Done():
-			if k.ctx.Err() != nil {
-				return errStopped
-			}
-			return fmt.Errorf("%s not 200 within %s (last: %s)", url, k.probeTimeout, last)
-		case <-tick.C:
+			return false, poll.Stop(fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, child.Tail(p.logPath, 10)))
+		default:
 		}
+		req, err := http.NewRequestWithContext(k.ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return false, poll.Stop(err)
+		}
+		resp, err := k.http.Do(req)
+		if err != nil {
+			return false, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return false, errors.New(resp.Status)
+		}
+		return true, nil
+	})
+	switch {
+	case err == nil, errors.Is(err, errStopped):
+		return err
+	case k.ctx.Err() != nil:
+		return errStopped
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s not 200 within %s: %w", url, k.probeTimeout, err)
 	}
+	return err
 }
 
 // proc returns the process of a pod, or nil.

@@ -1,25 +1,16 @@
 package tour
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/yaml"
 
 	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/dev/manifest"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -36,87 +27,34 @@ type Example struct {
 	Service    *corev1.Service
 }
 
-// strictDecoder decodes into client-go types and fails on unknown fields.
-var strictDecoder = serializer.NewCodecFactory(clientgoscheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
-
-// LoadExample reads the ReplicaSet and the Service that dir's kustomization.yaml lists.
+// LoadExample reads the ReplicaSet and the Service of the kustomization in dir, as
+// kubectl apply -k renders it (internal/dev/manifest).
 func LoadExample(dir string) (*Example, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	objs, err := manifest.Load(dir)
 	if err != nil {
 		return nil, fmt.Errorf("the example's manifests: %w", err)
 	}
-	var k struct {
-		Resources []string `json:"resources"`
-	}
-	if err := yaml.Unmarshal(data, &k); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "kustomization.yaml"), err)
-	}
 	ex := &Example{}
-	for _, res := range k.Resources {
-		path := filepath.Join(dir, res)
-		objs, err := decodeFile(path)
-		if err != nil {
-			return nil, err
-		}
-		for _, o := range objs {
-			switch o := o.(type) {
-			case *appsv1.ReplicaSet:
-				if ex.ReplicaSet != nil {
-					return nil, fmt.Errorf("%s: a second ReplicaSet (%s); the tour plays one", path, o.Name)
-				}
-				ex.ReplicaSet = o
-			case *corev1.Service:
-				if ex.Service != nil {
-					return nil, fmt.Errorf("%s: a second Service (%s); the tour plays one", path, o.Name)
-				}
-				ex.Service = o
-			default:
-				return nil, fmt.Errorf("%s: %T is not part of the example the tour knows how to play", path, o)
+	for _, o := range objs {
+		switch obj := o.Obj.(type) {
+		case *appsv1.ReplicaSet:
+			if ex.ReplicaSet != nil {
+				return nil, fmt.Errorf("%s: a second ReplicaSet; the tour plays one", o)
 			}
+			ex.ReplicaSet = obj
+		case *corev1.Service:
+			if ex.Service != nil {
+				return nil, fmt.Errorf("%s: a second Service; the tour plays one", o)
+			}
+			ex.Service = obj
+		default:
+			return nil, fmt.Errorf("%s is not part of the example the tour knows how to play", o)
 		}
 	}
 	if ex.ReplicaSet == nil || ex.Service == nil {
-		return nil, fmt.Errorf("%s: want a ReplicaSet and a Service among the resources %v", dir, k.Resources)
+		return nil, fmt.Errorf("%s: want a ReplicaSet and a Service among its resources", dir)
 	}
 	return ex, nil
-}
-
-func decodeFile(path string) ([]runtime.Object, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
-	var objs []runtime.Object
-	for i := 0; ; i++ {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
-			continue
-		}
-		obj, _, err := strictDecoder.Decode(doc, nil, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s (document %d): %w", path, i+1, err)
-		}
-		objs = append(objs, obj)
-	}
-}
-
-// stripComments drops whole-line comments, to recognise a document that has nothing else.
-func stripComments(doc []byte) []byte {
-	var out []byte
-	for line := range bytes.Lines(doc) {
-		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
-			out = append(out, line...)
-		}
-	}
-	return out
 }
 
 // plan is the example as the tour applies it, and what the tour needs to know of it.

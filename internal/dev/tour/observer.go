@@ -4,70 +4,41 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/hapod/hapod/internal/controller"
-	"github.com/hapod/hapod/pkg/role"
+	"github.com/hapod/hapod/internal/dev/observe"
+	"github.com/hapod/hapod/internal/record"
 )
 
-// labelChange is a change of a pod's role label or epoch annotation, as the tour saw it.
-type labelChange struct {
-	At    time.Time
-	Role  string
-	Epoch uint64
+// podExtra is the tour's own part of a pod's view: what its kubelet did (ReadyWritten
+// is when the Ready status write was sent) and what its process reported.
+type podExtra struct {
+	ProcStarted, ProbeOK, ReadyWritten, ProcExited time.Time
+	App                                            []appChange
 }
 
-// appChange is a role change that a pod's process logged, timed when the tour read it.
+// podView is what the tour knows of one pod.
+type podView = observe.Pod[podExtra]
+
+// appChange is a role change that a pod's process reported (-role-records), timed by
+// the process: when its listener accepted the message.
 type appChange struct {
 	At    time.Time
 	Role  string
 	Epoch uint64
 }
 
-// podView is what the tour knows of one pod: what its watch saw (each time is when the
-// tour saw it) and what its kubelet did.
-type podView struct {
-	Name     string
-	UID      types.UID
-	Seen     time.Time // first seen
-	Running  time.Time // first seen Running with an IP
-	IP       string    // the API's pod IP (never a destination)
-	Role     string
-	Epoch    uint64
-	Labels   []labelChange
-	Ready    bool       // the API's Ready condition
-	Loopback netip.Addr // the host of its role-address annotation
-	Deleting time.Time  // deletionTimestamp first seen
-	Gone     time.Time  // seen deleted from the API
-
-	// The tour's kubelet.
-	// ReadyWritten is when the Ready status write was sent.
-	ProcStarted, ProbeOK, ReadyWritten, ProcExited time.Time
-	App                                            []appChange
-}
-
-// alive: neither deleting nor deleted.
-func (p *podView) alive() bool { return p.Deleting.IsZero() && p.Gone.IsZero() }
-
-// labelledAt is when the tour first saw the pod labelled role with epoch (any epoch if
-// epoch is 0), or zero.
-func (p *podView) labelledAt(role string, epoch uint64) time.Time {
-	for _, c := range p.Labels {
+// appSaidAt is when the pod's process first reported role (at epoch, any if 0), or zero.
+func appSaidAt(p *podView, role string, epoch uint64) time.Time {
+	for _, c := range p.X.App {
 		if c.Role == role && (epoch == 0 || c.Epoch == epoch) {
 			return c.At
 		}
@@ -75,506 +46,140 @@ func (p *podView) labelledAt(role string, epoch uint64) time.Time {
 	return time.Time{}
 }
 
-// appSaidAt is when the pod's process first logged role (at epoch, any if 0), or zero.
-func (p *podView) appSaidAt(role string, epoch uint64) time.Time {
-	for _, c := range p.App {
-		if c.Role == role && (epoch == 0 || c.Epoch == epoch) {
-			return c.At
-		}
-	}
-	return time.Time{}
-}
-
-// appRole is the last role the pod's process logged ("" before any).
-func (p *podView) appRole() (string, uint64) {
-	if len(p.App) == 0 {
+// appRole is the last role the pod's process reported ("" before any).
+func appRole(p *podView) (string, uint64) {
+	if len(p.X.App) == 0 {
 		return "", 0
 	}
-	c := p.App[len(p.App)-1]
+	c := p.X.App[len(p.X.App)-1]
 	return c.Role, c.Epoch
 }
 
-func (p *podView) clone() podView {
-	c := *p
-	c.Labels = slices.Clone(p.Labels)
-	c.App = slices.Clone(p.App)
-	return c
-}
-
-// sliceSnap is the union of the Service's EndpointSlices at one moment.
-type sliceSnap struct {
-	At        time.Time
-	Endpoints []endpoint // sorted by IP
-	Port      int
-}
-
-// readyIPs are the ready endpoints' IPs, sorted.
-func (s sliceSnap) readyIPs() []string {
-	var ips []string
-	for _, e := range s.Endpoints {
-		if e.Ready {
-			ips = append(ips, e.IP)
-		}
-	}
-	return ips
-}
-
-// listsOnly: the snapshot has exactly one endpoint, ip, and it is ready.
-func (s sliceSnap) listsOnly(ip string) bool {
-	return len(s.Endpoints) == 1 && s.Endpoints[0].IP == ip && s.Endpoints[0].Ready
-}
-
-// ctrlEvent is an Event the controller wrote.
-type ctrlEvent struct {
-	Seen   time.Time // when the tour saw it
-	At     time.Time // its eventTime: when the controller recorded it
-	Reason string
-	Pod    string
-	UID    types.UID
-	Note   string
-}
-
-// observer keeps what the tour's watches saw, with the time it saw each thing, and lets
-// the scenes wait for conditions on it.
+// observer is the tour's view of the cluster (internal/dev/observe: the namespace's
+// pods, the Service's EndpointSlices, the controller's Events) plus what the tour adds
+// under the same lock: the controller's failover records and the problems seen outside
+// the scenes' own steps.
 type observer struct {
-	roleLabel  string
-	service    string
-	controller string // the reportingController of the controller's Events
-
-	mu       sync.Mutex
-	pods     map[types.UID]*podView
-	order    []types.UID // first-seen order
-	parts    map[string]sliceSnap
-	slices   []sliceSnap // every change of the union, in order
-	events   []ctrlEvent
+	*observe.Observer[podExtra]
+	cfg      observe.Config
+	records  []record.Record
 	problems []string
-	changed  chan struct{} // closed and replaced on every change
-
-	// onPod is called, outside the lock, for every pod event.
-	onPod func(pod *corev1.Pod, deleted bool)
-
-	factory informers.SharedInformerFactory
 }
 
-func newObserver(roleLabel, service string) *observer {
-	return &observer{
-		roleLabel:  roleLabel,
-		service:    service,
-		controller: controller.FieldOwner,
-		pods:       map[types.UID]*podView{},
-		parts:      map[string]sliceSnap{},
-		changed:    make(chan struct{}),
-	}
+func newObserver(ns, roleLabel, activeValue, service string) *observer {
+	return &observer{cfg: observe.Config{
+		Namespace: ns, Service: service, EventsFrom: controller.FieldOwner,
+		RoleLabel: roleLabel, ActiveValue: activeValue,
+	}}
 }
 
-// start watches the namespace's pods, the Service's EndpointSlices and Events until ctx
-// ends, and returns once the caches are synced.
-func (o *observer) start(ctx context.Context, cs kubernetes.Interface, ns string) error {
-	f := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns))
-	handlers := []struct {
-		inf cache.SharedIndexInformer
-		h   cache.ResourceEventHandlerFuncs
-	}{
-		{f.Core().V1().Pods().Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { o.podEvent(obj, false) },
-			UpdateFunc: func(_, obj any) { o.podEvent(obj, false) },
-			DeleteFunc: func(obj any) { o.podEvent(obj, true) },
-		}},
-		{f.Discovery().V1().EndpointSlices().Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { o.sliceEvent(obj, false) },
-			UpdateFunc: func(_, obj any) { o.sliceEvent(obj, false) },
-			DeleteFunc: func(obj any) { o.sliceEvent(obj, true) },
-		}},
-		{f.Events().V1().Events().Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc: o.eventAdded,
-		}},
+// start watches until ctx ends, and returns once the caches are synced; onPod is
+// called for every pod event.
+func (o *observer) start(ctx context.Context, cs kubernetes.Interface, onPod func(pod *corev1.Pod, deleted bool)) error {
+	cfg := o.cfg
+	cfg.OnPod = onPod
+	obs, err := observe.Start[podExtra](ctx, cs, cfg)
+	if err != nil {
+		return err
 	}
-	for _, h := range handlers {
-		if _, err := h.inf.AddEventHandler(h.h); err != nil {
-			return err
-		}
-	}
-	f.Start(ctx.Done())
-	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("watching %v in namespace %s: cache did not sync", typ, ns)
-		}
-	}
-	o.factory = f
+	o.Observer = obs
 	return nil
 }
 
-// shutdown waits for the watches to end; their context must be done.
+// shutdown waits for the watches to end.
 func (o *observer) shutdown() {
-	if o.factory != nil {
-		o.factory.Shutdown()
+	if o.Observer != nil {
+		o.Stop()
 	}
 }
 
-// changedLocked wakes the waiters.
-func (o *observer) changedLocked() {
-	close(o.changed)
-	o.changed = make(chan struct{})
+// recorded adds one of the controller's failover records.
+func (o *observer) recorded(r record.Record) {
+	o.Update(func() { o.records = append(o.records, r) })
 }
 
-func (o *observer) podEvent(obj any, deleted bool) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
-	}
-	now := time.Now()
-	o.mu.Lock()
-	p := o.pods[pod.UID]
-	if p == nil {
-		p = &podView{Name: pod.Name, UID: pod.UID, Seen: now}
-		o.pods[pod.UID] = p
-		o.order = append(o.order, pod.UID)
-	}
-	if deleted {
-		if p.Gone.IsZero() {
-			p.Gone = now
-		}
-	} else {
-		p.IP = pod.Status.PodIP
-		if p.Running.IsZero() && pod.Status.Phase == corev1.PodRunning && p.IP != "" {
-			p.Running = now
-		}
-		label := pod.Labels[o.roleLabel]
-		epoch, _ := strconv.ParseUint(pod.Annotations[role.EpochAnnotation], 10, 64)
-		if len(p.Labels) == 0 || label != p.Role || epoch != p.Epoch {
-			p.Labels = append(p.Labels, labelChange{At: now, Role: label, Epoch: epoch})
-			p.Role, p.Epoch = label, epoch
-		}
-		p.Ready = podReady(pod)
-		if pod.DeletionTimestamp != nil && p.Deleting.IsZero() {
-			p.Deleting = now
-		}
-		if ap, err := netip.ParseAddrPort(pod.Annotations[role.RoleAddressAnnotation]); err == nil {
-			p.Loopback = ap.Addr()
+// recordLocked is the controller's record of pod uid's promotion to epoch.
+func (o *observer) recordLocked(uid types.UID, epoch uint64) (record.Record, bool) {
+	for _, r := range o.records {
+		if types.UID(r.UID) == uid && r.Epoch == epoch {
+			return r, true
 		}
 	}
-	o.changedLocked()
-	o.mu.Unlock()
-	if o.onPod != nil {
-		o.onPod(pod, deleted)
-	}
+	return record.Record{}, false
 }
 
-func (o *observer) sliceEvent(obj any, deleted bool) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	s, ok := obj.(*discoveryv1.EndpointSlice)
-	if !ok || s.Labels[discoveryv1.LabelServiceName] != o.service {
-		return
-	}
-	now := time.Now()
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if deleted {
-		delete(o.parts, s.Name)
-	} else {
-		part := sliceSnap{}
-		for _, p := range s.Ports {
-			if p.Port != nil {
-				part.Port = int(*p.Port)
-				break
-			}
-		}
-		for _, e := range s.Endpoints {
-			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-			for _, a := range e.Addresses {
-				part.Endpoints = append(part.Endpoints, endpoint{IP: a, Ready: ready})
-			}
-		}
-		o.parts[s.Name] = part
-	}
-	union := sliceSnap{At: now}
-	for _, p := range o.parts {
-		union.Endpoints = append(union.Endpoints, p.Endpoints...)
-		if union.Port == 0 {
-			union.Port = p.Port
+// promotionsSinceLocked are the controller's records of promotions it saw the trigger
+// of after t.
+func (o *observer) promotionsSinceLocked(t time.Time) []record.Record {
+	var rs []record.Record
+	for _, r := range o.records {
+		if r.Seen.After(t) {
+			rs = append(rs, r)
 		}
 	}
-	slices.SortFunc(union.Endpoints, func(a, b endpoint) int { return strings.Compare(a.IP, b.IP) })
-	if n := len(o.slices); n > 0 && slices.Equal(o.slices[n-1].Endpoints, union.Endpoints) && o.slices[n-1].Port == union.Port {
-		return
-	}
-	o.slices = append(o.slices, union)
-	o.changedLocked()
-}
-
-func (o *observer) eventAdded(obj any) {
-	e, ok := obj.(*eventsv1.Event)
-	if !ok || e.ReportingController != o.controller {
-		return
-	}
-	now := time.Now()
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.events = append(o.events, ctrlEvent{Seen: now, At: e.EventTime.Time, Reason: e.Reason,
-		Pod: e.Regarding.Name, UID: e.Regarding.UID, Note: e.Note})
-	o.changedLocked()
+	return rs
 }
 
 // problem records something that went wrong outside the scenes' own steps (a process
 // that died by itself, a write that failed), for the error of a wait that then fails.
 func (o *observer) problem(format string, args ...any) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.problems = append(o.problems, fmt.Sprintf(format, args...))
-	o.changedLocked()
+	msg := fmt.Sprintf(format, args...)
+	o.Update(func() { o.problems = append(o.problems, msg) })
 }
 
-// mark changes the kubelet's part of a pod's view.
-func (o *observer) mark(uid types.UID, f func(p *podView)) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	p := o.pods[uid]
-	if p == nil {
-		return
-	}
-	f(p)
-	o.changedLocked()
-}
-
-// appSaid records a role change that a pod's process logged.
+// appSaid records a role change that a pod's process reported.
 func (o *observer) appSaid(uid types.UID, at time.Time, role string, epoch uint64) {
-	o.mark(uid, func(p *podView) { p.App = append(p.App, appChange{At: at, Role: role, Epoch: epoch}) })
+	o.Mark(uid, func(p *podView) { p.X.App = append(p.X.App, appChange{At: at, Role: role, Epoch: epoch}) })
 }
 
 // errInterrupted wraps the context's error when the tour is stopped during a wait.
 var errInterrupted = errors.New("interrupted")
 
-// waitFor evaluates cond under the lock now and after every change until it returns
-// true. why says what is missing; it ends the error when timeout passes first.
+// waitFor is observe's WaitFor, with the problems seen meanwhile in its error.
 func (o *observer) waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (ok bool, why string)) error {
-	tctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		o.mu.Lock()
-		ok, why := cond()
-		ch := o.changed
-		problems := slices.Clone(o.problems)
-		o.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-tctx.Done():
-			if ctx.Err() != nil {
-				return fmt.Errorf("%w while waiting for %s", errInterrupted, what)
-			}
-			msg := fmt.Sprintf("%s: not within %s", what, timeout)
-			if why != "" {
-				msg += " (" + why + ")"
-			}
-			if len(problems) > 0 {
-				msg += "; meanwhile: " + strings.Join(problems, "; ")
-			}
-			return errors.New(msg)
-		}
+	err := o.WaitFor(ctx, timeout, what, cond)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w while waiting for %s", errInterrupted, what)
 	}
-}
-
-// read runs f under the lock, for a consistent look at several things.
-func (o *observer) read(f func()) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	f()
-}
-
-// pod returns a copy of a pod's view.
-func (o *observer) pod(uid types.UID) (podView, bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	p, ok := o.pods[uid]
-	if !ok {
-		return podView{}, false
+	var problems []string
+	o.Read(func() { problems = slices.Clone(o.problems) })
+	if len(problems) > 0 {
+		return fmt.Errorf("%w; meanwhile: %s", err, strings.Join(problems, "; "))
 	}
-	return p.clone(), true
-}
-
-// activeLocked is the live pod labelled active (the highest epoch if several), or nil.
-func (o *observer) activeLocked(activeValue string) *podView {
-	var best *podView
-	for _, uid := range o.order {
-		p := o.pods[uid]
-		if p.alive() && p.Role == activeValue && (best == nil || p.Epoch > best.Epoch) {
-			best = p
-		}
-	}
-	return best
-}
-
-// liveLocked are the pods neither deleting nor deleted, in first-seen order.
-func (o *observer) liveLocked() []*podView {
-	var ps []*podView
-	for _, uid := range o.order {
-		if p := o.pods[uid]; p.alive() {
-			ps = append(ps, p)
-		}
-	}
-	return ps
-}
-
-func (o *observer) lastSliceLocked() sliceSnap {
-	if len(o.slices) == 0 {
-		return sliceSnap{}
-	}
-	return o.slices[len(o.slices)-1]
-}
-
-// slicesSince are the snapshots from the one current at t on.
-func (o *observer) slicesSinceLocked(t time.Time) []sliceSnap {
-	i := 0
-	for j, s := range o.slices {
-		if !s.At.After(t) {
-			i = j
-		}
-	}
-	return slices.Clone(o.slices[i:])
-}
-
-// eventsSince are the controller's Events seen after t with the given reason.
-func (o *observer) eventsSinceLocked(t time.Time, reason string) []ctrlEvent {
-	var es []ctrlEvent
-	for _, e := range o.events {
-		if e.Seen.After(t) && (reason == "" || e.Reason == reason) {
-			es = append(es, e)
-		}
-	}
-	return es
+	return err
 }
 
 // routeTable is what the load needs: the Service's endpoints, its port, and the
 // loopback address of each pod IP.
-func (o *observer) routeTable() ([]endpoint, int, map[string]netip.Addr) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	s := o.lastSliceLocked()
-	m := make(map[string]netip.Addr, len(o.pods))
-	for _, p := range o.pods {
-		// A pod's process listens once it was started; the IP of a deleted pod may
-		// have been handed to another.
-		if p.Gone.IsZero() && p.IP != "" && p.Loopback.IsValid() && !p.ProcStarted.IsZero() {
-			m[p.IP] = p.Loopback
+func (o *observer) routeTable() ([]observe.Endpoint, int, map[string]netip.Addr) {
+	var (
+		eps  []observe.Endpoint
+		port int
+		m    = map[string]netip.Addr{}
+	)
+	o.Read(func() {
+		s := o.LastSliceLocked()
+		eps, port = s.Endpoints, s.Port
+		for _, p := range o.PodsLocked() {
+			// A pod's process listens once it was started; the IP of a deleted pod may
+			// have been handed to another.
+			if p.IP != "" && p.Loopback.IsValid() && !p.X.ProcStarted.IsZero() {
+				m[p.IP] = p.Loopback
+			}
 		}
-	}
-	return s.Endpoints, s.Port, m
+	})
+	return eps, port, m
 }
 
 // describeLocked summarises the state for error messages.
 func (o *observer) describeLocked() string {
 	var parts []string
-	for _, p := range o.liveLocked() {
-		r, e := p.appRole()
+	for _, p := range o.LiveLocked() {
+		r, e := appRole(p)
 		parts = append(parts, fmt.Sprintf("%s[label %s epoch %d, ready %t, app %s/%d]", p.Name, p.Role, p.Epoch, p.Ready, r, e))
 	}
-	return fmt.Sprintf("pods %s; EndpointSlice ready %v", strings.Join(parts, " "), o.lastSliceLocked().readyIPs())
-}
-
-func podReady(pod *corev1.Pod) bool {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-// promotion is what the controller's Promoted Event says.
-type promotion struct {
-	Role     string
-	Epoch    uint64
-	Reason   string
-	Replaced string
-	// LabelMs and AckMs count from when the controller saw the trigger; NaN if unknown.
-	LabelMs, AckMs float64
-}
-
-var promotedNote = regexp.MustCompile(`^(\S+) at epoch (\d+) \(reason ([^,]+), replaced ([^)]+)\): label committed ([0-9.]+|\?)ms and app acked ([0-9.]+)ms after the trigger was seen`)
-
-// parsePromoted reads the note of a Promoted Event.
-func parsePromoted(note string) (promotion, bool) {
-	m := promotedNote.FindStringSubmatch(note)
-	if m == nil {
-		return promotion{}, false
-	}
-	epoch, err := strconv.ParseUint(m[2], 10, 64)
-	if err != nil {
-		return promotion{}, false
-	}
-	p := promotion{Role: m[1], Epoch: epoch, Reason: m[3], Replaced: m[4], LabelMs: math.NaN()}
-	if v, err := strconv.ParseFloat(m[5], 64); err == nil {
-		p.LabelMs = v
-	}
-	if p.AckMs, err = strconv.ParseFloat(m[6], 64); err != nil {
-		return promotion{}, false
-	}
-	return p, true
-}
-
-// seenAt estimates when the controller saw the trigger: the Event is recorded once both
-// the label write and the ack are done, so the later of the two ends at its eventTime.
-func (p promotion) seenAt(eventTime time.Time) time.Time {
-	if eventTime.IsZero() {
-		return time.Time{}
-	}
-	last := p.AckMs
-	if !math.IsNaN(p.LabelMs) {
-		last = max(last, p.LabelMs)
-	}
-	return eventTime.Add(-time.Duration(last * float64(time.Millisecond)))
-}
-
-// after returns seen + ms, or zero when either is unknown.
-func after(seen time.Time, ms float64) time.Time {
-	if seen.IsZero() || math.IsNaN(ms) {
-		return time.Time{}
-	}
-	return seen.Add(time.Duration(ms * float64(time.Millisecond)))
-}
-
-// promotedLog matches the controller's log line for a promotion (klog text format:
-// "I1124 20:32:32.620643   31451 reconciler.go:349] "Promoted" ... pod="x" epoch=3 ...
-// labelMs="24.31""). The line is written right after the label write returned.
-var promotedLog = regexp.MustCompile(`^I(\d{4} \d{2}:\d{2}:\d{2}\.\d{6})\s+\d+ \S+\] "Promoted" .*\bpod="([^"]+)" epoch=(\d+) .*\blabelMs="([0-9.]+)"`)
-
-// promotedLine is what one "Promoted" log line says.
-type promotedLine struct {
-	At      time.Time // when it was logged: just after the label committed
-	Pod     string
-	Epoch   uint64
-	LabelMs float64
-}
-
-// parsePromotedLog reads a controller log line. klog stamps lines with month, day and
-// local time but no year: the year is now's, or the one before when that would put the
-// line more than a day in the future (a run across New Year).
-func parsePromotedLog(line string, now time.Time) (promotedLine, bool) {
-	m := promotedLog.FindStringSubmatch(line)
-	if m == nil {
-		return promotedLine{}, false
-	}
-	at, err := time.ParseInLocation("2006 0102 15:04:05.000000", strconv.Itoa(now.Year())+" "+m[1], now.Location())
-	if err != nil {
-		return promotedLine{}, false
-	}
-	if at.After(now.Add(24 * time.Hour)) {
-		at = at.AddDate(-1, 0, 0)
-	}
-	epoch, err1 := strconv.ParseUint(m[3], 10, 64)
-	labelMs, err2 := strconv.ParseFloat(m[4], 64)
-	if err1 != nil || err2 != nil {
-		return promotedLine{}, false
-	}
-	return promotedLine{At: at, Pod: m[2], Epoch: epoch, LabelMs: labelMs}, true
+	return fmt.Sprintf("pods %s; EndpointSlice ready %v", strings.Join(parts, " "), o.LastSliceLocked().ReadyIPs())
 }

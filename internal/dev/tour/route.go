@@ -4,13 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+
+	"github.com/hapod/hapod/internal/dev/observe"
 )
 
 // endpoint is one address of the Service's EndpointSlices.
-type endpoint struct {
-	IP    string
-	Ready bool
-}
+type endpoint = observe.Endpoint
 
 // errNoEndpoint: the Service has no ready endpoint, so kube-proxy would reject the
 // connection.

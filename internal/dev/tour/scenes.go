@@ -2,19 +2,20 @@ package tour
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
-	"os"
 	"slices"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/dev/observe"
 	"github.com/hapod/hapod/internal/dev/podstatus"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/record"
 )
 
 // play runs the scenes in order and prints each as it ends. A scene that does not
@@ -78,17 +79,17 @@ func (t *tour) waitSettled(ctx context.Context, what string, accept func(active 
 	var g group
 	err := t.obs.waitFor(ctx, t.o.SceneTimeout, what, func() (bool, string) {
 		state := t.obs.describeLocked()
-		a := t.obs.activeLocked(active)
+		a := t.obs.ActiveLocked()
 		if a == nil {
 			return false, "no active pod; " + state
 		}
-		if r, e := a.appRole(); r != active || e != a.Epoch {
+		if r, e := appRole(a); r != active || e != a.Epoch {
 			return false, fmt.Sprintf("%s is labelled active at epoch %d, its app says %q at epoch %d; %s", a.Name, a.Epoch, r, e, state)
 		}
-		if !t.obs.lastSliceLocked().listsOnly(a.IP) {
+		if !t.obs.LastSliceLocked().ListsOnly(a.IP) {
 			return false, fmt.Sprintf("the EndpointSlice does not list only %s (%s); %s", a.Name, a.IP, state)
 		}
-		live := t.obs.liveLocked()
+		live := t.obs.LiveLocked()
 		if len(live) != t.replicas() {
 			return false, fmt.Sprintf("%d live pods, want %d; %s", len(live), t.replicas(), state)
 		}
@@ -97,7 +98,7 @@ func (t *tour) waitSettled(ctx context.Context, what string, accept func(active 
 			if p.UID == a.UID {
 				continue
 			}
-			if r, _ := p.appRole(); p.ReadyWritten.IsZero() || r != standby || p.Role != standby {
+			if r, _ := appRole(p); p.X.ReadyWritten.IsZero() || r != standby || p.Role != standby {
 				return false, fmt.Sprintf("%s is not yet a Ready standby that knows it; %s", p.Name, state)
 			}
 			sbs = append(sbs, p)
@@ -107,9 +108,9 @@ func (t *tour) waitSettled(ctx context.Context, what string, accept func(active 
 				return false, why + "; " + state
 			}
 		}
-		g = group{active: a.clone()}
+		g = group{active: a.Clone()}
 		for _, p := range sbs {
-			g.standbys = append(g.standbys, p.clone())
+			g.standbys = append(g.standbys, p.Clone())
 		}
 		return true, ""
 	})
@@ -118,10 +119,10 @@ func (t *tour) waitSettled(ctx context.Context, what string, accept func(active 
 
 // controllerEvent waits up to timeout for an Event of the controller about pod uid with
 // reason, seen after since.
-func (t *tour) controllerEvent(ctx context.Context, uid types.UID, reason string, since time.Time, timeout time.Duration) (ctrlEvent, bool) {
-	var ev ctrlEvent
+func (t *tour) controllerEvent(ctx context.Context, uid types.UID, reason string, since time.Time, timeout time.Duration) (observe.Event, bool) {
+	var ev observe.Event
 	err := t.obs.waitFor(ctx, timeout, reason+" Event", func() (bool, string) {
-		for _, e := range t.obs.eventsSinceLocked(since, reason) {
+		for _, e := range t.obs.EventsSinceLocked(since, reason) {
 			if e.UID == uid {
 				ev = e
 				return true, ""
@@ -135,9 +136,9 @@ func (t *tour) controllerEvent(ctx context.Context, uid types.UID, reason string
 // sliceListsOnly is when the tour first saw, after t0, the EndpointSlice list only ip.
 func (t *tour) sliceListsOnly(ip string, t0 time.Time) time.Time {
 	var at time.Time
-	t.obs.read(func() {
-		for _, s := range t.obs.slicesSinceLocked(t0) {
-			if s.At.After(t0) && s.listsOnly(ip) {
+	t.obs.Read(func() {
+		for _, s := range t.obs.SlicesSinceLocked(t0) {
+			if s.At.After(t0) && s.ListsOnly(ip) {
 				at = s.At
 				return
 			}
@@ -146,72 +147,44 @@ func (t *tour) sliceListsOnly(ip string, t0 time.Time) time.Time {
 	return at
 }
 
-// promotion adds the controller's own account of a promotion to the scene: when it
-// saw the trigger and committed the label (its "Promoted" log line, written when the
-// label write returned, with the label time measured from the trigger), and when the
-// app acked (its Promoted Event, recorded once both are done).
-func (t *tour) promotion(ctx context.Context, s *Scene, p podView, since time.Time) {
+// promotion adds the controller's own account of a promotion to the scene, from its
+// failover record (-failover-records): when it saw the trigger, committed the label and
+// got the app's ack.
+func (t *tour) promotion(ctx context.Context, s *Scene, p podView) {
 	tl := &s.Timeline
-	ev, haveEvent := t.controllerEvent(ctx, p.UID, "Promoted", since, 10*time.Second)
-	var pr promotion
-	if haveEvent {
-		if pr, haveEvent = parsePromoted(ev.Note); !haveEvent {
-			tl.Note("(the Promoted Event's note is not in the expected form: %q)", ev.Note)
-		}
-	} else if nack, bad := t.controllerEvent(ctx, p.UID, "PromotedNotAcked", since, 0); bad {
-		s.problem("the app of %s did not ack its promotion: %s", p.Name, nack.Note)
-	} else {
-		tl.Note("(no Promoted Event from the controller within 10s: the ack time is missing)")
-	}
-	var seen time.Time
-	labelMs, source := math.NaN(), "its log"
-	if line, ok := t.promotedLogLine(ctx, p.Name, p.Epoch); ok {
-		seen, labelMs = line.At.Add(-time.Duration(line.LabelMs*float64(time.Millisecond))), line.LabelMs
-	} else if haveEvent {
-		seen, labelMs, source = pr.seenAt(ev.At), pr.LabelMs, "estimated from its Promoted Event"
-	}
-	tl.Add(seen, "controller saw the trigger (%s)", source)
-	tl.Add(after(seen, labelMs), "controller: label role=%s epoch %d on %s committed (%s ms after it saw the trigger)", t.cfg.ActiveValue, p.Epoch, p.Name, formatMs(labelMs))
-	if haveEvent {
-		acked := after(seen, pr.AckMs)
-		tl.Add(acked, "controller: the app of %s acked epoch %d (%s ms after it saw the trigger; reason %s)", p.Name, pr.Epoch, formatMs(pr.AckMs), pr.Reason)
-		s.AckMs = msSince(tl.Trigger, acked)
-	}
-}
-
-// promotedLogLine finds the controller's "Promoted" log line about pod at epoch; the
-// line may land in the file a moment after the Event, so it is looked for up to 2s.
-func (t *tour) promotedLogLine(ctx context.Context, pod string, epoch uint64) (promotedLine, bool) {
-	var found promotedLine
-	err := poll(ctx, 2*time.Second, func() error {
-		data, err := os.ReadFile(t.ctrl.logPath)
-		if err != nil {
-			return err
-		}
-		now := time.Now()
-		for line := range strings.Lines(string(data)) {
-			if l, ok := parsePromotedLog(strings.TrimRight(line, "\n"), now); ok && l.Pod == pod && l.Epoch == epoch {
-				found = l
-				return nil
-			}
-		}
-		return errors.New("no such line yet")
+	var rec record.Record
+	err := t.obs.waitFor(ctx, 10*time.Second, "the controller's failover record", func() (bool, string) {
+		var ok bool
+		rec, ok = t.obs.recordLocked(p.UID, p.Epoch)
+		return ok, ""
 	})
-	return found, err == nil
+	if err != nil {
+		tl.Note("(no failover record from the controller within 10s: its timings are missing)")
+		return
+	}
+	if rec.Acked.IsZero() {
+		s.problem("the app of %s did not ack its promotion (%s after %d attempts)", p.Name, rec.Status, rec.Attempts)
+	}
+	tl.Add(rec.Seen, "controller saw the trigger (its failover record)")
+	tl.Add(rec.Labelled, "controller: label role=%s epoch %d on %s committed (%s ms after it saw the trigger)",
+		t.cfg.ActiveValue, rec.Epoch, p.Name, formatMs(msSince(rec.Seen, rec.Labelled)))
+	tl.Add(rec.Acked, "controller: the app of %s acked epoch %d (%s ms after it saw the trigger; reason %s)",
+		p.Name, rec.Epoch, formatMs(msSince(rec.Seen, rec.Acked)), rec.Reason)
+	s.AckMs = msSince(tl.Trigger, rec.Acked)
 }
 
 // newActiveLines adds what the tour itself saw of a new active.
 func (t *tour) newActiveLines(s *Scene, p podView, since time.Time) {
 	tl := &s.Timeline
-	labelled := p.labelledAt(t.cfg.ActiveValue, p.Epoch)
+	labelled := p.LabelledAt(t.cfg.ActiveValue, p.Epoch)
 	tl.Add(labelled, "%s labelled role=%s, epoch %d (seen on the tour's watch)", p.Name, t.cfg.ActiveValue, p.Epoch)
-	tl.Add(p.appSaidAt(t.cfg.ActiveValue, p.Epoch), "%s's app says active, epoch %d (its log)", p.Name, p.Epoch)
+	tl.Add(appSaidAt(&p, t.cfg.ActiveValue, p.Epoch), "%s's app has the role active, epoch %d (its role records)", p.Name, p.Epoch)
 	listed := t.sliceListsOnly(p.IP, since)
 	tl.Add(listed, "EndpointSlice lists only %s (%s): the Service switched", p.IP, p.Name)
 	s.LabelMs = msSince(tl.Trigger, labelled)
 	s.SliceMs = msSince(tl.Trigger, listed)
-	if math.IsNaN(s.AckMs) { //: no Event; the app's own log is the next best thing
-		s.AckMs = msSince(tl.Trigger, p.appSaidAt(t.cfg.ActiveValue, p.Epoch))
+	if math.IsNaN(s.AckMs) { // no failover record: the app's own account is the next best thing
+		s.AckMs = msSince(tl.Trigger, appSaidAt(&p, t.cfg.ActiveValue, p.Epoch))
 	}
 }
 
@@ -220,9 +193,9 @@ func (t *tour) newActiveLines(s *Scene, p podView, since time.Time) {
 func (t *tour) sliceGap(s *Scene, old, a podView, t0 time.Time) {
 	listed := t.sliceListsOnly(a.IP, t0)
 	var dropped time.Time
-	t.obs.read(func() {
-		for _, sn := range t.obs.slicesSinceLocked(t0) {
-			if sn.At.After(t0) && !slices.Contains(sn.readyIPs(), old.IP) {
+	t.obs.Read(func() {
+		for _, sn := range t.obs.SlicesSinceLocked(t0) {
+			if sn.At.After(t0) && !slices.Contains(sn.ReadyIPs(), old.IP) {
 				dropped = sn.At
 				return
 			}
@@ -231,7 +204,7 @@ func (t *tour) sliceGap(s *Scene, old, a podView, t0 time.Time) {
 	if !dropped.IsZero() && (listed.IsZero() || dropped.Before(listed)) {
 		s.Timeline.Add(dropped, "EndpointSlice: %s (%s) no longer a ready endpoint; none until the switch", old.IP, old.Name)
 	}
-	labelled := a.labelledAt(t.cfg.ActiveValue, a.Epoch)
+	labelled := a.LabelledAt(t.cfg.ActiveValue, a.Epoch)
 	if !listed.IsZero() && !labelled.IsZero() && listed.Sub(labelled) > 500*time.Millisecond {
 		s.Timeline.Note("the EndpointSlice followed the label %s ms later: kube-controller-manager's EndpointSlice", formatMs(msSince(labelled, listed)))
 		s.Timeline.Note("controller retries a Service after 1 s when it finds its own cache stale (its log: \"EndpointSlice")
@@ -244,17 +217,17 @@ func (t *tour) podLines(s *Scene, p podView, what string) {
 	tl := &s.Timeline
 	tl.Add(p.Seen, "%s %s created", what, p.Name)
 	tl.Add(p.Running, "%s Running with IP %s (kwok), not Ready", p.Name, p.IP)
-	tl.Add(p.ProcStarted, "%s: hapod-demo process started on %s", p.Name, p.Loopback)
-	tl.Add(p.ProbeOK, "%s: /readyz answered 200 (after the app's %s slow start)", p.Name, t.o.InitDelay)
-	tl.Add(p.ReadyWritten, "%s written Ready (the tour plays the kubelet's readiness probe)", p.Name)
-	if told := p.appSaidAt(t.cfg.StandbyValue, 0); !told.IsZero() {
+	tl.Add(p.X.ProcStarted, "%s: hapod-demo process started on %s", p.Name, p.Loopback)
+	tl.Add(p.X.ProbeOK, "%s: /readyz answered 200 (after the app's %s slow start)", p.Name, t.o.InitDelay)
+	tl.Add(p.X.ReadyWritten, "%s written Ready (the tour plays the kubelet's readiness probe)", p.Name)
+	if told := appSaidAt(&p, t.cfg.StandbyValue, 0); !told.IsZero() {
 		e := uint64(0)
-		for _, c := range p.App {
+		for _, c := range p.X.App {
 			if c.At.Equal(told) {
 				e = c.Epoch
 			}
 		}
-		tl.Add(told, "%s's app told standby, epoch %d (its log)", p.Name, e)
+		tl.Add(told, "%s's app told standby, epoch %d (its role records)", p.Name, e)
 	}
 }
 
@@ -275,17 +248,17 @@ func (t *tour) election(ctx context.Context, s *Scene) {
 	}
 	a := g.active
 	s.Failover, s.ActiveAfter, s.EpochAfter = true, a.Name, a.Epoch
-	tl.Trigger = a.ReadyWritten
+	tl.Trigger = a.X.ReadyWritten
 	tl.Add(appliedAt, "applied the example (deploy/example): Service %s and ReplicaSet %s, %d pods labelled role=%s",
 		t.plan.svc.Name, t.plan.rs.Name, t.replicas(), t.cfg.StandbyValue)
 	for _, p := range append([]podView{a}, g.standbys...) {
 		t.podLines(s, p, "pod")
 	}
 	tl.Note("the trigger (+0.0) is the Ready write of %s, the pod the controller promoted", a.Name)
-	t.promotion(ctx, s, a, time.Time{})
+	t.promotion(ctx, s, a)
 	t.newActiveLines(s, a, appliedAt)
 	if len(g.standbys) > 0 {
-		s.StandbyMs = msSince(tl.Trigger, g.standbys[0].appSaidAt(t.cfg.StandbyValue, 0))
+		s.StandbyMs = msSince(tl.Trigger, appSaidAt(&g.standbys[0], t.cfg.StandbyValue, 0))
 	}
 	if a.Epoch == 0 {
 		s.problem("%s is active without an epoch", a.Name)
@@ -309,7 +282,7 @@ func (t *tour) settledBefore(ctx context.Context, s *Scene) (group, bool) {
 // deleted from the API, and a standby seen after t0 (its replacement);
 // "" when nothing is.
 func (t *tour) replaced(gone podView, standbys []*podView, t0 time.Time) string {
-	if t.obs.pods[gone.UID].Gone.IsZero() {
+	if t.obs.PodLocked(gone.UID).Gone.IsZero() {
 		return gone.Name + " is not deleted yet"
 	}
 	for _, p := range standbys {
@@ -387,25 +360,25 @@ func (t *tour) failover(ctx context.Context, s *Scene, before group, t0 time.Tim
 	if len(before.standbys) > 0 && a.UID != before.standbys[0].UID {
 		s.problem("%s was promoted, not the hot standby %s", a.Name, before.standbys[0].Name)
 	}
-	t.promotion(ctx, s, a, t0)
+	t.promotion(ctx, s, a)
 	t.newActiveLines(s, a, t0)
 	t.sliceGap(s, old, a, t0)
-	if o, ok := t.obs.pod(old.UID); ok {
+	if o, ok := t.obs.Pod(old.UID); ok {
 		s.Timeline.Add(o.Gone, "%s deleted from the API (seen on the tour's watch)", o.Name)
-		s.Timeline.Add(o.ProcExited, "the process of %s has exited", o.Name)
+		s.Timeline.Add(o.X.ProcExited, "the process of %s has exited", o.Name)
 	}
 	for _, p := range g.standbys {
 		if p.Seen.After(t0) {
 			s.Replacements = append(s.Replacements, p.Name)
 			t.podLines(s, p, "replacement")
-			s.StandbyMs = msSince(t0, p.appSaidAt(t.cfg.StandbyValue, 0))
+			s.StandbyMs = msSince(t0, appSaidAt(&p, t.cfg.StandbyValue, 0))
 		}
 	}
 }
 
 // deletionLines adds the controller's CriticalContainerDied Event about old.
 func (t *tour) deletionLines(ctx context.Context, s *Scene, old podView, t0 time.Time) {
-	if ev, ok := t.controllerEvent(ctx, old.UID, "CriticalContainerDied", t0, 5*time.Second); ok {
+	if ev, ok := t.controllerEvent(ctx, old.UID, controller.ReasonCriticalContainerDied, t0, 5*time.Second); ok {
 		s.Timeline.Add(ev.At, "controller deleted %s so that it is replaced (its Event: %s)", old.Name, ev.Note)
 	} else {
 		s.problem("no CriticalContainerDied Event for %s: did the controller delete it?", old.Name)
@@ -442,7 +415,7 @@ func (t *tour) sidecarDies(ctx context.Context, s *Scene) {
 	}
 	tl.Add(t1, "the kubelet restarted %s: running, restartCount 1; %s written Ready again", t.plan.sidecar, a.Name)
 	if err := t.obs.waitFor(ctx, t.o.SceneTimeout, "the EndpointSlice to list "+a.Name+" ready again", func() (bool, string) {
-		return t.obs.lastSliceLocked().listsOnly(a.IP) && t.obs.lastSliceLocked().At.After(t1), ""
+		return t.obs.LastSliceLocked().ListsOnly(a.IP) && t.obs.LastSliceLocked().At.After(t1), ""
 	}); err != nil {
 		s.problem("%v", err)
 		return
@@ -459,15 +432,15 @@ func (t *tour) sidecarDies(ctx context.Context, s *Scene) {
 	}
 	t.unchanged(s, g, t0)
 	var notReady, readyAgain time.Time
-	t.obs.read(func() {
-		for _, sn := range t.obs.slicesSinceLocked(t0) {
+	t.obs.Read(func() {
+		for _, sn := range t.obs.SlicesSinceLocked(t0) {
 			if !sn.At.After(t0) {
 				continue
 			}
-			if notReady.IsZero() && len(sn.readyIPs()) == 0 {
+			if notReady.IsZero() && len(sn.ReadyIPs()) == 0 {
 				notReady = sn.At
 			}
-			if !notReady.IsZero() && readyAgain.IsZero() && sn.listsOnly(a.IP) {
+			if !notReady.IsZero() && readyAgain.IsZero() && sn.ListsOnly(a.IP) {
 				readyAgain = sn.At
 			}
 		}
@@ -515,14 +488,14 @@ func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
 	}
 	s.Removed = []string{sb.Name}
 	t.deletionLines(ctx, s, sb, t0)
-	if o, ok := t.obs.pod(sb.UID); ok {
+	if o, ok := t.obs.Pod(sb.UID); ok {
 		tl.Add(o.Gone, "%s deleted from the API (seen on the tour's watch)", o.Name)
 	}
 	for _, p := range g2.standbys {
 		if p.Seen.After(t0) {
 			s.Replacements = append(s.Replacements, p.Name)
 			t.podLines(s, p, "replacement")
-			s.StandbyMs = msSince(t0, p.appSaidAt(t.cfg.StandbyValue, 0))
+			s.StandbyMs = msSince(t0, appSaidAt(&p, t.cfg.StandbyValue, 0))
 		}
 	}
 	t.unchanged(s, g, t0)
@@ -534,8 +507,8 @@ func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
 func (t *tour) unchanged(s *Scene, before group, t0 time.Time) {
 	a := before.active
 	var problems []string
-	t.obs.read(func() {
-		now := t.obs.activeLocked(t.cfg.ActiveValue)
+	t.obs.Read(func() {
+		now := t.obs.ActiveLocked()
 		switch {
 		case now == nil:
 			problems = append(problems, "no active pod any more")
@@ -545,16 +518,16 @@ func (t *tour) unchanged(s *Scene, before group, t0 time.Time) {
 			problems = append(problems, fmt.Sprintf("the epoch moved from %d to %d", a.Epoch, now.Epoch))
 		default:
 			s.ActiveAfter, s.EpochAfter = now.Name, now.Epoch
-			if r, e := now.appRole(); r != t.cfg.ActiveValue || e != a.Epoch {
+			if r, e := appRole(now); r != t.cfg.ActiveValue || e != a.Epoch {
 				problems = append(problems, fmt.Sprintf("the app of %s says %q at epoch %d", a.Name, r, e))
 			}
 		}
-		if evs := t.obs.eventsSinceLocked(t0, "Promoted"); len(evs) > 0 {
+		if rs := t.obs.promotionsSinceLocked(t0); len(rs) > 0 {
 			s.Failover = true
-			problems = append(problems, fmt.Sprintf("the controller promoted %s", evs[0].Pod))
+			problems = append(problems, fmt.Sprintf("the controller promoted %s", rs[0].Pod))
 		}
-		for _, sn := range t.obs.slicesSinceLocked(t0) {
-			if ips := sn.readyIPs(); len(ips) > 0 && !slices.Equal(ips, []string{a.IP}) {
+		for _, sn := range t.obs.SlicesSinceLocked(t0) {
+			if ips := sn.ReadyIPs(); len(ips) > 0 && !slices.Equal(ips, []string{a.IP}) {
 				problems = append(problems, fmt.Sprintf("the EndpointSlice listed %v", ips))
 				break
 			}
@@ -563,11 +536,11 @@ func (t *tour) unchanged(s *Scene, before group, t0 time.Time) {
 			return
 		}
 		for _, p := range before.standbys {
-			if v := t.obs.pods[p.UID]; v != nil && !v.alive() && !slices.Contains(s.Removed, p.Name) {
+			if v := t.obs.PodLocked(p.UID); v != nil && !v.Alive() && !slices.Contains(s.Removed, p.Name) {
 				problems = append(problems, p.Name+" was deleted")
 			}
 		}
-		if v := t.obs.pods[a.UID]; v == nil || !v.alive() {
+		if v := t.obs.PodLocked(a.UID); v == nil || !v.Alive() {
 			problems = append(problems, a.Name+" was deleted")
 		}
 	})
@@ -579,17 +552,10 @@ func (t *tour) unchanged(s *Scene, before group, t0 time.Time) {
 	}
 }
 
-// sleep waits d unless ctx ends first.
+// sleep is simulated time in a scene (poll.Pause), interrupted with the tour.
 func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
+	if err := poll.Pause(ctx, d); err != nil {
+		return fmt.Errorf("%w: %w", errInterrupted, err)
 	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", errInterrupted, ctx.Err())
-	}
+	return nil
 }

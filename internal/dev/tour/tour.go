@@ -22,9 +22,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -32,13 +36,15 @@ import (
 const (
 	DefaultNamespace = "hapod-demo"
 	DefaultNode      = "hapod-tour"
-	// DefaultPodCIDR is TEST-NET-2 (RFC 5737): addresses the API server accepts in
-	// EndpointSlices, used as API data only.
-	DefaultPodCIDR = "198.51.100.0/24"
 )
 
-// DefaultLoopback is where the pods' processes listen, one address each.
-var DefaultLoopback = netip.MustParsePrefix("127.77.0.0/24")
+var (
+	// DefaultPodCIDR is TEST-NET-2 (RFC 5737): addresses the API server accepts in
+	// EndpointSlices, used as API data only.
+	DefaultPodCIDR = netplan.TestNet2.String()
+	// DefaultLoopback is where the pods' processes listen, one address each.
+	DefaultLoopback = netplan.TourDemo
+)
 
 // Options configures Run.
 type Options struct {
@@ -127,7 +133,7 @@ type tour struct {
 	obs  *observer
 	kl   *kubelet
 	load *load
-	ctrl *controllerProc
+	ctrl *ctrlproc.Controller
 	// loadDone is closed when the load has stopped.
 	loadDone chan struct{}
 	// touched: the namespace and the node are this tour's (no other tour runs there),
@@ -226,35 +232,36 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	}
 	// Pods are refused until the namespace's default ServiceAccount exists, and the
 	// ReplicaSet controller would back off.
-	if err := poll(ctx, 30*time.Second, func() error {
+	if err := poll.Until(ctx, 30*time.Second, func() (bool, error) {
 		_, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-		return err
+		return err == nil, err
 	}); err != nil {
 		return fmt.Errorf("namespace %s: no default ServiceAccount: %w", ns, err)
 	}
 
-	t.obs = newObserver(t.cfg.RoleLabel, t.plan.svc.Name)
+	t.obs = newObserver(ns, t.cfg.RoleLabel, t.cfg.ActiveValue, t.plan.svc.Name)
 	pool, err := newAddrPool(t.o.Loopback, portsFree(t.plan.httpPort, t.plan.rolePort))
 	if err != nil {
 		return err
 	}
 	t.kl = newKubelet(ctx, cs, ns, t.o.Node, t.o.DemoBin, t.o.LogDir, pool, t.plan, t.o.InitDelay, t.obs)
-	t.obs.onPod = t.kl.handle
-	if err := t.obs.start(ctx, cs, ns); err != nil {
+	if err := t.obs.start(ctx, cs, t.kl.handle); err != nil {
 		return err
 	}
 
 	logPath := filepath.Join(t.o.LogDir, "controller.log")
-	if t.ctrl, err = startController(ctx, t.o.ControllerBin, t.o.Kubeconfig, ns, t.o.NotReadyGrace, logPath); err != nil {
+	if t.ctrl, err = ctrlproc.Start(ctx, ctrlproc.Options{
+		Bin: t.o.ControllerBin, Kubeconfig: t.o.Kubeconfig, Namespaces: ns, LogPath: logPath,
+		Args:     []string{"-not-ready-grace", t.o.NotReadyGrace.String()},
+		OnRecord: t.obs.recorded,
+	}); err != nil {
 		return err
 	}
 	t.say("hapod-controller running (-namespaces %s -notify-cidrs 127.0.0.0/8 -not-ready-grace %s); its log: %s", ns, t.o.NotReadyGrace, logPath)
 	go func() {
 		select {
-		case <-t.ctrl.exited():
-			if !t.ctrl.stopped.Load() {
-				cancel(t.ctrl.err())
-			}
+		case <-t.ctrl.Failed():
+			cancel(t.ctrl.Err())
 		case <-ctx.Done():
 		}
 	}()
@@ -316,49 +323,44 @@ func (t *tour) removeLeftovers(ctx context.Context) error {
 }
 
 func (t *tour) deleteNamespace(ctx context.Context, wait bool) error {
-	err := t.cs.CoreV1().Namespaces().Delete(ctx, t.o.Namespace, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete namespace %s: %w", t.o.Namespace, err)
+	nss := t.cs.CoreV1().Namespaces()
+	return deleteAndWait(ctx, "namespace "+t.o.Namespace, wait, 90*time.Second,
+		func() error { return nss.Delete(ctx, t.o.Namespace, metav1.DeleteOptions{}) },
+		func() error { _, err := nss.Get(ctx, t.o.Namespace, metav1.GetOptions{}); return err })
+}
+
+func (t *tour) deleteNode(ctx context.Context, wait bool) error {
+	nodes := t.cs.CoreV1().Nodes()
+	return deleteAndWait(ctx, "node "+t.o.Node, wait, 30*time.Second,
+		func() error { return nodes.Delete(ctx, t.o.Node, metav1.DeleteOptions{}) },
+		func() error { _, err := nodes.Get(ctx, t.o.Node, metav1.GetOptions{}); return err })
+}
+
+// deleteAndWait deletes what (NotFound is no error) and, if wait, polls get until it
+// finds nothing, for at most timeout.
+func deleteAndWait(ctx context.Context, what string, wait bool, timeout time.Duration, del, get func() error) error {
+	if err := del(); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", what, err)
 	}
 	if !wait {
 		return nil
 	}
-	if err := poll(ctx, 90*time.Second, func() error {
-		_, err := t.cs.CoreV1().Namespaces().Get(ctx, t.o.Namespace, metav1.GetOptions{})
-		if err == nil {
-			return errors.New("still there (terminating)")
-		}
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
-	}); err != nil {
-		return fmt.Errorf("namespace %s not gone: %w", t.o.Namespace, err)
+	if err := poll.Until(ctx, timeout, func() (bool, error) { return gone(get()) }); err != nil {
+		return fmt.Errorf("%s not gone: %w", what, err)
 	}
 	return nil
 }
 
-func (t *tour) deleteNode(ctx context.Context, wait bool) error {
-	err := t.cs.CoreV1().Nodes().Delete(ctx, t.o.Node, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete node %s: %w", t.o.Node, err)
+// gone is a poll condition on the error of a Get: the object is gone once the Get
+// finds nothing.
+func gone(getErr error) (bool, error) {
+	switch {
+	case getErr == nil:
+		return false, errors.New("still there")
+	case apierrors.IsNotFound(getErr):
+		return true, nil
 	}
-	if !wait {
-		return nil
-	}
-	if err := poll(ctx, 30*time.Second, func() error {
-		_, err := t.cs.CoreV1().Nodes().Get(ctx, t.o.Node, metav1.GetOptions{})
-		if err == nil {
-			return errors.New("still there")
-		}
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
-	}); err != nil {
-		return fmt.Errorf("node %s not gone: %w", t.o.Node, err)
-	}
-	return nil
+	return false, getErr
 }
 
 // cleanup runs once the run's context is done. It stops the controller first (so it
@@ -368,7 +370,7 @@ func (t *tour) cleanup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if t.ctrl != nil {
-		t.ctrl.stop()
+		t.ctrl.Stop()
 	}
 	if t.kl != nil {
 		t.kl.shutdown()
@@ -407,7 +409,7 @@ func (t *tour) apply(ctx context.Context, obj runtime.Object) error {
 	if err != nil {
 		return err
 	}
-	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptrTo(true)}
+	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptr.To(true)}
 	switch o := obj.(type) {
 	case *corev1.Service:
 		_, err = t.cs.CoreV1().Services(o.Namespace).Patch(ctx, o.Name, types.ApplyPatchType, data, opts)
@@ -443,23 +445,4 @@ func describeObject(obj runtime.Object) string {
 		return kind + " " + m.GetName()
 	}
 	return kind
-}
-
-// poll calls f every 20ms until it returns nil, ctx ends or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		case <-tick.C:
-		}
-	}
 }

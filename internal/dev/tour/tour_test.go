@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +19,7 @@ import (
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/netplan"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
@@ -39,8 +39,8 @@ func testOptions(t *testing.T, out *bintest.Buffer) Options {
 		LogDir:        t.TempDir(),
 		Namespace:     "tour-test-" + suffix,
 		Node:          "tour-test-" + suffix,
-		// A /24 of its own inside 127.78.0.0/16 (the demo uses 127.77.0.0/24).
-		Loopback: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 78, byte(rand.IntN(256)), 0}), 24),
+		// A /24 of its own (the demo uses netplan.TourDemo).
+		Loopback: netplan.Subnet24(netplan.TourTests, rand.IntN(256)),
 		// Generous on a busy machine; every wait ends as soon as its condition holds.
 		SceneTimeout: 45 * time.Second,
 		Out:          out,

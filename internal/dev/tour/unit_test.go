@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/utils/ptr"
+
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 )
@@ -180,16 +182,16 @@ func TestRoute(t *testing.T) {
 		want string // "" for an error
 		noEP bool   // the error is errNoEndpoint
 	}{
-		{"the one ready endpoint", []endpoint{{"198.51.100.1", true}}, 0, "127.77.0.1:8080", false},
+		{"the one ready endpoint", []endpoint{{IP: "198.51.100.1", Ready: true}}, 0, "127.77.0.1:8080", false},
 		// A not-ready endpoint gets no traffic, as with kube-proxy.
-		{"not ready skipped", []endpoint{{"198.51.100.1", false}, {"198.51.100.2", true}}, 0, "127.77.0.2:8080", false},
-		{"turns among ready", []endpoint{{"198.51.100.1", true}, {"198.51.100.2", true}}, 1, "127.77.0.2:8080", false},
-		{"none ready", []endpoint{{"198.51.100.1", false}}, 0, "", true},
+		{"not ready skipped", []endpoint{{IP: "198.51.100.1", Ready: false}, {IP: "198.51.100.2", Ready: true}}, 0, "127.77.0.2:8080", false},
+		{"turns among ready", []endpoint{{IP: "198.51.100.1", Ready: true}, {IP: "198.51.100.2", Ready: true}}, 1, "127.77.0.2:8080", false},
+		{"none ready", []endpoint{{IP: "198.51.100.1", Ready: false}}, 0, "", true},
 		{"empty", nil, 0, "", true},
 		// An endpoint whose pod the tour does not know (yet) has nowhere to go.
-		{"unknown pod", []endpoint{{"198.51.100.7", true}}, 0, "", true},
+		{"unknown pod", []endpoint{{IP: "198.51.100.7", Ready: true}}, 0, "", true},
 		// The guard: only loopback destinations.
-		{"non-loopback refused", []endpoint{{"198.51.100.9", true}}, 0, "", false},
+		{"non-loopback refused", []endpoint{{IP: "198.51.100.9", Ready: true}}, 0, "", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -210,45 +212,6 @@ func TestRoute(t *testing.T) {
 	}
 }
 
-func TestParsePromoted(t *testing.T) {
-	p, ok := parsePromoted("active at epoch 3 (reason CriticalContainerDied, replaced hapod-plcct): label committed 24.31ms and app acked 13.02ms after the trigger was seen")
-	if !ok || p.Epoch != 3 || p.Reason != "CriticalContainerDied" || p.Replaced != "hapod-plcct" || p.LabelMs != 24.31 || p.AckMs != 13.02 {
-		t.Fatalf("got %+v, %t", p, ok)
-	}
-	// The label time is "?" when the label write failed.
-	p, ok = parsePromoted("active at epoch 1 (reason Initial, replaced none): label committed ?ms and app acked 2.00ms after the trigger was seen")
-	if !ok || !math.IsNaN(p.LabelMs) || p.AckMs != 2 {
-		t.Fatalf("got %+v, %t", p, ok)
-	}
-	// The Event is recorded when both are done: the later one ends at its time.
-	at := time.Date(2026, 1, 1, 0, 0, 1, 0, time.UTC)
-	if got, want := p.seenAt(at), at.Add(-2*time.Millisecond); !got.Equal(want) {
-		t.Errorf("seenAt = %v, want %v", got, want)
-	}
-	if _, ok := parsePromoted("something else"); ok {
-		t.Error("parsed an unrelated note")
-	}
-}
-
-func TestParsePromotedLog(t *testing.T) {
-	const line = `I1124 20:32:32.620643   31451 reconciler.go:349] "Promoted" controller="hapod" namespace="hapod-demo" name="hapod" reconcileID="6460c878" pod="hapod-4hkqk" epoch=3 reason="CriticalContainerDied" replaced="hapod-plcct" labelMs="24.31"`
-	now := time.Date(2026, 11, 24, 20, 33, 0, 0, time.UTC)
-	l, ok := parsePromotedLog(line, now)
-	want := time.Date(2026, 11, 24, 20, 32, 32, 620643000, time.UTC)
-	if !ok || l.Pod != "hapod-4hkqk" || l.Epoch != 3 || l.LabelMs != 24.31 || !l.At.Equal(want) {
-		t.Fatalf("got %+v, %t; want at %v", l, ok, want)
-	}
-	// Logged on 31 December, read on 1 January.
-	l, ok = parsePromotedLog(strings.Replace(line, "I1124", "I1231", 1), time.Date(2027, 1, 1, 0, 0, 1, 0, time.UTC))
-	if !ok || l.At.Year() != 2026 {
-		t.Fatalf("across New Year: %+v, %t", l, ok)
-	}
-	if _, ok := parsePromotedLog(`I1124 20:32:31.543575   31451 reconciler.go:328] "Demoted" pod="x" epoch=2`, now); ok {
-		t.Error("parsed a Demoted line")
-	}
-}
-
-// The shipped example, as the tour applies it.
 func TestExampleForTour(t *testing.T) {
 	ex, err := LoadExample(filepath.Join("..", "..", "..", "deploy", "example"))
 	if err != nil {
@@ -299,7 +262,7 @@ func TestExampleRefusals(t *testing.T) {
 	}
 	one := *ex
 	one.ReplicaSet = ex.ReplicaSet.DeepCopy()
-	one.ReplicaSet.Spec.Replicas = ptrTo(int32(1))
+	one.ReplicaSet.Spec.Replicas = ptr.To(int32(1))
 	if _, err := one.forTour("ns", "node", config.Default()); err == nil {
 		t.Error("a single replica accepted: the scenes need a standby")
 	}

@@ -1,15 +1,16 @@
-package tour
+package child
 
 import (
 	"bytes"
 	"os"
 )
 
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
+// Tail returns the last n lines of a child's log file, each indented by four
+// spaces so that they stand apart inside an error message.
+func Tail(path string, n int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "(no log: " + err.Error() + ")"
+		return "    (no log: " + err.Error() + ")"
 	}
 	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
 	if len(lines) > n {
