@@ -200,14 +200,21 @@ func TestRoleMessagesSwitchAnswers(t *testing.T) {
 
 	// One role record per applied change, with the epoch, the group and when
 	// the listener accepted it.
-	data, err := os.ReadFile(o.roleRecords)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := bytes.Split(bytes.TrimSpace(data), []byte("\n"))
+	// The ack goes out before the change is recorded (pkg/role's contract),
+	// so the last record may still be on its way.
 	want := []rolerecord.Change{{Role: "standby", Epoch: 1}, {Role: "active", Epoch: 2}, {Role: "standby", Epoch: 3}}
-	if len(lines) != len(want) {
-		t.Fatalf("role records:\n%s\nwant %d", data, len(want))
+	var data []byte
+	var lines [][]byte
+	err := poll.Until(t.Context(), 10*time.Second, func() (bool, error) {
+		var err error
+		if data, err = os.ReadFile(o.roleRecords); err != nil {
+			return false, err
+		}
+		lines = bytes.Split(bytes.TrimSpace(data), []byte("\n"))
+		return len(lines) >= len(want), nil
+	})
+	if err != nil || len(lines) != len(want) {
+		t.Fatalf("role records:\n%s\nwant %d (%v)", data, len(want), err)
 	}
 	for i, w := range want {
 		c, err := rolerecord.Decode(lines[i])
