@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/hapod/hapod/internal/dev/child"
+	"github.com/hapod/hapod/internal/dev/poll"
 )
 
 // startSleep starts a process that would run for a minute, reaped in the background,
@@ -241,7 +242,14 @@ func TestStartStopTwoClusters(t *testing.T) {
 
 	for i, c := range cs {
 		for _, p := range states[i].Processes {
-			if err := syscall.Kill(p.PID, 0); runs(p.PID, p.Exe) || err == nil && !zombie(p.PID) {
+			// Stop returns once the binary no longer runs (its exe link is
+			// gone); the kernel may take a moment more to finish the exit
+			// on a loaded machine, so "gone or a zombie" is polled for.
+			err := poll.Until(t.Context(), 10*time.Second, func() (bool, error) {
+				err := syscall.Kill(p.PID, 0)
+				return !runs(p.PID, p.Exe) && (err != nil || zombie(p.PID)), nil
+			})
+			if err != nil {
 				t.Errorf("cluster %d: %s (pid %d) still runs", i, p.Name, p.PID)
 			}
 		}
