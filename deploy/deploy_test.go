@@ -377,8 +377,8 @@ func TestControllerInvariants(t *testing.T) {
 		t.Errorf("metrics port %+v, want 8080", p)
 	}
 	sc := c.SecurityContext
-	switch {
-	case sc == nil:
+	switch sc {
+	case nil:
 		t.Error("container has no securityContext")
 	default:
 		if !isTrue(sc.RunAsNonRoot) && (pod.SecurityContext == nil || !isTrue(pod.SecurityContext.RunAsNonRoot)) {

@@ -144,7 +144,7 @@ func TestControllerRunsWithItsRBAC(t *testing.T) {
 		if apierrors.IsNotFound(err) || (err == nil && p.DeletionTimestamp != nil) {
 			return true, nil
 		}
-		return false, fmt.Errorf("pod %s with a dead critical container is not deleted (%v)", first, err)
+		return false, fmt.Errorf("pod %s with a dead critical container is not deleted (%w)", first, err)
 	})
 
 	// What each permission was for, seen from the API.

@@ -199,7 +199,7 @@ func upDetached(ctx context.Context, cur current, timeout time.Duration, verbose
 	err = poll.Until(ctx, timeout+30*time.Second, func() (bool, error) {
 		select {
 		case err := <-exited:
-			return false, poll.Stop(fmt.Errorf("the background cluster exited (%v); %s says:\n%s", err, logPath, child.Tail(logPath, 30)))
+			return false, poll.Stop(fmt.Errorf("the background cluster exited (%w); %s says:\n%s", err, logPath, child.Tail(logPath, 30)))
 		default:
 		}
 		if o, ok := cur.readOwner(); !ok || o.pid != cmd.Process.Pid {

@@ -88,7 +88,7 @@ func parseFlags(args []string) (*flags, error) {
 			continue
 		}
 		if _, port, err := net.SplitHostPort(a.addr); err != nil {
-			return nil, fmt.Errorf("-%s: %v", a.flag, err)
+			return nil, fmt.Errorf("-%s: %w", a.flag, err)
 		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 			return nil, fmt.Errorf("-%s: bad port %q", a.flag, port)
 		}

@@ -234,7 +234,7 @@ func TestOldRestartsDoomNothing(t *testing.T) {
 		for _, p := range pods {
 			cur, err := e.cs.CoreV1().Pods(e.ns).Get(t.Context(), p.Name, metav1.GetOptions{})
 			if err != nil || cur.DeletionTimestamp != nil || cur.UID != p.UID {
-				return fmt.Errorf("pod %s deleted (err %v)", p.Name, err)
+				return fmt.Errorf("pod %s deleted (err %w)", p.Name, err)
 			}
 		}
 		return nil
@@ -346,7 +346,7 @@ func TestEveryReplicaCrashedKeepsOneServing(t *testing.T) {
 	stays(t, 1500*time.Millisecond, func() error {
 		cur, err := e.cs.CoreV1().Pods(e.ns).Get(t.Context(), act.Name, metav1.GetOptions{})
 		if err != nil || cur.DeletionTimestamp != nil || cur.Labels["role"] != "active" {
-			return fmt.Errorf("the last warm pod lost the active role or was deleted (err %v)", err)
+			return fmt.Errorf("the last warm pod lost the active role or was deleted (err %w)", err)
 		}
 		if s := ls[act.Name].State(); s.Role != role.Active {
 			return fmt.Errorf("the active's app holds %+v", s)
@@ -394,7 +394,7 @@ func TestUnreadableCriticalityWarns(t *testing.T) {
 	stays(t, 1500*time.Millisecond, func() error {
 		cur, err := e.cs.CoreV1().Pods(e.ns).Get(t.Context(), act.Name, metav1.GetOptions{})
 		if err != nil || cur.DeletionTimestamp != nil || cur.Labels["role"] != "active" {
-			return fmt.Errorf("active changed after a container of unreadable criticality restarted (err %v)", err)
+			return fmt.Errorf("active changed after a container of unreadable criticality restarted (err %w)", err)
 		}
 		if s := ls[act.Name].State(); s.Role != role.Active {
 			return fmt.Errorf("app holds %+v", s)

@@ -192,7 +192,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		d.Reason = election.Gone
 	}
 	if d.Promote != nil && d.Epoch > maxEpoch {
-		return reconcile.Result{}, r.epochsExhausted(ctx, req, g, members, d.Epoch)
+		return reconcile.Result{}, r.epochsExhausted(req, g, members, d.Epoch)
 	}
 
 	byUID := make(map[string]*member, len(members))
@@ -287,7 +287,7 @@ func epochAfterLostLease(known uint64) uint64 {
 // promotion (or, worse, a stale active would win): the group stays as it
 // is and the error is returned for the retry log. Starting again needs new
 // pods (apps that forgot their epochs) and the Lease deleted.
-func (r *Reconciler) epochsExhausted(ctx context.Context, req reconcile.Request, g *groupState, members []member, epoch uint64) error {
+func (r *Reconciler) epochsExhausted(req reconcile.Request, g *groupState, members []member, epoch uint64) error {
 	err := fmt.Errorf("group needs epoch %d, beyond the Lease's limit %d: no promotion", epoch, uint64(maxEpoch))
 	if len(members) > 0 {
 		m := &members[0]

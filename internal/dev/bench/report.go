@@ -144,14 +144,14 @@ func (r *Results) mdAlternatives(p printf) {
 		for _, st := range t.Stages {
 			switch st.Name {
 			case StageAck:
-				p("| hapod | active pod deleted → new active's app has the role | %s | %s |\n", summaryCells(st.Summary), ratio(st.Summary.P50, r.hapodMedian(StageLabelled)))
+				p("| hapod | active pod deleted → new active's app has the role | %s | %s |\n", summaryCells(st.Summary), ratio(st.Summary.P50, r.labelMedian()))
 			case StageLabelled:
 				p("| hapod | active pod deleted → new active's label committed | %s | 1 |\n", summaryCells(st.Summary))
 			}
 		}
 	}
 	for _, b := range r.Baselines {
-		p("| %s | %s | %s | %s |\n", b.System, b.Measure, summaryCells(b.Series.Summary), ratio(b.Series.Summary.P50, r.hapodMedian(StageLabelled)))
+		p("| %s | %s | %s | %s |\n", b.System, b.Measure, summaryCells(b.Series.Summary), ratio(b.Series.Summary.P50, r.labelMedian()))
 	}
 	for _, b := range r.Baselines {
 		if b.Acquired != nil {

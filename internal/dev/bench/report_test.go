@@ -36,7 +36,7 @@ func TestReportFromResults(t *testing.T) {
 		r.OneGroup = append(r.OneGroup, tr)
 	}
 	r.Baselines = []Baseline{{System: "slow <thing>", Measure: "x", Series: newSeries("s", []float64{400, 400})}}
-	r.Baselines[0].Ratio = r.Baselines[0].Series.Summary.P50 / r.hapodMedian(StageLabelled)
+	r.Baselines[0].Ratio = r.Baselines[0].Series.Summary.P50 / r.labelMedian()
 	r.Scale = []ScaleResult{{Groups: 10, Completed: 10, Ack: newSeries("ack", []float64{1, 2}), Labelled: newSeries("l", []float64{3, 4}),
 		APIRequests: map[string]float64{"PATCH": 20, "POST": 20}, APIPerGroup: 4}}
 

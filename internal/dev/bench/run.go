@@ -189,7 +189,7 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 	if o.NoStandby > 0 && o.runs("nostandby") {
 		e.runNoStandby(ctx, o, r, fail)
 	}
-	if ref := r.hapodMedian(StageLabelled); ref > 0 {
+	if ref := r.labelMedian(); ref > 0 {
 		for i := range r.Baselines {
 			r.Baselines[i].Ratio = r.Baselines[i].Series.Summary.P50 / ref
 		}
@@ -264,9 +264,10 @@ func (e *Env) runNoStandby(ctx context.Context, o Options, r *Results, fail func
 	})
 }
 
-// hapodMedian is the one-group median of a stage for the pod-deleted
-// trigger, the reference of the ratios.
-func (r *Results) hapodMedian(stage string) float64 {
+// labelMedian is the one-group median of the label stage for the
+// pod-deleted trigger: the reference of the ratios.
+func (r *Results) labelMedian() float64 {
+	const stage = StageLabelled
 	for _, t := range r.OneGroup {
 		if t.Trigger != TriggerDelete {
 			continue

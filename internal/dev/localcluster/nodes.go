@@ -122,7 +122,7 @@ func WaitNodeReady(ctx context.Context, client kubernetes.Interface, name string
 		case election.NodeReadyStatus(n) != corev1.ConditionTrue:
 			return false, errors.New("not Ready")
 		case len(n.Spec.Taints) > 0:
-			return false, fmt.Errorf("Ready but tainted %v", n.Spec.Taints)
+			return false, fmt.Errorf("ready but tainted %v", n.Spec.Taints)
 		}
 		return true, nil
 	})

@@ -81,7 +81,7 @@ type Pod[X any] struct {
 	X                                                       X
 }
 
-// Alive: neither deleting nor deleted.
+// Alive reports whether the pod is neither deleting nor deleted.
 func (p *Pod[X]) Alive() bool { return p.Deleting.IsZero() && p.Gone.IsZero() }
 
 // LabelledAt is when the pod was first seen labelled role with epoch (any
@@ -126,7 +126,7 @@ func (s Snapshot) ReadyIPs() []string {
 	return ips
 }
 
-// ListsOnly: the snapshot has exactly one endpoint, ip, and it is ready.
+// ListsOnly reports whether the snapshot has exactly one endpoint, ip, and it is ready.
 func (s Snapshot) ListsOnly(ip string) bool {
 	return len(s.Endpoints) == 1 && s.Endpoints[0].IP == ip && s.Endpoints[0].Ready
 }
@@ -372,7 +372,7 @@ func (o *Observer[X]) Mark(uid types.UID, f func(p *Pod[X])) {
 	}
 }
 
-// ErrTimeout: a WaitFor's condition did not hold in time.
+// ErrTimeout is returned when a WaitFor's condition did not hold in time.
 var ErrTimeout = errors.New("not within")
 
 // WaitFor evaluates cond under the lock now and after every change until it

@@ -130,6 +130,7 @@ func Restarted(container string) Change {
 	}
 }
 
+// ContainerStatus returns the status of the named container in st, or nil.
 func ContainerStatus(st *corev1.PodStatus, name string) *corev1.ContainerStatus {
 	for i := range st.ContainerStatuses {
 		if st.ContainerStatuses[i].Name == name {

@@ -33,7 +33,7 @@ func TestUntilStops(t *testing.T) {
 		n++
 		return false, Stop(gone)
 	})
-	if err != gone || n != 1 {
+	if !errors.Is(err, gone) || n != 1 {
 		t.Fatalf("Until = %v after %d calls, want the stop error itself after 1", err, n)
 	}
 }
