@@ -193,7 +193,7 @@ func (r *Reconciler) writeRole(ctx context.Context, pod *corev1.Pod, value strin
 	committed, rerr := r.roleWritten(ctx, pod, value, epoch)
 	switch {
 	case rerr != nil:
-		return fmt.Errorf("%w (and reading the pod back failed: %v)", err, rerr)
+		return fmt.Errorf("%w (and reading the pod back failed: %w)", err, rerr)
 	case committed:
 		logf.FromContext(ctx).Info("Role write reported an error but was committed", "pod", pod.Name, "role", value, "epoch", epoch, "err", err)
 		return nil

@@ -143,7 +143,7 @@ func TestServiceEndpointSliceFollowsActiveLabel(t *testing.T) {
 	clustertest.Eventually(t, 10*time.Second, func() (bool, error) {
 		addrs, n, err := sliceAddresses(t, cs, ns, "hapod-active")
 		if err != nil || n == 0 {
-			return false, fmt.Errorf("no EndpointSlice yet (%v)", err)
+			return false, fmt.Errorf("no EndpointSlice yet (%w)", err)
 		}
 		if len(addrs) != 0 {
 			t.Fatalf("EndpointSlice lists %v before any pod is active", addrs)

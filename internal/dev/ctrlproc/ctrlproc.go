@@ -146,7 +146,7 @@ func (c *Controller) wait() {
 	select {
 	case <-c.stopping:
 	default:
-		c.fail(fmt.Errorf("hapod-controller exited (%v); tail of %s:\n%s", c.waitErr, c.logPath, child.Tail(c.logPath, 15)))
+		c.fail(fmt.Errorf("hapod-controller exited (%w); tail of %s:\n%s", c.waitErr, c.logPath, child.Tail(c.logPath, 15)))
 	}
 }
 

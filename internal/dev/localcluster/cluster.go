@@ -179,7 +179,7 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 	defer func() {
 		if err != nil {
 			if stopErr := c.Stop(); stopErr != nil {
-				err = fmt.Errorf("%w (and stopping what had started: %v)", err, stopErr)
+				err = fmt.Errorf("%w (and stopping what had started: %w)", err, stopErr)
 			}
 		}
 	}()

@@ -37,7 +37,7 @@ func (p *process) exited() bool {
 
 // exitError describes an unexpected exit with the tail of the component's log.
 func (p *process) exitError() error {
-	return fmt.Errorf("%s exited (%v); tail of %s:\n%s", p.name, p.waitErr, p.logPath, child.Tail(p.logPath, 25))
+	return fmt.Errorf("%s exited (%w); tail of %s:\n%s", p.name, p.waitErr, p.logPath, child.Tail(p.logPath, 25))
 }
 
 // stop sends SIGTERM to the process group, then SIGKILL if it has not exited within
