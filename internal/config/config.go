@@ -96,12 +96,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.CriticalValue, "critical-value", c.CriticalValue, "value of -critical-env that means critical")
 	fs.IntVar(&c.RolePort, "role-port", c.RolePort, "UDP port on which pods listen for role messages")
 	fs.Func("namespaces", "comma-separated namespaces to watch (default: all)", func(s string) error {
-		c.Namespaces = nil
-		for _, ns := range strings.Split(s, ",") {
-			if ns = strings.TrimSpace(ns); ns != "" {
-				c.Namespaces = append(c.Namespaces, ns)
-			}
-		}
+		c.Namespaces = commaList(s)
 		return nil
 	})
 	fs.DurationVar(&c.NotReadyGrace, "not-ready-grace", c.NotReadyGrace, "how long the active may be not Ready before failover")
@@ -111,10 +106,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.APITimeout, "api-timeout", c.APITimeout, "deadline of each API call of a switch")
 	fs.Func("notify-cidrs", "comma-separated networks role messages may be sent to (default: any)", func(s string) error {
 		c.NotifyNetworks = nil
-		for _, p := range strings.Split(s, ",") {
-			if p = strings.TrimSpace(p); p == "" {
-				continue
-			}
+		for _, p := range commaList(s) {
 			prefix, err := netip.ParsePrefix(p)
 			if err != nil {
 				return err
@@ -127,6 +119,17 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&c.Workers, "workers", c.Workers, "groups reconciled concurrently")
 	fs.StringVar(&c.LeasePrefix, "lease-prefix", c.LeasePrefix, "name prefix of the per-group Lease that stores the epoch")
 	fs.DurationVar(&c.ResyncPeriod, "resync-period", c.ResyncPeriod, "full re-list period; only repairs, events drive failover")
+}
+
+// commaList splits a comma-separated flag value, dropping empty items.
+func commaList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 // Validate reports every problem at once, each naming its flag.

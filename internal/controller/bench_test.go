@@ -25,7 +25,7 @@ import (
 // controller pays: a label patch by the benchmark itself, seen on the same
 // watch.
 //
-//	go test -run '^$' -bench Failover -benchtime 60x ./internal/controller/
+//	go test -run '^$' -bench Failover -benchtime 100x ./internal/controller/
 func BenchmarkFailover(b *testing.B) {
 	e := newEnv(b)
 	e.replicaSet("hapod", 2)

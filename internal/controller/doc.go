@@ -4,8 +4,17 @@
 // role labels, deletions of pods whose critical container died, Events and
 // metrics, and the UDP role notifications.
 //
-// The failover path is ordered so that the Service never selects two pods
-// and no epoch is handed out twice: first the epoch Lease and the demotion
-// of the old active (in parallel), then the new active's label and, in
-// parallel with it, its UDP notification.
+// A switch (switch.go, switchActive) runs in this order, so that the Service
+// never selects two pods and no two apps act active: the old active's app is
+// told standby at the new epoch and its ack awaited briefly
+// (-demote-ack-timeout); only once it is fenced (acked, or proven dead) is
+// the new active told active; then the old active's label is removed, and
+// only then the new one's written. The new epoch comes from a block reserved
+// ahead in the group's Lease, so no API write stands before the new app's
+// ack. Every API call and role message of a switch has a deadline and, with
+// leader election, passes the leader gate (leader.go): a replica that may
+// have lost its lease writes nothing.
+//
+// Build a Reconciler with New and register it with SetupWithManager;
+// cmd/hapod-controller is the one wiring of the manager.
 package controller
