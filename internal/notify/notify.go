@@ -233,11 +233,13 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var lastSent time.Time
-	send := true
+	// send: a datagram goes out this turn; resend: it is a repeat of the
+	// last one (counted as a retry), not the first of a round.
+	send, resend := true, false
 	for {
 		if send {
 			res.Attempts++
-			if res.Attempts > 1 {
+			if resend {
 				n.metrics.retries.Inc()
 			}
 			lastSent = time.Now()
@@ -268,7 +270,7 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 				n.wait(k, ch)
 				// The backoff goes on where it was: a pod slow to answer the
 				// first round (a burst) gets no faster resends of the second.
-				send = true
+				send, resend = true, false
 				continue
 			}
 			res.Status = a.status
@@ -289,6 +291,7 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 			}
 			backoff = min(2*backoff, n.cfg.MaxBackoff)
 			send = resendUseful(n.queue.drainedSince(lastSent), time.Since(lastSent), n.cfg.Deadline)
+			resend = send
 			if !send {
 				n.metrics.deferred.Inc()
 			}
