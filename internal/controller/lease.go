@@ -96,6 +96,9 @@ type leases struct {
 	now        func() time.Time
 	renewer    Renewer
 	metrics    *Metrics
+	// leader gates the loop: a replica that may have lost its leadership
+	// renews nothing (nil: no leader election, always open).
+	leader *LeaderGate
 	// lapsed is told (outside the lock) of each group whose active lapsed
 	// or whose gated grant may now proceed.
 	lapsed func(types.NamespacedName, time.Time)
@@ -118,6 +121,7 @@ func newLeases(cfg config.Config, d Deps, lapsed func(types.NamespacedName, time
 		margin:  cfg.LeaseMargin,
 		now:     d.Now,
 		metrics: d.Metrics,
+		leader:  d.Leader,
 		lapsed:  lapsed,
 		byUID:   map[types.UID]*lease{},
 		byGroup: map[types.NamespacedName]map[types.UID]*lease{},
@@ -390,6 +394,12 @@ type renewal struct {
 // pass renews what is due, declares what has lapsed, and returns how long
 // to sleep.
 func (ls *leases) pass() time.Duration {
+	if _, ok := ls.leader.Remaining(); !ok {
+		// A deposed (or paused) leader must not keep an app's lease alive
+		// while the new leader waits it out to promote another pod: it
+		// renews nothing, so its apps fence themselves within the TTL.
+		return ls.renew
+	}
 	var due []renewal
 	var lapsed []*lease
 	ls.mu.Lock()
@@ -703,8 +713,13 @@ func (r *Reconciler) gateLease(ctx context.Context, req reconcile.Request, g *gr
 // the switch has happened the pod is told standby at the new epoch as
 // usual.
 func (r *Reconciler) fence(ctx context.Context, req reconcile.Request, t notify.Target) {
+	sendCtx, cancel, err := r.callCtx(ctx, r.Config.NotifyDeadline)
+	if err != nil {
+		return // not certainly leader: no message may leave
+	}
 	go func() {
-		res := r.Notifier.Send(ctx, t)
+		defer cancel()
+		res := r.Notifier.Send(sendCtx, t)
 		r.Metrics.Notifications.WithLabelValues(wire.RoleStandby, resultOf(res)).Inc()
 		if r.leases.fenced(t, res) {
 			r.enqueue(req.NamespacedName)

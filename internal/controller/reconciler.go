@@ -164,6 +164,11 @@ type member struct {
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	// Every line logged for this group carries "group".
 	ctx = logf.IntoContext(ctx, logf.FromContext(ctx).WithValues("group", req.String()))
+	if _, ok := r.Leader.Remaining(); !ok {
+		// A replica that may have lost its leadership decides nothing:
+		// every write and message would be refused anyway.
+		return reconcile.Result{}, errNotLeader
+	}
 	now := r.Now()
 	trigger := r.seen.take(req.NamespacedName, now)
 	r.watching.Do(func() { r.opts.WatchingSince = now })
