@@ -83,7 +83,11 @@ func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *gr
 		}
 		t := g.told[m.pod.UID]
 		if t != nil && t.role == role && (role != r.roles.Active || t.epoch == epoch) {
-			if t.inflight || t.acked || t.giveUp || now.Sub(t.failedAt) < r.Config.NotifyRetry {
+			// An acked active whose lease is no longer renewed (it lapsed
+			// while its label write was retried, or its app restarted)
+			// holds standby now: it is granted the role again below.
+			regrant := role == r.roles.Active && t.acked && !r.leases.renewing(m.pod.UID, epoch)
+			if !regrant && (t.inflight || t.acked || t.giveUp || now.Sub(t.failedAt) < r.Config.NotifyRetry) {
 				continue
 			}
 		}
