@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"runtime/pprof"
@@ -56,42 +55,49 @@ func benchKill(b *testing.B, api bool) {
 	// Only the lease, or the critical container's status, may trigger.
 	e.cfg.NotReadyGrace = time.Minute
 	e.replicaSet("hapod", 2)
-	apps := map[string]*benchApp{}
+	// The apps' active intervals are recorded: the benchmark fails if two
+	// ever overlap.
+	rec := newRecorder(b)
+	apps := map[string]*app{}
 	settle := func() {
 		for _, p := range e.runningPods("hapod", 2) {
-			if a := apps[p.Name]; a == nil || a.uid != string(p.UID) {
-				apps[p.Name] = startBenchApp(e, p)
+			if a := apps[p.Name]; a == nil || a.pod.UID != p.UID {
+				apps[p.Name] = e.recordedApp(rec, p)
 			}
 		}
 	}
 	settle()
 	r := e.startController()
 	act := e.active("hapod")
-	apps[act.Name].waitActive(b, epochOf(act))
+	apps[act.Name].waitActive(epochOf(act), 10*time.Second)
 
 	var took []time.Duration
 	for b.Loop() {
 		old := apps[act.Name]
-		killed := old.kill()
+		var killed time.Time
 		if api {
+			killed = old.killReported()
 			clustertest.SetContainerTerminated(b, e.ns, act.Name, "app", 137, "Error")
+		} else {
+			killed = old.kill()
 		}
 		next := e.active("hapod", act.Name)
 		na := apps[next.Name]
 		if na == nil {
 			b.Fatalf("promoted %s, which has no app", next.Name)
 		}
-		st := na.waitActive(b, epochOf(next))
+		st := na.waitActive(epochOf(next), 10*time.Second)
 		took = append(took, st.Changed.Sub(killed))
 
 		if api {
 			// The controller deletes the pod; its replacement (kwok reuses
 			// the IP) gets an app.
+			old.relay.close()
 			delete(apps, act.Name)
 			e.gone(act)
 		} else {
 			// The kubelet would restart the container in place.
-			old.restart(b)
+			old.restart()
 		}
 		settle()
 		act = next
@@ -101,56 +107,6 @@ func benchKill(b *testing.B, api bool) {
 	if !api {
 		b.ReportMetric(testutil.ToFloat64(r.metrics.LeaseLapses.WithLabelValues("silent"))/float64(len(took)), "lapses/kill")
 	}
-}
-
-// benchApp is a pod's app for the benchmarks: a listener that can be
-// killed and restarted in place.
-type benchApp struct {
-	e   *env
-	uid string
-	at  netip.AddrPort
-	l   *role.Listener
-}
-
-func startBenchApp(e *env, p corev1.Pod) *benchApp {
-	ip, err := netip.ParseAddr(p.Status.PodIP)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	a := &benchApp{e: e, uid: string(p.UID), at: netip.AddrPortFrom(ip, uint16(e.port))}
-	a.start()
-	return a
-}
-
-func (a *benchApp) start() {
-	l, err := role.Listen(a.e.t.Context(), role.Config{Addr: a.at.String(), PodUID: a.uid})
-	if err != nil {
-		a.e.t.Fatal(err)
-	}
-	a.l = l
-	a.e.t.Cleanup(func() { _ = l.Close() })
-}
-
-func (a *benchApp) kill() time.Time {
-	_ = a.l.Close()
-	at := time.Now()
-	for range a.l.Changes() {
-	}
-	return at
-}
-
-func (a *benchApp) restart(b *testing.B) {
-	a.start()
-}
-
-func (a *benchApp) waitActive(b *testing.B, epoch uint64) role.State {
-	b.Helper()
-	var s role.State
-	clustertest.Eventually(b, 10*time.Second, func() (bool, error) {
-		s = a.l.State()
-		return a.l.Active() && s.Epoch >= epoch, nil
-	})
-	return s
 }
 
 // BenchmarkLeaseRenewals measures what renewing 1,000 leases costs the

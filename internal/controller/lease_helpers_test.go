@@ -38,7 +38,7 @@ type span struct {
 	from, to time.Time // to is zero while open
 }
 
-func newRecorder(t *testing.T) *roleRecorder {
+func newRecorder(t testing.TB) *roleRecorder {
 	r := &roleRecorder{open: map[string]*span{}, pod: map[string]string{}}
 	t.Cleanup(func() { r.check(t) })
 	return r
@@ -71,13 +71,19 @@ func (r *roleRecorder) onChange(pod string) (string, func(role.State)) {
 }
 
 // closed ends the open interval of a listener that has stopped (its
-// Changes drained): at its lease's end.
-func (r *roleRecorder) closed(who string, l *role.Listener) {
+// Changes drained): at its lease's end (its State after Close keeps the end
+// the released lease would have had), since the controller cannot know that
+// the app is dead; or at died, if not zero, when the app's death is
+// reported to the API, which the controller may take as proof.
+func (r *roleRecorder) closed(who string, l *role.Listener, died time.Time) {
 	s := l.State()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if cur := r.open[who]; cur != nil {
+	if cur := r.open[who]; cur != nil && !s.Expiry.IsZero() {
 		cur.to = s.Expiry
+		if !died.IsZero() {
+			cur.to = died
+		}
 		r.spans = append(r.spans, *cur)
 		delete(r.open, who)
 	}
@@ -136,8 +142,8 @@ func (r *roleRecorder) spansOf(pod string) []span {
 	return out
 }
 
-// app is a pod's application: a recorded role listener, optionally behind
-// a relay.
+// app is a pod's application: a recorded role listener behind a relay
+// (so that the test can cut it off, pause it, or kill it without a word).
 type app struct {
 	pod   corev1.Pod
 	addr  netip.AddrPort // where the controller sends (the pod IP and role port)
@@ -148,24 +154,17 @@ type app struct {
 	e     *env
 }
 
-// recordedApp starts pod's listener on its pod IP and role port, recorded.
-// With relayed, the listener binds another port of the pod IP and a relay
-// takes the role port, so that the test can cut the app off or pause it.
-func (e *env) recordedApp(rec *roleRecorder, p corev1.Pod, relayed bool) *app {
+// recordedApp starts pod's listener, recorded, on another port of its pod
+// IP, with a relay on the role port.
+func (e *env) recordedApp(rec *roleRecorder, p corev1.Pod) *app {
 	e.t.Helper()
 	ip, err := netip.ParseAddr(p.Status.PodIP)
 	if err != nil || !ip.IsLoopback() {
 		e.t.Fatalf("pod %s has IP %q; the test needs a loopback pod IP", p.Name, p.Status.PodIP)
 	}
 	a := &app{pod: p, addr: netip.AddrPortFrom(ip, uint16(e.port)), rec: rec, e: e}
-	listenAt := a.addr
-	if relayed {
-		listenAt = netip.AddrPortFrom(ip, 0)
-	}
-	a.start(listenAt)
-	if relayed {
-		a.relay = newRelay(e.t, a.addr, a.l.Addr().(*net.UDPAddr).AddrPort())
-	}
+	a.start(netip.AddrPortFrom(ip, 0))
+	a.relay = newRelay(e.t, a.addr, a.l.Addr().(*net.UDPAddr).AddrPort())
 	return a
 }
 
@@ -180,14 +179,27 @@ func (a *app) start(at netip.AddrPort) {
 	a.e.t.Cleanup(func() { a.kill() })
 }
 
-// kill closes the listener, as SIGKILL would end the app, and waits until
-// it has stopped.
-func (a *app) kill() time.Time {
+// kill ends the app as SIGKILL would: nothing more comes from it, not
+// even the release its listener's Close sends; it waits until the listener
+// has stopped.
+func (a *app) kill() time.Time { return a.die(false) }
+
+// killReported kills the app and counts it dead from then on: the test
+// reports the death to the API (a critical container terminated), which the
+// controller takes as proof that the app no longer acts.
+func (a *app) killReported() time.Time { return a.die(true) }
+
+func (a *app) die(reported bool) time.Time {
+	a.relay.set("drop")
+	at := time.Now()
 	_ = a.l.Close()
 	for range a.l.Changes() {
 	}
-	at := time.Now()
-	a.rec.closed(a.who, a.l)
+	var died time.Time
+	if reported {
+		died = at
+	}
+	a.rec.closed(a.who, a.l, died)
 	return at
 }
 
@@ -198,6 +210,7 @@ func (a *app) restart() {
 	addr := a.l.Addr().(*net.UDPAddr).AddrPort()
 	a.kill()
 	a.start(addr)
+	a.relay.set("pass")
 }
 
 // waitActive waits until the app holds the active role at an epoch of at
@@ -246,8 +259,13 @@ func newRelay(t testing.TB, front, listener netip.AddrPort) *relay {
 	r := &relay{front: f, back: b, to: listener, mode: "pass"}
 	go r.pump(f, true)
 	go r.pump(b, false)
-	t.Cleanup(func() { _ = f.Close(); _ = b.Close() })
+	t.Cleanup(r.close)
 	return r
+}
+
+func (r *relay) close() {
+	_ = r.front.Close()
+	_ = r.back.Close()
 }
 
 func (r *relay) pump(c *net.UDPConn, toPod bool) {

@@ -19,7 +19,7 @@ import (
 
 // leaseGroup is a group of n bare pods (no ReplicaSet races to replace a
 // pod a test removes), each with a recorded app, and a controller; the
-// active's app has acked. relayed apps sit behind a relay.
+// active's app has acked.
 type leaseGroup struct {
 	e      *env
 	rec    *roleRecorder
@@ -28,7 +28,7 @@ type leaseGroup struct {
 	active corev1.Pod
 }
 
-func newLeaseGroup(t *testing.T, n int, relayed bool) *leaseGroup {
+func newLeaseGroup(t *testing.T, n int) *leaseGroup {
 	e := newEnv(t)
 	// Only the lease may notice what these tests do to an app.
 	e.cfg.NotReadyGrace = time.Minute
@@ -36,7 +36,7 @@ func newLeaseGroup(t *testing.T, n int, relayed bool) *leaseGroup {
 	e.neverTwoActive("hapod")
 	e.barePods("hapod", n)
 	for _, p := range e.runningPods("hapod", n) {
-		lg.apps[p.Name] = e.recordedApp(lg.rec, p, relayed)
+		lg.apps[p.Name] = e.recordedApp(lg.rec, p)
 	}
 	lg.r = e.startController()
 	lg.active = e.active("hapod")
@@ -52,7 +52,7 @@ func (lg *leaseGroup) promotions(reason election.Fault) float64 {
 // API: the controller sees the lease lapse and the standby becomes active,
 // within about one TTL, and at no instant were two apps active.
 func TestLeaseDetectsKilledApp(t *testing.T) {
-	lg := newLeaseGroup(t, 2, false)
+	lg := newLeaseGroup(t, 2)
 	e, old := lg.e, lg.active
 	killed := lg.apps[old.Name].kill()
 	next := e.active("hapod", old.Name)
@@ -93,7 +93,7 @@ func TestLeaseActiveLeavesView(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			lg := newLeaseGroup(t, 2, true)
+			lg := newLeaseGroup(t, 2)
 			e, old := lg.e, lg.active
 			oldApp := lg.apps[old.Name]
 			cut := oldApp.relay.set("drop") // its node still runs it, but it is partitioned
@@ -122,7 +122,7 @@ func TestLeaseActiveLeavesView(t *testing.T) {
 // intervals, without a failover (defect 5: it stayed Unknown while
 // labelled active).
 func TestLeaseRestartedInPlace(t *testing.T) {
-	lg := newLeaseGroup(t, 2, false)
+	lg := newLeaseGroup(t, 2)
 	e, act := lg.e, lg.active
 	a := lg.apps[act.Name]
 	restarted := time.Now()
@@ -151,7 +151,7 @@ func TestLeaseRestartedInPlace(t *testing.T) {
 // at once) is fenced before its successor is active, and the delayed
 // renewals it reads afterwards do not make it active again.
 func TestLeasePausedApp(t *testing.T) {
-	lg := newLeaseGroup(t, 2, true)
+	lg := newLeaseGroup(t, 2)
 	e, old := lg.e, lg.active
 	oldApp := lg.apps[old.Name]
 	paused := oldApp.relay.set("hold")
@@ -178,7 +178,7 @@ func TestLeasePausedApp(t *testing.T) {
 // A pause shorter than the TTL minus one renew interval changes nothing:
 // the app keeps its lease and the controller does not fail over.
 func TestLeaseShortPauseNoFailover(t *testing.T) {
-	lg := newLeaseGroup(t, 2, true)
+	lg := newLeaseGroup(t, 2)
 	e, act := lg.e, lg.active
 	a := lg.apps[act.Name]
 	pause := (e.cfg.LeaseTTL - e.cfg.LeaseRenew) / 2
@@ -204,7 +204,7 @@ func TestLeaseShortPauseNoFailover(t *testing.T) {
 // certainly run out; the app is active again at the same epoch, and no
 // failover happens.
 func TestLeaseControllerRestart(t *testing.T) {
-	lg := newLeaseGroup(t, 2, false)
+	lg := newLeaseGroup(t, 2)
 	e, act := lg.e, lg.active
 	a := lg.apps[act.Name]
 	lg.r.stop()

@@ -323,3 +323,36 @@ func TestLeaseSweep(t *testing.T) {
 		t.Fatal("its lease does not hold up a grant to another pod")
 	}
 }
+
+// An app that closes its listener releases its lease (pkg/role's Close):
+// a grant waiting for it proceeds at once; the renewals go on, so that the
+// app restarted in place is granted its role again.
+func TestLeaseRelease(t *testing.T) {
+	f := newLeaseFixture(t)
+	old := f.grant("a", 1)
+	if wait, _, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); wait <= 0 {
+		t.Fatal("no wait for a live lease")
+	}
+	f.rn.handler(notify.Ack{Group: old.Group, Pod: "a", UID: old.UID, Role: wire.RoleStandby, Epoch: 1, Seq: 0, Status: wire.StatusOK, Nonce: 9, Lease: true, At: f.clk.now()})
+	if len(f.lapsed) != 1 {
+		t.Fatal("the release did not requeue the waiting group")
+	}
+	if wait, blocked, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); wait != 0 || blocked {
+		t.Fatalf("after the release: %v, %v", wait, blocked)
+	}
+
+	// Not waiting: the renewals go on, and an answer to one clears the
+	// release.
+	g := newLeaseFixture(t)
+	tgt := g.grant("a", 1)
+	g.rn.handler(notify.Ack{Group: tgt.Group, Pod: "a", UID: tgt.UID, Role: wire.RoleStandby, Epoch: 1, Status: wire.StatusOK, Nonce: 9, Lease: true, At: g.clk.now()})
+	g.clk.advance(50 * time.Millisecond)
+	g.ls.pass()
+	if r := g.rn.take(); len(r) != 1 {
+		t.Fatalf("renewals after a release %+v, want one", r)
+	}
+	g.ack(tgt, wire.StatusRetry, 11)
+	if wait, _, _ := g.ls.grantWait(g.key, "uid-b", g.clk.now(), 1); wait <= 0 {
+		t.Fatal("an app answering again does not hold up a grant to another pod")
+	}
+}

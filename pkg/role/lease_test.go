@@ -216,6 +216,9 @@ func TestRestartedInPlace(t *testing.T) {
 	addr := old.Addr().String()
 	_ = old.Close()
 	<-old.done
+	if r, ok := p.readAck(2 * time.Second); !ok || r.Seq != 0 || r.Role != wire.RoleStandby {
+		t.Fatalf("old listener's release: %+v, %v", r, ok)
+	}
 	l := listen(t, Config{Addr: addr, now: clk.now})
 	r := p.send(echoing(leaseMsg(7, 150*time.Millisecond), a.Nonce))
 	if r.Status != wire.StatusRetry || l.State().Role != Unknown {
@@ -261,4 +264,38 @@ func TestLeaseLapsesOnTheRealClock(t *testing.T) {
 		t.Fatalf("change %+v after %+v", s, granted)
 	}
 	t.Logf("lapse delivered %v after the lease ended", late)
+}
+
+// Close releases an active lease: the controller that last renewed it is
+// told, unasked, that the pod is standby (an ack with seq 0), so that a
+// successor need not wait for the lease to run out.
+func TestCloseReleases(t *testing.T) {
+	l, err := Listen(t.Context(), Config{Addr: "127.0.0.1:0", PodName: "p-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPeer(t, l)
+	p.activate(leaseMsg(3, time.Minute))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a, ok := p.readAck(2 * time.Second)
+	if !ok {
+		t.Fatal("no release")
+	}
+	if a.Type != wire.TypeAck || a.Role != wire.RoleStandby || a.Status != wire.StatusOK || a.Seq != 0 ||
+		a.Epoch != 3 || a.UID != "uid-0" || a.Group != "ns/g" || a.Pod != "p-0" || a.Nonce == 0 {
+		t.Fatalf("release %+v", a)
+	}
+	if s := l.State(); s.Role != Standby || s.Epoch != 3 || s.Fenced || l.Active() || !s.Expiry.After(s.Changed) {
+		t.Fatalf("after Close: %+v, want standby, with the end the released lease would have had", s)
+	}
+	// A standby listener has nothing to release.
+	l2 := listen(t, Config{})
+	p2 := newPeer(t, l2)
+	p2.send(roleMsg("standby", 1))
+	_ = l2.Close()
+	if a, ok := p2.readAck(100 * time.Millisecond); ok {
+		t.Fatalf("a standby listener sent %+v on Close", a)
+	}
 }

@@ -44,7 +44,8 @@ type State struct {
 	Fenced bool
 	// Expiry is, while Role is Active, when the lease ends on this
 	// process's clock unless renewed; for a Fenced state, when it ended;
-	// otherwise zero. Renewals move it without a notification, so a State
+	// after Close released an active lease, when that lease would have
+	// ended; otherwise zero. Renewals move it without a notification, so a State
 	// received from Changes or OnChange has the expiry of that moment: to
 	// check before acting, use Listener.Active or Listener.State.
 	Expiry time.Time
@@ -218,7 +219,7 @@ func (l *Listener) release() {
 		return
 	}
 	s := l.state
-	l.state = State{Role: Standby, Epoch: s.Epoch, Group: s.Group, Changed: now}
+	l.state = State{Role: Standby, Epoch: s.Epoch, Group: s.Group, Changed: now, Expiry: s.Expiry}
 	m := l.held
 	m.Type, m.Role, m.Status, m.Seq, m.TTLMillis, m.Echo = wire.TypeAck, wire.RoleStandby, wire.StatusOK, 0, 0, 0
 	m.Nonce, m.Lease = l.nonces.issue(now), true
