@@ -183,7 +183,7 @@ func (a *app) removeReadyFile() {
 
 // roleChanged runs on the listener's goroutine for each applied change.
 func (a *app) roleChanged(s role.State) {
-	a.log.Info("Role changed", "pod", a.pod, "role", string(s.Role), "epoch", s.Epoch, "group", s.Group)
+	a.log.Info("Role changed", "pod", a.pod, "role", string(s.Role), "epoch", s.Epoch, "group", s.Group, "fenced", s.Fenced)
 }
 
 // status is the answer of GET /.
@@ -194,6 +194,8 @@ type status struct {
 	Group  string    `json:"group"`  // namespace/groupname, "" until told
 	Served uint64    `json:"served"` // requests answered 200 by this process
 	Since  time.Time `json:"since"`  // when the role was received, or process start
+	// Fenced: standby because the active role's lease ran out unrenewed.
+	Fenced bool `json:"fenced,omitempty"`
 }
 
 // handleRoot answers 200 only while active and initialised: a standby (or a
@@ -201,7 +203,7 @@ type status struct {
 // to the wrong pod is visible as a failure.
 func (a *app) handleRoot(w http.ResponseWriter, _ *http.Request) {
 	s := a.roles.State()
-	st := status{Pod: a.pod, Role: string(s.Role), Epoch: s.Epoch, Group: s.Group, Since: s.Changed}
+	st := status{Pod: a.pod, Role: string(s.Role), Epoch: s.Epoch, Group: s.Group, Since: s.Changed, Fenced: s.Fenced}
 	if s.Role == role.Unknown {
 		st.Role, st.Since = string(role.Standby), a.started
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -75,33 +76,44 @@ func startApp(t *testing.T, o options) (a *app, logs *bintest.Buffer, stop func(
 
 // sendRole sends one role message over UDP, as the controller does, and
 // returns the ack. The listener records the role before it acks, so the
-// HTTP answers reflect it as soon as this returns.
+// HTTP answers reflect it as soon as this returns. An active role is a
+// lease grant, as from the controller: a TTL (a minute unless m has one)
+// and, when the app answers "retry", the same message again echoing its
+// nonce.
 func sendRole(t *testing.T, addr string, m wire.Message) wire.Message {
 	t.Helper()
 	m.Type = wire.TypeRole
-	b, err := wire.Encode(m)
-	if err != nil {
-		t.Fatalf("encode: %v", err)
+	if m.Role == wire.RoleActive && m.TTLMillis == 0 {
+		m.TTLMillis = wire.TTLMillisOf(time.Minute)
 	}
 	c, err := net.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Write(b); err != nil {
-		t.Fatal(err)
+	for {
+		b, err := wire.Encode(m)
+		if err != nil {
+			t.Fatalf("encode: %v", err)
+		}
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, wire.MaxSize+1)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("no ack for %s: %v", b, err)
+		}
+		ack, err := wire.Decode(buf[:n])
+		if err != nil {
+			t.Fatalf("decode ack %q: %v", buf[:n], err)
+		}
+		if ack.Status != wire.StatusRetry || m.Echo == ack.Nonce {
+			return ack
+		}
+		m.Echo = ack.Nonce
 	}
-	buf := make([]byte, wire.MaxSize+1)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("no ack for %s: %v", b, err)
-	}
-	ack, err := wire.Decode(buf[:n])
-	if err != nil {
-		t.Fatalf("decode ack %q: %v", buf[:n], err)
-	}
-	return ack
 }
 
 func get(t *testing.T, url string) (int, []byte) {
@@ -200,12 +212,17 @@ func TestRoleMessagesSwitchAnswers(t *testing.T) {
 		}
 	}
 
-	// One log line per applied change, with the epoch.
-	changes := regexp.MustCompile(`(?m)^.*msg="Role changed".*$`).FindAllString(logs.String(), -1)
+	// One log line per applied change, with the epoch. The app logs after
+	// the ack (the listener acks first), so the last line may trail it.
+	var changes []string
 	want := []string{"role=standby epoch=1", "role=active epoch=2", "role=standby epoch=3"}
-	if len(changes) != len(want) {
-		t.Fatalf("role change log lines:\n%s\nwant %d", strings.Join(changes, "\n"), len(want))
-	}
+	eventually(t, 5*time.Second, func() error {
+		changes = regexp.MustCompile(`(?m)^.*msg="Role changed".*$`).FindAllString(logs.String(), -1)
+		if len(changes) != len(want) {
+			return fmt.Errorf("role change log lines:\n%s\nwant %d", strings.Join(changes, "\n"), len(want))
+		}
+		return nil
+	})
 	for i, w := range want {
 		if !strings.Contains(changes[i], w) || !strings.Contains(changes[i], "group=shop/hapod") {
 			t.Errorf("log line %d = %q, want it to contain %q and the group", i, changes[i], w)
@@ -223,6 +240,29 @@ func TestActiveBeforeReadyAnswers503(t *testing.T) {
 	if code, st := getStatus(t, a); code != http.StatusServiceUnavailable || st.Role != "active" || st.Served != 0 {
 		t.Fatalf("GET / = %d %+v, want 503 role active served 0", code, st)
 	}
+}
+
+// An active app whose lease runs out (the controller stopped renewing it)
+// stops serving at once and says it is fenced.
+func TestLeaseLapseAnswers503(t *testing.T) {
+	a, logs, _ := startApp(t, testOptions())
+	waitReady(t, a)
+	sendRole(t, a.roleAddr(), wire.Message{Group: "g/hapod", Pod: "demo-0", UID: "uid-0", Role: "active", Epoch: 1, Seq: 1, TTLMillis: 100})
+	if code, st := getStatus(t, a); code != http.StatusOK || st.Role != "active" || st.Fenced {
+		t.Fatalf("GET / = %d %+v, want 200 active", code, st)
+	}
+	eventually(t, 5*time.Second, func() error {
+		if code, st := getStatus(t, a); code != http.StatusServiceUnavailable || st.Role != "standby" || !st.Fenced || st.Epoch != 1 {
+			return fmt.Errorf("GET / = %d %+v, want 503 standby fenced at epoch 1", code, st)
+		}
+		return nil
+	})
+	eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(logs.String(), "fenced=true") {
+			return errors.New("no log line of the lapse")
+		}
+		return nil
+	})
 }
 
 func TestReadyAfterInitDelay(t *testing.T) {

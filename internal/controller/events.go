@@ -23,4 +23,9 @@ const (
 	// ReasonRoleAddressRefused: the pod's role address is outside
 	// -notify-cidrs, so it is never told its role.
 	ReasonRoleAddressRefused = "RoleAddressRefused"
+	// ReasonLeaseLapsed: the active pod's app stopped acking its role
+	// lease's renewals until the lease had certainly lapsed (or refused
+	// one), so the group fails over without waiting for the API to show
+	// why. Warning, on the pod that lost the role.
+	ReasonLeaseLapsed = "LeaseLapsed"
 )

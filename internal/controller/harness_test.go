@@ -54,6 +54,17 @@ func (l loopbackOnly) Send(ctx context.Context, t notify.Target) notify.Result {
 	return l.n.Send(ctx, t)
 }
 
+// Renew and SetAckHandler make it a controller.Renewer, as the real
+// Notifier is: the active pods' leases are renewed.
+func (l loopbackOnly) Renew(t notify.Target, echo uint64) (uint64, error) {
+	if !t.Addr.Addr().IsLoopback() {
+		return 0, fmt.Errorf("test refuses to send to non-loopback %s", t.Addr)
+	}
+	return l.n.Renew(t, echo)
+}
+
+func (l loopbackOnly) SetAckHandler(h func(notify.Ack) bool) { l.n.SetAckHandler(h) }
+
 // serviceNode creates a node whose pod IPs the API accepts in
 // EndpointSlices (it refuses loopback ones): RFC 2544 benchmark addresses,
 // to which loopbackOnly sends nothing.

@@ -10,6 +10,11 @@ type Metrics struct {
 	NoStandby         prometheus.Counter
 	Notifications     *prometheus.CounterVec
 	Demotions         prometheus.Counter
+	// The role lease (lease.go).
+	LeaseRenewals *prometheus.CounterVec
+	LeaseLapses   *prometheus.CounterVec
+	LeaseWait     prometheus.Histogram
+	LeasesRenewed prometheus.Gauge
 }
 
 // NewMetrics creates the series and registers them on reg (nil: not
@@ -44,8 +49,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Pods whose active label was removed.",
 		}),
 	}
+	m.addLease()
 	if reg != nil {
-		reg.MustRegister(m.Promotions, m.FailoverSeconds, m.CriticalDeletions, m.NoStandby, m.Notifications, m.Demotions)
+		reg.MustRegister(m.Promotions, m.FailoverSeconds, m.CriticalDeletions, m.NoStandby, m.Notifications, m.Demotions,
+			m.LeaseRenewals, m.LeaseLapses, m.LeaseWait, m.LeasesRenewed)
 	}
 	return m
 }

@@ -76,6 +76,9 @@ func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *gr
 		if t == nil && !election.PodReady(m.pod) && m.Status.Fault != election.Deleting {
 			continue
 		}
+		if role == r.roles.Active && !r.mayGrant(ctx, req, g, d, m, epoch) {
+			continue // not the kept active, renewed already, or the grant must wait (lease.go)
+		}
 		r.startNotify(ctx, req, g, m, role, epoch, nil)
 	}
 }
@@ -99,8 +102,14 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 	g.told[m.pod.UID] = &told{role: role, epoch: epoch, inflight: true}
 	pod := m.pod
 	target := notify.Target{Addr: addr, Group: req.String(), Pod: pod.Name, UID: string(pod.UID), Role: role, Epoch: epoch}
+	if role == r.roles.Active {
+		r.leases.prepare(req.NamespacedName, &target) // a lease grant
+	}
 	go func() {
 		res := r.Notifier.Send(ctx, target)
+		if r.leases.sent(target, role == r.roles.Active, res) {
+			r.enqueue(req.NamespacedName) // a fenced old active: a promotion may proceed
+		}
 		acked := r.Now()
 		result := res.Status
 		if !res.Acked && result == "" {

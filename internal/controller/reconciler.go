@@ -57,6 +57,9 @@ type Reconciler struct {
 	switches chan struct{}
 	opts     election.Options
 	roles    election.Roles
+	// leases are the active pods' role leases and their renewal loop
+	// (lease.go).
+	leases *leases
 }
 
 // Deps are what a Reconciler talks to. Client, APIReader, Recorder and
@@ -86,7 +89,7 @@ func New(cfg config.Config, d Deps) *Reconciler {
 	if d.Metrics == nil {
 		d.Metrics = NewMetrics(nil)
 	}
-	return &Reconciler{
+	r := &Reconciler{
 		Deps:     d,
 		Config:   cfg,
 		requeue:  make(chan event.TypedGenericEvent[reconcile.Request], 1024),
@@ -97,6 +100,11 @@ func New(cfg config.Config, d Deps) *Reconciler {
 		},
 		roles: election.Roles{Active: cfg.ActiveValue, Standby: cfg.StandbyValue},
 	}
+	r.leases = newLeases(cfg, d, func(key types.NamespacedName, at time.Time) {
+		r.seen.note(key, at)
+		r.enqueue(key)
+	})
+	return r
 }
 
 // maxSwitches bounds the switches (a demotion and a promotion: two API
@@ -163,6 +171,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if len(pods.Items) == 0 {
 		// Nothing to manage; the Lease stays so the epoch survives.
 		r.groups.drop(req.NamespacedName)
+		r.leases.sweep(req.NamespacedName, nil, nil, now) // no renewals for pods out of view
 		return reconcile.Result{}, nil
 	}
 	if err := r.loadEpoch(ctx, req, g); err != nil {
@@ -184,6 +193,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	for i := range members {
 		byUID[members[i].UID] = &members[i]
 	}
+	d = r.gateLease(ctx, req, g, d, byUID, present, trigger)
 	err := r.apply(ctx, req, g, d, byUID, trigger)
 	r.notifyAll(ctx, req, g, d, members)
 	g.forget(present)
@@ -261,6 +271,8 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 				m.Role, m.Epoch = w.role, max(m.Epoch, w.epoch)
 			}
 		}
+		m.Status = r.leaseStatus(pod, node, m.Role, m.Status)
+		st = m.Status
 		if m.Role == r.roles.Active && st.Fault == election.NoFault {
 			g.active, g.activeName = pod.UID, pod.Name
 		}

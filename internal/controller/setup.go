@@ -59,6 +59,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 
+	// The renewal loop, on the leader only, like the reconciler.
+	if err := mgr.Add(r.leases); err != nil {
+		return err
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("hapod").
 		WithOptions(controller.Options{

@@ -48,7 +48,7 @@ func newMetrics() *metrics {
 		unmatched:  counter("unmatched_acks_total", "Well-formed acks with no waiting Send: late, duplicate, or for a Send that gave up."),
 		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "hapod", Subsystem: "notify", Name: "acks_total",
-			Help: "Acks matched to a waiting Send, by status.",
+			Help: "Acks matched to a waiting Send, by status (retry: a lease grant's first round trip).",
 		}, []string{"status"}),
 		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "hapod", Subsystem: "notify", Name: "malformed_acks_total",
@@ -63,7 +63,7 @@ func newMetrics() *metrics {
 	}
 	// Every series exists from the start, so rate() and alerts see zeros
 	// rather than absent series.
-	for _, s := range []string{wire.StatusOK, wire.StatusStale, wire.StatusWrongPod} {
+	for _, s := range []string{wire.StatusOK, wire.StatusStale, wire.StatusWrongPod, wire.StatusRetry} {
 		m.acks.WithLabelValues(s)
 	}
 	for _, r := range []string{reasonOversized, reasonVersion, reasonMalformed, reasonNotAck} {

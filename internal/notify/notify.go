@@ -21,6 +21,9 @@ var (
 	ErrTimeout = errors.New("notify: no ack before deadline")
 	// ErrClosed means the Notifier was closed before or during Send.
 	ErrClosed = errors.New("notify: notifier closed")
+	// ErrRevoked means Target.Grant refused to grant the lease: the Send
+	// ended before echoing a nonce.
+	ErrRevoked = errors.New("notify: lease grant revoked")
 )
 
 // Target is one pod to tell its role.
@@ -31,6 +34,17 @@ type Target struct {
 	UID   string
 	Role  string // wire.RoleActive or wire.RoleStandby
 	Epoch uint64
+	// TTL is the lease an active role grants (DefaultLeaseTTL if zero);
+	// unused for standby.
+	TTL time.Duration
+	// Grant, if set, is called before each datagram that echoes a nonce,
+	// that is before each datagram that may grant the lease, with the time
+	// the ack carrying that nonce was received (the lease the pod may then
+	// hold ends, on the pod's clock, less than TTL after a moment that
+	// precedes it) and whether that ack said the pod enforces the TTL.
+	// Returning false ends the Send with ErrRevoked, and nothing is
+	// echoed. Grant runs on the Send's goroutine.
+	Grant func(nonceAt time.Time, lease bool) bool
 }
 
 // Result is how one Send ended. Err is nil whenever an ack arrived, whatever
@@ -40,7 +54,17 @@ type Result struct {
 	Status   string        // the ack's status, "" if none arrived
 	Attempts int           // datagrams sent
 	Latency  time.Duration // first send to ack received; 0 without an ack
-	Err      error         // ErrTimeout, ErrClosed, ctx.Err(), or an invalid Target
+	Err      error         // ErrTimeout, ErrClosed, ErrRevoked, ctx.Err(), or an invalid Target
+
+	// The lease, for an active role. Nonce and NonceAt are the final ack's
+	// (for the first renewal to echo), Lease what it said about enforcing
+	// the TTL. Echoed is when the ack carrying the latest nonce this Send
+	// echoed was received (zero if none): the pod may hold a lease from it
+	// even if no ack followed.
+	Nonce   uint64
+	NonceAt time.Time
+	Lease   bool
+	Echoed  time.Time
 }
 
 // Config configures New. Zero fields take the defaults.
@@ -61,6 +85,7 @@ const (
 	DefaultInitialBackoff = 5 * time.Millisecond
 	DefaultMaxBackoff     = 200 * time.Millisecond
 	DefaultDeadline       = 3 * time.Second
+	DefaultLeaseTTL       = 150 * time.Millisecond
 )
 
 // sockBuf is the socket buffer size asked for. Acks from a mass failover
@@ -79,6 +104,8 @@ type Notifier struct {
 
 	mu      sync.Mutex
 	waiters map[key]chan ack
+	// onAck receives the acks no Send waits for (renew.go).
+	onAck atomic.Pointer[func(Ack) bool]
 
 	closed     chan struct{}
 	readerDone chan struct{}
@@ -94,6 +121,8 @@ type key struct {
 
 type ack struct {
 	status string
+	nonce  uint64
+	lease  bool
 	at     time.Time // when the reader got it, so Latency excludes scheduling of the sender
 }
 
@@ -160,7 +189,9 @@ func (n *Notifier) Close() error {
 
 // Send tells t its role and blocks until the pod acks, the Deadline passes,
 // ctx is done or the Notifier is closed. It resends after InitialBackoff,
-// doubling the wait up to MaxBackoff.
+// doubling the wait up to MaxBackoff. An active role is a lease grant: the
+// pod answers the first message "retry" with a nonce, and Send at once
+// sends the message again echoing it (docs/protocol.md).
 func (n *Notifier) Send(ctx context.Context, t Target) Result {
 	select {
 	case <-n.closed:
@@ -173,26 +204,16 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 	if !t.Addr.IsValid() || t.Addr.Port() == 0 {
 		return Result{Err: fmt.Errorf("notify: invalid target address %q", t.Addr)}
 	}
-	seq := n.seq.Add(1)
-	b, err := wire.Encode(wire.Message{
-		Type: wire.TypeRole, Group: t.Group, Pod: t.Pod, UID: t.UID,
-		Role: t.Role, Epoch: t.Epoch, Seq: seq,
-	})
+	var echo uint64
+	b, k, err := n.encode(t, echo)
 	if err != nil {
 		return Result{Err: fmt.Errorf("notify: invalid target: %w", err)}
 	}
 
-	k := key{uid: t.UID, epoch: t.Epoch, seq: seq}
 	// Buffered so the reader never blocks on a Send that has just given up.
 	ch := make(chan ack, 1)
-	n.mu.Lock()
-	n.waiters[k] = ch
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.waiters, k)
-		n.mu.Unlock()
-	}()
+	n.wait(k, ch)
+	defer func() { n.unwait(k) }()
 
 	n.metrics.sends.Inc()
 	var res Result
@@ -204,9 +225,10 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 	// more than this while it waits.
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	resend := false
 	for {
 		res.Attempts++
-		if res.Attempts > 1 {
+		if resend {
 			n.metrics.retries.Inc()
 		}
 		if _, err := n.conn.WriteToUDPAddrPort(b, t.Addr); err != nil {
@@ -219,10 +241,29 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 		timer.Reset(wait)
 		select {
 		case a := <-ch:
+			n.metrics.acks.WithLabelValues(a.status).Inc()
+			if a.status == wire.StatusRetry && t.Role == wire.RoleActive {
+				// Answer at once, echoing the nonce: that grants the lease.
+				if t.Grant != nil && !t.Grant(a.at, a.lease) {
+					res.Err = ErrRevoked
+					return res
+				}
+				echo, res.Echoed = a.nonce, a.at
+				n.unwait(k)
+				if b, k, err = n.encode(t, echo); err != nil {
+					res.Err = fmt.Errorf("notify: invalid target: %w", err)
+					return res
+				}
+				n.wait(k, ch)
+				// The backoff goes on where it was: a pod slow to answer the
+				// first round (a burst) gets no faster resends of the second.
+				resend = false
+				continue
+			}
 			res.Status = a.status
 			res.Acked = a.status == wire.StatusOK
 			res.Latency = a.at.Sub(start)
-			n.metrics.acks.WithLabelValues(a.status).Inc()
+			res.Nonce, res.NonceAt, res.Lease = a.nonce, a.at, a.lease
 			n.metrics.latency.Observe(res.Latency.Seconds())
 			return res
 		case <-timer.C:
@@ -235,6 +276,7 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 				return res
 			}
 			backoff = min(2*backoff, n.cfg.MaxBackoff)
+			resend = true
 		case <-ctx.Done():
 			n.metrics.canceled.Inc()
 			res.Err = ctx.Err()
@@ -245,6 +287,37 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 			return res
 		}
 	}
+}
+
+// encode builds t's role message with a fresh seq, and the key its ack is
+// matched on.
+func (n *Notifier) encode(t Target, echo uint64) ([]byte, key, error) {
+	seq := n.seq.Add(1)
+	m := wire.Message{
+		Type: wire.TypeRole, Group: t.Group, Pod: t.Pod, UID: t.UID,
+		Role: t.Role, Epoch: t.Epoch, Seq: seq,
+	}
+	if t.Role == wire.RoleActive {
+		ttl := t.TTL
+		if ttl <= 0 {
+			ttl = DefaultLeaseTTL
+		}
+		m.TTLMillis, m.Echo = wire.TTLMillisOf(ttl), echo
+	}
+	b, err := wire.Encode(m)
+	return b, key{uid: t.UID, epoch: t.Epoch, seq: seq}, err
+}
+
+func (n *Notifier) wait(k key, ch chan ack) {
+	n.mu.Lock()
+	n.waiters[k] = ch
+	n.mu.Unlock()
+}
+
+func (n *Notifier) unwait(k key) {
+	n.mu.Lock()
+	delete(n.waiters, k)
+	n.mu.Unlock()
 }
 
 func (n *Notifier) read() {
@@ -280,9 +353,9 @@ func (n *Notifier) read() {
 		delete(n.waiters, k)
 		n.mu.Unlock()
 		if !ok {
-			n.metrics.unmatched.Inc()
+			n.unmatchedAck(m, at) // renewals' acks among them
 			continue
 		}
-		ch <- ack{status: m.Status, at: at}
+		ch <- ack{status: m.Status, nonce: m.Nonce, lease: m.Lease, at: at}
 	}
 }

@@ -5,15 +5,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 	"unicode/utf8"
 )
 
-// Version is the only version this package encodes or accepts.
-const Version = 1
+// Version is the only version this package encodes or accepts. Version 2
+// added the role lease (TTLMillis, Echo, Nonce, Lease and StatusRetry): an
+// active role now expires unless renewed, which changes what "active" means
+// to a receiver, hence the bump.
+const Version = 2
 
-// MaxSize bounds a datagram. A v1 message is a few hundred bytes; the bound
+// MaxSize bounds a datagram. A message is a few hundred bytes; the bound
 // keeps receive buffers fixed and lets receivers drop junk before parsing.
 const MaxSize = 1024
+
+// MaxTTLMillis bounds a lease's TTL (one hour), so that a TTL in
+// milliseconds always fits a time.Duration.
+const MaxTTLMillis = 3_600_000
 
 // Type tells a role message from an ack.
 type Type string
@@ -35,6 +43,12 @@ const (
 	StatusOK       = "ok"        // the role is recorded (possibly a duplicate)
 	StatusStale    = "stale"     // the listener already holds a newer epoch, or refused active over standby at the same epoch
 	StatusWrongPod = "wrong-pod" // addressed to another pod UID, pod name or group
+	// StatusRetry answers an active role message whose Echo is not a nonce
+	// the listener issued within the TTL: nothing was applied, and the
+	// sender should send again echoing the ack's Nonce. It is how a lease is
+	// granted (a fresh listener knows no nonce yet) and how a lapsed one is
+	// renewed.
+	StatusRetry = "retry"
 )
 
 // Sentinel errors returned (wrapped) by Decode and Encode, so that callers can
@@ -50,13 +64,27 @@ var (
 type Message struct {
 	Version int    `json:"v"`
 	Type    Type   `json:"type"`
-	Group   string `json:"group"`            // namespace/groupname
-	Pod     string `json:"pod"`              // pod the role message is addressed to, or the ack is sent from
-	UID     string `json:"uid"`              // pod UID; fences a reused pod IP
-	Role    string `json:"role"`             // RoleActive or RoleStandby
-	Epoch   uint64 `json:"epoch"`            // per-group promotion counter
-	Seq     uint64 `json:"seq"`              // sender-chosen, echoed by the ack
-	Status  string `json:"status,omitempty"` // ack only
+	Group   string `json:"group"` // namespace/groupname
+	Pod     string `json:"pod"`   // pod the role message is addressed to, or the ack is sent from
+	UID     string `json:"uid"`   // pod UID; fences a reused pod IP
+	Role    string `json:"role"`  // RoleActive or RoleStandby
+	Epoch   uint64 `json:"epoch"` // per-group promotion counter
+	Seq     uint64 `json:"seq"`   // sender-chosen, echoed by the ack
+	// TTLMillis is the lease an active role message grants, measured by
+	// the listener from the moment it sent the ack carrying Echo. Required
+	// (1..MaxTTLMillis) on active role messages, absent on standby ones.
+	TTLMillis uint64 `json:"ttl_ms,omitempty"`
+	// Echo is a Nonce from one of the listener's earlier acks (active role
+	// messages only; 0 for none).
+	Echo   uint64 `json:"echo,omitempty"`
+	Status string `json:"status,omitempty"` // ack only
+	// Nonce is fresh in every ack of a message addressed to the listener
+	// (ack only; required with StatusRetry). The listener remembers when it
+	// sent it.
+	Nonce uint64 `json:"nonce,omitempty"`
+	// Lease, in an ack, says the listener enforces the TTL: it stops
+	// holding the active role when the TTL runs out without a renewal.
+	Lease bool `json:"lease,omitempty"`
 }
 
 // Encode validates m and returns its datagram. A zero Version is encoded as
@@ -71,6 +99,18 @@ func Encode(m Message) ([]byte, error) {
 	if err := validate(m); err != nil {
 		return nil, err
 	}
+	if b, ok := fastEncode(make([]byte, 0, 320), m); ok {
+		if len(b) > MaxSize {
+			return nil, fmt.Errorf("%w: %d bytes", ErrOversized, len(b))
+		}
+		return b, nil
+	}
+	return encodeJSON(m)
+}
+
+// encodeJSON is Encode's general path: encoding/json, for strings that
+// need escaping.
+func encodeJSON(m Message) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	// HTML escaping would only make datagrams larger and harder to read.
@@ -96,24 +136,15 @@ func Decode(b []byte) (Message, error) {
 	if !utf8.Valid(b) {
 		return Message{}, fmt.Errorf("%w: invalid UTF-8", ErrMalformed)
 	}
-	// The version is read on its own first: a future version may change the
-	// other fields' types, and that must count as a version mismatch, not as
-	// garbage. "v" is therefore an integer in every version.
-	var probe struct {
-		Version *int `json:"v"`
+	m, ok := fastDecode(b)
+	if ok && m.Version != Version {
+		return Message{}, fmt.Errorf("%w: %d", ErrVersion, m.Version)
 	}
-	if err := json.Unmarshal(b, &probe); err != nil {
-		return Message{}, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	if probe.Version == nil {
-		return Message{}, fmt.Errorf("%w: no version", ErrMalformed)
-	}
-	if *probe.Version != Version {
-		return Message{}, fmt.Errorf("%w: %d", ErrVersion, *probe.Version)
-	}
-	var m Message
-	if err := json.Unmarshal(b, &m); err != nil {
-		return Message{}, fmt.Errorf("%w: %w", ErrMalformed, err)
+	if !ok {
+		var err error
+		if m, err = decodeJSON(b); err != nil {
+			return Message{}, err
+		}
 	}
 	if err := validate(m); err != nil {
 		return Message{}, err
@@ -121,26 +152,72 @@ func Decode(b []byte) (Message, error) {
 	return m, nil
 }
 
+// decodeJSON is Decode's general path, before validation: encoding/json,
+// for anything but the canonical form.
+func decodeJSON(b []byte) (Message, error) {
+	// One pass reads "v" and the fields. "v" shadows Message.Version
+	// (the outer field wins), so that its absence can be told from 0.
+	var d struct {
+		Version *int `json:"v"`
+		Message
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		// A future version may change the other fields' types: that must
+		// count as a version mismatch, not as garbage, so "v" is read on
+		// its own ("v" is an integer in every version).
+		var probe struct {
+			Version *int `json:"v"`
+		}
+		if perr := json.Unmarshal(b, &probe); perr == nil && probe.Version != nil && *probe.Version != Version {
+			return Message{}, fmt.Errorf("%w: %d", ErrVersion, *probe.Version)
+		}
+		return Message{}, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if d.Version == nil {
+		return Message{}, fmt.Errorf("%w: no version", ErrMalformed)
+	}
+	if *d.Version != Version {
+		return Message{}, fmt.Errorf("%w: %d", ErrVersion, *d.Version)
+	}
+	m := d.Message
+	m.Version = *d.Version
+	return m, nil
+}
+
 func validate(m Message) error {
 	bad := func(what string) error { return fmt.Errorf("%w: %s", ErrMalformed, what) }
+	switch m.Role {
+	case RoleActive, RoleStandby:
+	default:
+		return bad("unknown role " + quote(m.Role))
+	}
 	switch m.Type {
 	case TypeRole:
-		if m.Status != "" {
+		switch {
+		case m.Status != "":
 			return bad("status set on a role message")
+		case m.Nonce != 0 || m.Lease:
+			return bad("nonce or lease set on a role message")
 		}
 	case TypeAck:
 		switch m.Status {
 		case StatusOK, StatusStale, StatusWrongPod:
+		case StatusRetry:
+			if m.Role != RoleActive || m.Nonce == 0 {
+				return bad("retry ack without a nonce or not for an active role")
+			}
 		default:
 			return bad("unknown ack status " + quote(m.Status))
 		}
 	default:
 		return bad("unknown type " + quote(string(m.Type)))
 	}
-	switch m.Role {
-	case RoleActive, RoleStandby:
-	default:
-		return bad("unknown role " + quote(m.Role))
+	// The lease fields of the role message, which an ack echoes.
+	switch {
+	case m.Role == RoleActive && (m.TTLMillis == 0 || m.TTLMillis > MaxTTLMillis):
+		return bad(fmt.Sprintf("active role with ttl_ms %d, want 1..%d", m.TTLMillis, MaxTTLMillis))
+	case m.Role == RoleStandby && (m.TTLMillis != 0 || m.Echo != 0):
+		return bad("ttl_ms or echo set on a standby role")
 	}
 	// UID is required because it is half of how an ack is matched to its
 	// Send and how a reused pod IP is told apart from the intended pod.
@@ -162,4 +239,17 @@ func quote(s string) string {
 		s = s[:limit] + "..."
 	}
 	return fmt.Sprintf("%q", s)
+}
+
+// TTL is the message's TTLMillis as a duration.
+func (m Message) TTL() time.Duration { return time.Duration(m.TTLMillis) * time.Millisecond }
+
+// TTLMillisOf rounds a TTL up to whole milliseconds, the unit on the wire:
+// rounding down would grant less than the sender accounts for, which is
+// safe, but surprising.
+func TTLMillisOf(d time.Duration) uint64 {
+	if d <= 0 {
+		return 0
+	}
+	return uint64((d + time.Millisecond - 1) / time.Millisecond)
 }

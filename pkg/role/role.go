@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,11 +30,30 @@ const (
 
 // State is the role last accepted and the epoch it came with.
 type State struct {
-	Role    Role
-	Epoch   uint64
-	Group   string    // namespace/groupname the message was for
-	Changed time.Time // when the listener accepted it
+	Role  Role
+	Epoch uint64
+	Group string // namespace/groupname the message was for
+	// Changed is when the listener accepted the state; for a lapse
+	// (Fenced), the moment the lease ran out.
+	Changed time.Time
+	// Fenced means Role is Standby because the lease of the active role
+	// at Epoch ran out without a renewal: the controller may already have
+	// made another pod active. A renewal (a fresh lease from the
+	// controller) at the same Epoch, or a promotion at a higher one, makes
+	// the listener Active again; being told Standby clears Fenced.
+	Fenced bool
+	// Expiry is, while Role is Active, when the lease ends on this
+	// process's clock unless renewed; for a Fenced state, when it ended;
+	// after Close released an active lease, when that lease would have
+	// ended; otherwise zero. Renewals move it without a notification, so a State
+	// received from Changes or OnChange has the expiry of that moment: to
+	// check before acting, use Listener.Active or Listener.State.
+	Expiry time.Time
 }
+
+// ActiveAt reports whether s holds the active role with a lease that has
+// not run out at t (a time on this process's clock, such as time.Now()).
+func (s State) ActiveAt(t time.Time) bool { return s.Role == Active && t.Before(s.Expiry) }
 
 // Config configures Listen. The zero value listens on DefaultPort on all
 // addresses and accepts messages addressed to any pod.
@@ -47,19 +67,27 @@ type Config struct {
 	// PodName, if set, refuses messages addressed to another pod name.
 	PodName string
 	// OnChange, if set, is called from the listener goroutine, in order, for
-	// every applied change, after the ack has been sent.
+	// every applied change (after the ack has been sent) and every lapse.
 	OnChange func(State)
+
+	// now is the clock; time.Now unless a test sets it.
+	now func() time.Time
 }
 
 // Stats counts datagrams by outcome. Received counts every datagram read;
-// each one is then counted in exactly one other field.
+// each one is then counted in exactly one other field. Lapsed counts
+// events, not datagrams.
 type Stats struct {
 	Received  uint64
 	Accepted  uint64 // applied: the state changed
+	Renewed   uint64 // an active role at the held epoch with a valid echo: the lease extended, acked "ok"
+	Retry     uint64 // an active role without a valid echo: nothing applied, acked "retry" with a nonce to echo
 	Stale     uint64 // refused as older than the held state, acked "stale"
 	Malformed uint64 // dropped without reply: oversized, unknown version, malformed, or not a role message
 	WrongPod  uint64 // addressed to another UID, pod name or group, acked "wrong-pod"
-	Duplicate uint64 // same role and epoch as held, acked "ok"
+	Duplicate uint64 // same role and epoch as held (standby), acked "ok"
+
+	Lapsed uint64 // leases that ran out: the listener fenced itself
 }
 
 // Listener receives role messages on one UDP socket. Its methods are safe for
@@ -73,10 +101,15 @@ type Listener struct {
 	closeErr error
 	once     sync.Once
 
-	mu    sync.Mutex
-	state State
+	mu     sync.Mutex
+	state  State
+	nonces nonceRing
+	// The last active message applied or renewed and its sender: where
+	// Close releases the lease to.
+	held wire.Message
+	peer netip.AddrPort
 
-	received, accepted, stale, malformed, wrongPod, duplicate atomic.Uint64
+	received, accepted, renewed, retry, stale, malformed, wrongPod, duplicate, lapsed atomic.Uint64
 }
 
 // Listen binds cfg.Addr and serves role messages until ctx is done or Close
@@ -86,6 +119,9 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	addr := cfg.Addr
 	if addr == "" {
 		addr = fmt.Sprintf(":%d", DefaultPort)
+	}
+	if cfg.now == nil {
+		cfg.now = time.Now
 	}
 	var lc net.ListenConfig
 	pc, err := lc.ListenPacket(ctx, "udp", addr)
@@ -106,11 +142,23 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	return l, nil
 }
 
-// State returns the state last accepted.
+// State returns the state last accepted, or the Fenced state if the lease
+// of an active one has run out (even if the listener has not yet delivered
+// that change).
 func (l *Listener) State() State {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.state
+	s, _ := lapse(l.state, l.cfg.now())
+	return s
+}
+
+// Active reports whether the listener holds the active role with a lease
+// that has not run out: the check to make right before an action that only
+// the active pod may take.
+func (l *Listener) Active() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state.ActiveAt(l.cfg.now())
 }
 
 // Changes returns a channel that receives the state after each applied
@@ -128,25 +176,61 @@ func (l *Listener) Stats() Stats {
 	return Stats{
 		Received:  l.received.Load(),
 		Accepted:  l.accepted.Load(),
+		Renewed:   l.renewed.Load(),
+		Retry:     l.retry.Load(),
 		Stale:     l.stale.Load(),
 		Malformed: l.malformed.Load(),
 		WrongPod:  l.wrongPod.Load(),
 		Duplicate: l.duplicate.Load(),
+		Lapsed:    l.lapsed.Load(),
 	}
 }
 
-// Close closes the socket. It does not wait for an OnChange call in progress,
-// so it may be called from OnChange; the listener goroutine exits, and closes
-// Changes, once that call returns. Calling Close again returns the first
-// result.
+// Close closes the socket. If the listener holds the active role, it first
+// releases it: it tells the controller that last renewed it that the pod is
+// standby, so that a successor need not wait for the lease to run out (a
+// pod deleted gracefully fails over within a round trip), and State reports
+// Standby from then on; the application must not act as the active one once
+// it has called Close. Canceling Listen's ctx does the same. Close does not
+// wait for an OnChange call in progress, so it may be called from OnChange;
+// the listener goroutine exits, and closes Changes, once that call returns.
+// Calling Close again returns the first result.
 func (l *Listener) Close() error {
 	l.stopCtx()
 	return l.shutdown()
 }
 
 func (l *Listener) shutdown() error {
-	l.once.Do(func() { l.closeErr = l.conn.Close() })
+	l.once.Do(func() {
+		l.release()
+		l.closeErr = l.conn.Close()
+	})
 	return l.closeErr
+}
+
+// release gives up an active lease: the listener holds Standby at its epoch
+// (no renewal at that epoch can make it active again) and sends the
+// controller an unsolicited standby ack (seq 0) saying so.
+func (l *Listener) release() {
+	l.mu.Lock()
+	now := l.cfg.now()
+	if !l.state.ActiveAt(now) || !l.peer.IsValid() {
+		l.mu.Unlock()
+		return
+	}
+	s := l.state
+	l.state = State{Role: Standby, Epoch: s.Epoch, Group: s.Group, Changed: now, Expiry: s.Expiry}
+	m := l.held
+	m.Type, m.Role, m.Status, m.Seq, m.TTLMillis, m.Echo = wire.TypeAck, wire.RoleStandby, wire.StatusOK, 0, 0, 0
+	m.Nonce, m.Lease = l.nonces.issue(now), true
+	if l.cfg.PodName != "" {
+		m.Pod = l.cfg.PodName
+	}
+	to := l.peer
+	l.mu.Unlock()
+	if b, err := wire.Encode(m); err == nil {
+		_, _ = l.conn.WriteToUDPAddrPort(b, to)
+	}
 }
 
 func (l *Listener) serve() {
@@ -155,11 +239,27 @@ func (l *Listener) serve() {
 	// One byte more than MaxSize, so an oversized datagram is seen as such
 	// instead of being silently truncated into something that might parse.
 	buf := make([]byte, wire.MaxSize+1)
+	// The lease's end is the socket's read deadline, so that this goroutine
+	// (the only one that changes the state and notifies) wakes up to fence
+	// the listener, without a timer goroutine of its own.
+	var armed time.Time
+	rearm := true // the socket's deadline may not be armed; set it
 	for {
+		l.expire()
+		if d := l.deadline(); rearm || !d.Equal(armed) {
+			_ = l.conn.SetReadDeadline(d)
+			armed, rearm = d, false
+		}
 		n, from, err := l.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			switch {
+			case errors.Is(err, net.ErrClosed):
 				return
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// The deadline stays exceeded until it is set again (also
+				// when it was not ours: a test's poke).
+				rearm = true
+				continue
 			}
 			// Nothing else is expected from an unconnected UDP socket; pause
 			// so that an unforeseen persistent error cannot spin a core.
@@ -171,6 +271,32 @@ func (l *Listener) serve() {
 	}
 }
 
+// deadline is the real-time read deadline for the held lease's end; zero
+// when no lease is held. The lease is measured on cfg.now, which is
+// time.Now outside tests.
+func (l *Listener) deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state.Role != Active {
+		return time.Time{}
+	}
+	return time.Now().Add(l.state.Expiry.Sub(l.cfg.now()))
+}
+
+// expire fences the listener if its lease has run out.
+func (l *Listener) expire() {
+	l.mu.Lock()
+	s, ok := lapse(l.state, l.cfg.now())
+	if ok {
+		l.state = s
+		l.lapsed.Add(1)
+	}
+	l.mu.Unlock()
+	if ok {
+		l.notify(s)
+	}
+}
+
 // verdict is what a role message does to the held state.
 type verdict int
 
@@ -178,21 +304,34 @@ const (
 	apply verdict = iota
 	duplicate
 	stale
+	// renew: an active role at the held epoch while active; it extends the
+	// lease if its echo is valid.
+	renew
 )
 
 // decide is the epoch fencing rule, kept pure so that it can be tested as a
 // table. See the package documentation for why each case is what it is.
+// An apply or renew of the active role further needs a valid echo (see
+// handle).
 func decide(cur State, r Role, epoch uint64) verdict {
 	switch {
 	case epoch > cur.Epoch:
 		return apply
 	case epoch < cur.Epoch:
 		return stale
-	case r == cur.Role:
+	case r == Active && cur.Role == Active:
+		return renew
+	case r == Active && cur.Fenced:
+		// A lapsed lease renewed at the same epoch: safe because the
+		// renewal needs a nonce issued after the lapse, which the
+		// controller only echoes while it still holds this pod to be the
+		// active one (docs/protocol.md).
+		return apply
+	case r == cur.Role && !cur.Fenced:
 		return duplicate
 	case cur.Role == Unknown, r == Standby:
 		return apply
-	default: // Active over Standby at the same epoch.
+	default: // Active over a Standby it was told at the same epoch.
 		return stale
 	}
 }
@@ -207,9 +346,16 @@ func (l *Listener) handle(b []byte, from netip.AddrPort) {
 	}
 
 	status := wire.StatusOK
-	var changed bool
-	var next State
+	var changes [2]State // a lapse noticed now, then the message's change
+	nchanges := 0
+	var nonce uint64
 	l.mu.Lock()
+	now := l.cfg.now()
+	if s, ok := lapse(l.state, now); ok {
+		l.state = s
+		l.lapsed.Add(1)
+		changes[nchanges], nchanges = s, nchanges+1
+	}
 	switch {
 	case l.cfg.PodUID != "" && m.UID != l.cfg.PodUID,
 		l.cfg.PodName != "" && m.Pod != l.cfg.PodName,
@@ -217,30 +363,55 @@ func (l *Listener) handle(b []byte, from netip.AddrPort) {
 		status = wire.StatusWrongPod
 		l.wrongPod.Add(1)
 	default:
-		switch decide(l.state, Role(m.Role), m.Epoch) {
-		case apply:
-			l.state = State{Role: Role(m.Role), Epoch: m.Epoch, Group: m.Group, Changed: time.Now()}
-			next, changed = l.state, true
-			l.accepted.Add(1)
-		case duplicate:
-			l.duplicate.Add(1)
-		case stale:
+		v := decide(l.state, Role(m.Role), m.Epoch)
+		switch {
+		case v == stale:
 			status = wire.StatusStale
 			l.stale.Add(1)
+		case v == duplicate:
+			l.duplicate.Add(1)
+		case Role(m.Role) == Standby:
+			l.state = State{Role: Standby, Epoch: m.Epoch, Group: m.Group, Changed: now}
+			changes[nchanges], nchanges = l.state, nchanges+1
+			l.accepted.Add(1)
+		default: // the active role, granted or renewed
+			end, ok := l.nonces.leaseEnd(m.Echo, m.TTL(), now)
+			switch {
+			case !ok:
+				status = wire.StatusRetry
+				l.retry.Add(1)
+			case v == renew:
+				if end.After(l.state.Expiry) {
+					l.state.Expiry = end
+				}
+				l.held, l.peer = m, from
+				l.renewed.Add(1)
+			default:
+				l.state = State{Role: Active, Epoch: m.Epoch, Group: m.Group, Changed: now, Expiry: end}
+				l.held, l.peer = m, from
+				changes[nchanges], nchanges = l.state, nchanges+1
+				l.accepted.Add(1)
+			}
 		}
+	}
+	if status != wire.StatusWrongPod {
+		// Read the clock for the nonce last, right before the ack goes out:
+		// the lease a later echo of it grants is measured from here.
+		nonce = l.nonces.issue(l.cfg.now())
 	}
 	l.mu.Unlock()
 
-	l.ack(m, status, from)
-	if changed {
-		l.notify(next)
+	l.ack(m, status, nonce, from)
+	for _, s := range changes[:nchanges] {
+		l.notify(s)
 	}
 }
 
-// ack echoes UID, Epoch and Seq, which is what the sender matches acks on.
-func (l *Listener) ack(m wire.Message, status string, to netip.AddrPort) {
+// ack echoes UID, Epoch and Seq, which is what the sender matches acks on,
+// and carries a fresh nonce for the next renewal to echo.
+func (l *Listener) ack(m wire.Message, status string, nonce uint64, to netip.AddrPort) {
 	a := m
-	a.Type, a.Status = wire.TypeAck, status
+	a.Type, a.Status, a.Nonce, a.Lease = wire.TypeAck, status, nonce, true
 	if l.cfg.PodName != "" {
 		a.Pod = l.cfg.PodName
 	}

@@ -16,6 +16,7 @@ import (
 )
 
 func TestDecide(t *testing.T) {
+	fenced := func(epoch uint64) State { return State{Role: Standby, Epoch: epoch, Fenced: true} }
 	tests := []struct {
 		name  string
 		cur   State
@@ -31,13 +32,20 @@ func TestDecide(t *testing.T) {
 		{"promotion", State{Role: Standby, Epoch: 4}, Active, 5, apply},
 		// The old active is told standby at the same new epoch.
 		{"demotion at new epoch", State{Role: Active, Epoch: 4}, Standby, 5, apply},
-		// Retries of an applied message.
-		{"duplicate active", State{Role: Active, Epoch: 5}, Active, 5, duplicate},
+		// The controller's renewals, and retries of an applied message.
+		{"renewal", State{Role: Active, Epoch: 5}, Active, 5, renew},
 		{"duplicate standby", State{Role: Standby, Epoch: 5}, Standby, 5, duplicate},
 		// Conflicting roles in one epoch: standby wins, so at most one pod
 		// stays active.
 		{"standby over active same epoch", State{Role: Active, Epoch: 5}, Standby, 5, apply},
 		{"active over standby same epoch", State{Role: Standby, Epoch: 5}, Active, 5, stale},
+		// A lapsed lease: a renewal round at the same epoch revives it
+		// (if its echo is valid); being told standby makes the standby
+		// one that no renewal can undo.
+		{"renewal of a lapsed lease", fenced(5), Active, 5, apply},
+		{"told standby after a lapse", fenced(5), Standby, 5, apply},
+		{"lapsed, promoted at a higher epoch", fenced(5), Active, 6, apply},
+		{"lapsed, older active", fenced(5), Active, 4, stale},
 		// A delayed message from before a later promotion must not undo it.
 		{"older active", State{Role: Standby, Epoch: 5}, Active, 4, stale},
 		{"older standby", State{Role: Active, Epoch: 5}, Standby, 4, stale},
@@ -72,7 +80,9 @@ func newPeer(t *testing.T, l *Listener) *peer {
 
 func listen(t *testing.T, cfg Config) *Listener {
 	t.Helper()
-	cfg.Addr = "127.0.0.1:0"
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
 	l, err := Listen(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -88,8 +98,21 @@ func (p *peer) raw(b []byte) {
 	}
 }
 
+// ttl is the lease the tests grant; long enough that, on the real clock, no
+// test's lease runs out unless the test waits for it.
+const ttl = time.Minute
+
 func roleMsg(role string, epoch uint64) wire.Message {
-	return wire.Message{Type: wire.TypeRole, Group: "ns/g", Pod: "p-0", UID: "uid-0", Role: role, Epoch: epoch}
+	m := wire.Message{Type: wire.TypeRole, Group: "ns/g", Pod: "p-0", UID: "uid-0", Role: role, Epoch: epoch}
+	if role == wire.RoleActive {
+		m.TTLMillis = wire.TTLMillisOf(ttl)
+	}
+	return m
+}
+
+func echoing(m wire.Message, nonce uint64) wire.Message {
+	m.Echo = nonce
+	return m
 }
 
 // send sends m with a fresh seq and returns the ack, checking that it echoes
@@ -110,7 +133,23 @@ func (p *peer) send(m wire.Message) wire.Message {
 	if a.Type != wire.TypeAck || a.UID != m.UID || a.Epoch != m.Epoch || a.Seq != m.Seq {
 		p.t.Fatalf("ack %+v does not echo %+v", a, m)
 	}
+	if a.Status != wire.StatusWrongPod && (a.Nonce == 0 || !a.Lease) {
+		p.t.Fatalf("ack %+v carries no nonce or does not say it enforces the lease", a)
+	}
 	return a
+}
+
+// activate grants the active role at epoch as the controller does: the
+// first message echoes nothing and is answered "retry" with a nonce; the
+// second echoes it and is applied. It returns the second ack.
+func (p *peer) activate(m wire.Message) wire.Message {
+	p.t.Helper()
+	m.Echo = 0
+	first := p.send(m)
+	if first.Status != wire.StatusRetry {
+		p.t.Fatalf("first active message acked %q, want %q", first.Status, wire.StatusRetry)
+	}
+	return p.send(echoing(m, first.Nonce))
 }
 
 func (p *peer) readAck(wait time.Duration) (wire.Message, bool) {
@@ -139,49 +178,93 @@ func wantStats(t *testing.T, l *Listener, want Stats) {
 	}
 }
 
+// fakeClock is the listener's clock in tests that control time. The
+// listener still sleeps on the real clock; poke wakes it to look again.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// poke makes the listener's goroutine look at the clock now, as its read
+// deadline does when the real clock reaches a lease's end.
+func poke(l *Listener) { _ = l.conn.SetReadDeadline(time.Now()) }
+
+func nextChange(t *testing.T, l *Listener) State {
+	t.Helper()
+	select {
+	case s, ok := <-l.Changes():
+		if !ok {
+			t.Fatal("Changes closed")
+		}
+		return s
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change delivered")
+	}
+	return State{}
+}
+
 func TestAccept(t *testing.T) {
 	var mu sync.Mutex
 	var seen []State
-	l := listen(t, Config{PodUID: "uid-0", OnChange: func(s State) {
+	clk := newFakeClock()
+	l := listen(t, Config{PodUID: "uid-0", now: clk.now, OnChange: func(s State) {
 		mu.Lock()
 		defer mu.Unlock()
 		seen = append(seen, s)
 	}})
 	p := newPeer(t, l)
 
-	before := time.Now()
-	if a := p.send(roleMsg("active", 1)); a.Status != wire.StatusOK {
+	// A fresh listener knows no nonce: the first active message only
+	// fetches one.
+	first := p.send(roleMsg("active", 1))
+	if first.Status != wire.StatusRetry || l.State().Role != Unknown {
+		t.Fatalf("first ack %q, state %+v; want retry and nothing applied", first.Status, l.State())
+	}
+	issued := clk.now()
+	clk.advance(10 * time.Millisecond)
+	if a := p.send(echoing(roleMsg("active", 1), first.Nonce)); a.Status != wire.StatusOK {
 		t.Fatalf("status %q", a.Status)
 	}
-	// The ack promises the state is recorded.
+	// The ack promises the state is recorded. The lease runs from the
+	// nonce's ack, not from the message that echoed it.
 	s := l.State()
-	if s.Role != Active || s.Epoch != 1 || s.Group != "ns/g" || s.Changed.Before(before) {
-		t.Fatalf("state %+v", s)
+	want := State{Role: Active, Epoch: 1, Group: "ns/g", Changed: issued.Add(10 * time.Millisecond), Expiry: issued.Add(ttl)}
+	if s != want {
+		t.Fatalf("state %+v, want %+v", s, want)
 	}
-	select {
-	case got := <-l.Changes():
-		if got != s {
-			t.Fatalf("Changes gave %+v, State %+v", got, s)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("no change delivered")
+	if got := nextChange(t, l); got != s {
+		t.Fatalf("Changes gave %+v, State %+v", got, s)
 	}
 	mu.Lock()
 	if len(seen) != 1 || seen[0] != s {
 		t.Fatalf("OnChange saw %+v", seen)
 	}
 	mu.Unlock()
-	wantStats(t, l, Stats{Received: 1, Accepted: 1})
+	wantStats(t, l, Stats{Received: 2, Accepted: 1, Retry: 1})
 }
 
 func TestDuplicate(t *testing.T) {
 	calls := 0
 	l := listen(t, Config{OnChange: func(State) { calls++ }})
 	p := newPeer(t, l)
-	p.send(roleMsg("active", 3))
+	p.send(roleMsg("standby", 3))
 	first := l.State()
 	// A retry whose first copy was applied but whose ack was lost.
-	if a := p.send(roleMsg("active", 3)); a.Status != wire.StatusOK {
+	if a := p.send(roleMsg("standby", 3)); a.Status != wire.StatusOK {
 		t.Fatalf("duplicate acked %q", a.Status)
 	}
 	if l.State() != first {
@@ -193,6 +276,40 @@ func TestDuplicate(t *testing.T) {
 	}
 	if calls != 1 {
 		t.Fatalf("OnChange called %d times", calls)
+	}
+}
+
+// Renewals extend the lease without notifying the application.
+func TestRenewal(t *testing.T) {
+	clk := newFakeClock()
+	calls := 0
+	l := listen(t, Config{now: clk.now, OnChange: func(State) { calls++ }})
+	p := newPeer(t, l)
+	a := p.activate(roleMsg("active", 2))
+	granted := l.State()
+	// A renewal extends the lease to its echo's ack plus the TTL: the
+	// first one echoes the grant's ack, which is where the lease already
+	// ends; the second echoes the first renewal's ack, 20ms later.
+	clk.advance(20 * time.Millisecond)
+	at := clk.now()
+	r := p.send(echoing(roleMsg("active", 2), a.Nonce))
+	if r.Status != wire.StatusOK || l.State() != granted {
+		t.Fatalf("first renewal acked %q, state %+v; want ok and %+v", r.Status, l.State(), granted)
+	}
+	clk.advance(20 * time.Millisecond)
+	if r := p.send(echoing(roleMsg("active", 2), r.Nonce)); r.Status != wire.StatusOK {
+		t.Fatalf("renewal acked %q", r.Status)
+	}
+	s := l.State()
+	if s.Expiry != at.Add(ttl) || s.Changed != granted.Changed || s.Role != Active {
+		t.Fatalf("after renewal %+v; want expiry %v, unchanged otherwise (%+v)", s, at.Add(ttl), granted)
+	}
+	wantStats(t, l, Stats{Received: 4, Accepted: 1, Retry: 1, Renewed: 2})
+	_ = l.Close()
+	for range l.Changes() {
+	}
+	if calls != 1 {
+		t.Fatalf("OnChange called %d times, want once (the grant)", calls)
 	}
 }
 
@@ -212,14 +329,26 @@ func TestStale(t *testing.T) {
 		{"active", 5, wire.StatusStale, State{Role: Standby, Epoch: 5}},
 		{"active", 6, wire.StatusOK, State{Role: Active, Epoch: 6}},
 	}
+	var nonce uint64
 	for i, s := range steps {
-		a := p.send(roleMsg(s.role, s.epoch))
+		m := roleMsg(s.role, s.epoch)
+		var a wire.Message
+		switch {
+		case s.role == "active" && s.status == wire.StatusOK:
+			a = p.activate(m)
+		case s.role == "active":
+			// A valid echo must not matter: the epoch rule comes first.
+			a = p.send(echoing(m, nonce))
+		default:
+			a = p.send(m)
+		}
+		nonce = a.Nonce
 		got := l.State()
 		if a.Status != s.status || got.Role != s.want.Role || got.Epoch != s.want.Epoch {
 			t.Fatalf("step %d (%s@%d): ack %q state %+v; want %q %+v", i, s.role, s.epoch, a.Status, got, s.status, s.want)
 		}
 	}
-	wantStats(t, l, Stats{Received: 6, Accepted: 3, Stale: 3})
+	wantStats(t, l, Stats{Received: 8, Accepted: 3, Retry: 2, Stale: 3})
 }
 
 func TestWrongPod(t *testing.T) {
@@ -241,8 +370,9 @@ func TestWrongPod(t *testing.T) {
 			p.send(roleMsg("standby", 1))
 			m := roleMsg("active", 2)
 			tt.edit(&m)
-			if a := p.send(m); a.Status != wire.StatusWrongPod {
-				t.Fatalf("acked %q", a.Status)
+			a := p.send(m)
+			if a.Status != wire.StatusWrongPod || a.Nonce != 0 {
+				t.Fatalf("acked %q with nonce %d; want wrong-pod and no nonce", a.Status, a.Nonce)
 			}
 			if s := l.State(); s.Role != Standby || s.Epoch != 1 {
 				t.Fatalf("state changed to %+v", s)
@@ -275,9 +405,12 @@ func TestDropped(t *testing.T) {
 	}{
 		{"not json", []byte("hello")},
 		{"empty", nil},
-		{"oversized", []byte(`{"v":1,"pad":"` + strings.Repeat("x", wire.MaxSize) + `"}`)},
-		{"unknown version", []byte(`{"v":2,"type":"role","group":"ns/g","pod":"p-0","uid":"uid-0","role":"active","epoch":9,"seq":1}`)},
-		{"missing uid", []byte(`{"v":1,"type":"role","group":"ns/g","pod":"p-0","role":"active","epoch":9,"seq":1}`)},
+		{"oversized", []byte(`{"v":2,"pad":"` + strings.Repeat("x", wire.MaxSize) + `"}`)},
+		// A controller of the previous version: no lease, so not understood.
+		{"v1", []byte(`{"v":1,"type":"role","group":"ns/g","pod":"p-0","uid":"uid-0","role":"active","epoch":9,"seq":1}`)},
+		{"unknown version", []byte(`{"v":3,"type":"role","group":"ns/g","pod":"p-0","uid":"uid-0","role":"active","epoch":9,"seq":1}`)},
+		{"missing uid", []byte(`{"v":2,"type":"role","group":"ns/g","pod":"p-0","role":"standby","epoch":9,"seq":1}`)},
+		{"active without ttl", []byte(`{"v":2,"type":"role","group":"ns/g","pod":"p-0","uid":"uid-0","role":"active","epoch":9,"seq":1}`)},
 		// An ack sent to a listener, e.g. by a misrouted controller socket.
 		{"ack", ackBytes},
 	}
@@ -367,7 +500,7 @@ func TestAckBeforeOnChange(t *testing.T) {
 		<-release
 	}})
 	p := newPeer(t, l)
-	p.send(roleMsg("active", 1)) // fails if the ack waits for release
+	p.activate(roleMsg("active", 1)) // fails if the ack waits for release
 	<-entered
 	close(release)
 }
@@ -380,7 +513,7 @@ func TestCloseFromOnChange(t *testing.T) {
 	l := listen(t, Config{OnChange: func(State) { closed <- lp.Load().Close() }})
 	lp.Store(l)
 	p := newPeer(t, l)
-	p.send(roleMsg("active", 1))
+	p.activate(roleMsg("active", 1))
 	select {
 	case err := <-closed:
 		if err != nil {

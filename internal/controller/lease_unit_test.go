@@ -1,0 +1,358 @@
+package controller
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/election"
+	"github.com/hapod/hapod/internal/notify"
+	"github.com/hapod/hapod/internal/wire"
+)
+
+// fakeRenewer records renewals; the test plays the pods' acks.
+type fakeRenewer struct {
+	mu      sync.Mutex
+	renewed []renewal
+	handler func(notify.Ack) bool
+}
+
+func (f *fakeRenewer) Send(context.Context, notify.Target) notify.Result { return notify.Result{} }
+
+func (f *fakeRenewer) Renew(t notify.Target, echo uint64) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.renewed = append(f.renewed, renewal{t: t, echo: echo})
+	return uint64(len(f.renewed)), nil
+}
+
+func (f *fakeRenewer) SetAckHandler(h func(notify.Ack) bool) { f.handler = h }
+
+func (f *fakeRenewer) take() []renewal {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.renewed
+	f.renewed = nil
+	return r
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+// leaseFixture is a leases with a fake clock and renewer, one group and a
+// granted lease on pod a.
+type leaseFixture struct {
+	t      *testing.T
+	clk    *clock
+	rn     *fakeRenewer
+	ls     *leases
+	key    types.NamespacedName
+	lapsed []types.NamespacedName
+}
+
+func newLeaseFixture(t *testing.T) *leaseFixture {
+	f := &leaseFixture{t: t, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, rn: &fakeRenewer{},
+		key: types.NamespacedName{Namespace: "ns", Name: "g"}}
+	cfg := config.Default()
+	f.ls = newLeases(cfg, Deps{Now: f.clk.now, Notifier: f.rn, Metrics: NewMetrics(nil)}, func(k types.NamespacedName, _ time.Time) {
+		f.lapsed = append(f.lapsed, k)
+	})
+	return f
+}
+
+func (f *leaseFixture) target(pod string, epoch uint64) notify.Target {
+	return notify.Target{Addr: netip.MustParseAddrPort("127.0.0.1:7477"), Group: f.key.String(), Pod: pod, UID: "uid-" + pod, Role: wire.RoleActive, Epoch: epoch}
+}
+
+// grant plays a Send that granted the lease: the retry ack (nonce 1) at
+// the current time, the ok ack (nonce 2) 1ms later.
+func (f *leaseFixture) grant(pod string, epoch uint64) notify.Target {
+	t := f.target(pod, epoch)
+	f.ls.prepare(f.key, &t)
+	if t.TTL != 150*time.Millisecond || t.Grant == nil {
+		f.t.Fatalf("prepared target %+v", t)
+	}
+	echoed := f.clk.now()
+	if !t.Grant(echoed, true) {
+		f.t.Fatal("grant refused")
+	}
+	f.clk.advance(time.Millisecond)
+	f.ls.sent(t, true, notify.Result{Acked: true, Status: "ok", Nonce: 2, NonceAt: f.clk.now(), Lease: true, Echoed: echoed})
+	return t
+}
+
+func (f *leaseFixture) ack(t notify.Target, status string, nonce uint64) {
+	f.rn.handler(notify.Ack{Group: t.Group, Pod: t.Pod, UID: t.UID, Role: wire.RoleActive, Epoch: t.Epoch, Status: status, Nonce: nonce, Lease: true, At: f.clk.now()})
+}
+
+// The loop renews every interval, echoing the newest nonce, and counts a
+// lease lapsed once it has certainly run out without an ack.
+func TestLeaseRenewsAndLapses(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.grant("a", 1)
+	granted := f.clk.now()
+	f.ls.pass()
+	if r := f.rn.take(); len(r) != 0 {
+		t.Fatalf("renewed before the interval: %+v", r)
+	}
+	f.clk.advance(50 * time.Millisecond)
+	f.ls.pass()
+	r := f.rn.take()
+	if len(r) != 1 || r[0].echo != 2 || r[0].t.TTL != 150*time.Millisecond {
+		t.Fatalf("renewals %+v, want one echoing nonce 2", r)
+	}
+	f.ack(tgt, wire.StatusOK, 3)
+	lastAck := f.clk.now()
+	// The app dies: no more acks. Renewals go on echoing nonce 3 ...
+	for range 3 {
+		f.clk.advance(50 * time.Millisecond)
+		f.ls.pass()
+		if r := f.rn.take(); len(r) != 1 || r[0].echo != 3 {
+			t.Fatalf("renewals %+v, want one echoing nonce 3", r)
+		}
+	}
+	// ... until the bound of nonce 3's ack has passed.
+	bound := election.LeaseBound(lastAck, 150*time.Millisecond, config.LeaseDrift, 10*time.Millisecond)
+	f.clk.t = bound.Add(-time.Nanosecond)
+	f.ls.pass()
+	if len(f.lapsed) != 0 {
+		t.Fatal("lapsed before the bound")
+	}
+	f.rn.take() // renewed a little early, as due within the pass's horizon
+	f.clk.t = bound
+	f.ls.pass()
+	if len(f.lapsed) != 1 {
+		t.Fatalf("not lapsed at the bound (%v after the grant)", bound.Sub(granted))
+	}
+	if st := f.ls.status("uid-a", true, election.Status{Eligible: true}, nil); st.Fault != election.LeaseLapsed {
+		t.Fatalf("status %+v", st)
+	}
+	f.clk.advance(time.Second)
+	f.ls.pass()
+	if r := f.rn.take(); len(r) != 0 {
+		t.Fatalf("a lapsed lease was renewed: %+v", r)
+	}
+}
+
+// A pass that runs late (the controller itself was starved) renews
+// instead of declaring a lapse; the app's answer to that renewal keeps it.
+func TestLeaseLatePassDoesNotLapse(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.grant("a", 1)
+	f.clk.advance(time.Second) // nothing ran for a second
+	f.ls.pass()
+	if len(f.lapsed) != 0 {
+		t.Fatal("a late pass declared a lapse")
+	}
+	if r := f.rn.take(); len(r) != 1 {
+		t.Fatalf("renewals %+v", r)
+	}
+	// The app's lease ran out meanwhile: it answers retry with a fresh
+	// nonce, answered at once.
+	f.ack(tgt, wire.StatusRetry, 9)
+	f.ls.pass()
+	if r := f.rn.take(); len(r) != 1 || r[0].echo != 9 {
+		t.Fatalf("renewals %+v, want one echoing nonce 9 at once", r)
+	}
+	f.ack(tgt, wire.StatusOK, 10)
+	for range 10 {
+		f.clk.advance(50 * time.Millisecond)
+		f.ls.pass()
+		r := f.rn.take()
+		if len(r) != 1 {
+			t.Fatalf("renewals %+v", r)
+		}
+		f.ack(tgt, wire.StatusOK, r[0].echo+1)
+	}
+	if len(f.lapsed) != 0 {
+		t.Fatal("lapsed although every renewal was acked")
+	}
+}
+
+// An app that holds another role refuses the renewal: lapsed at once.
+func TestLeaseRefused(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.grant("a", 1)
+	f.ack(tgt, wire.StatusStale, 5)
+	if len(f.lapsed) != 1 {
+		t.Fatal("a refused renewal was not a lapse")
+	}
+	wait, blocked, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1)
+	if wait != 0 || blocked {
+		t.Fatalf("grant to b waits %v (blocked %v) for a pod that refused the role", wait, blocked)
+	}
+}
+
+// A grant to another pod waits until the old lease has certainly run out,
+// unless the old active acks standby; the renewals of the old lease stop.
+func TestLeaseGrantWait(t *testing.T) {
+	f := newLeaseFixture(t)
+	f.ls.noteStart(f.clk.now())
+	old := f.grant("a", 1)
+	f.clk.advance(time.Second) // past the start window; a has been renewed
+	f.ls.pass()
+	r := f.rn.take()
+	f.ack(old, wire.StatusOK, 7)
+	echoed := f.clk.now()
+	f.clk.advance(50 * time.Millisecond)
+	f.ls.pass() // echoes 7
+	f.rn.take()
+	_ = r
+	wait, blocked, fence := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1)
+	want := election.LeaseBound(echoed, 150*time.Millisecond, config.LeaseDrift, 10*time.Millisecond).Sub(f.clk.now())
+	if wait != want || blocked || len(fence) != 1 || fence[0].Role != wire.RoleStandby || fence[0].Epoch != 1 || fence[0].UID != "uid-a" {
+		t.Fatalf("grantWait = %v, %v, %+v; want %v and a standby message to a", wait, blocked, fence, want)
+	}
+	// The old lease is no longer renewed, and its fence is not resent
+	// while in flight.
+	f.clk.advance(50 * time.Millisecond)
+	f.ls.pass()
+	if r := f.rn.take(); len(r) != 0 {
+		t.Fatalf("renewed a lease being replaced: %+v", r)
+	}
+	if _, _, fence := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); len(fence) != 0 {
+		t.Fatalf("fence resent: %+v", fence)
+	}
+	// The app answers standby: no more wait.
+	if !f.ls.fenced(fence[0], notify.Result{Acked: true, Status: "ok"}) {
+		t.Fatal("the fence's ack did not ask for a requeue")
+	}
+	if wait, blocked, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); wait != 0 || blocked {
+		t.Fatalf("after the standby ack: %v, %v", wait, blocked)
+	}
+}
+
+// A grant in flight to a pod is revoked by a grant to another: its Send
+// echoes nothing more, so its bound is final.
+func TestLeaseGrantRevoked(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.target("a", 1)
+	f.ls.prepare(f.key, &tgt)
+	if wait, _, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); wait != 0 {
+		t.Fatalf("a grant that echoed nothing holds up another: %v", wait)
+	}
+	if tgt.Grant(f.clk.now(), true) {
+		t.Fatal("a revoked grant may still echo")
+	}
+}
+
+// After a start, what a previous process granted is unknown: every grant
+// waits out one bound from the first reconcile.
+func TestLeaseStartWindow(t *testing.T) {
+	f := newLeaseFixture(t)
+	start := f.clk.now()
+	f.ls.noteStart(start)
+	f.clk.advance(40 * time.Millisecond)
+	wait, blocked, _ := f.ls.grantWait(f.key, "uid-a", f.clk.now(), 0)
+	want := election.LeaseBound(start, 150*time.Millisecond, config.LeaseDrift, 10*time.Millisecond).Sub(f.clk.now())
+	if wait != want || blocked {
+		t.Fatalf("grantWait = %v, %v; want %v", wait, blocked, want)
+	}
+}
+
+// A listener that does not enforce the TTL never lapses by itself.
+func TestLeaseNotHonoured(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.target("a", 1)
+	f.ls.prepare(f.key, &tgt)
+	tgt.Grant(f.clk.now(), false)
+	f.ls.sent(tgt, true, notify.Result{Acked: true, Status: "ok", Nonce: 2, NonceAt: f.clk.now(), Lease: false})
+	f.clk.advance(time.Hour)
+	if _, blocked, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); !blocked {
+		t.Fatal("a grant did not wait for a listener that never lapses")
+	}
+	// The API proves it down: the grant may go ahead.
+	f.ls.status("uid-a", true, election.Status{Fault: election.CriticalDied, Doomed: true}, nil)
+	if wait, blocked, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); blocked || wait != 0 {
+		t.Fatalf("after the proof: %v, %v", wait, blocked)
+	}
+}
+
+// Pods that leave the view, or are no longer labelled active, are not
+// renewed; a lapse is reported once, while the pod is still labelled
+// active.
+func TestLeaseSweep(t *testing.T) {
+	f := newLeaseFixture(t)
+	f.grant("a", 1)
+	present := map[types.UID]bool{"uid-a": true}
+	active := map[types.UID]bool{"uid-a": true}
+	if rep := f.ls.sweep(f.key, present, active, f.clk.now()); len(rep) != 0 {
+		t.Fatalf("reported %v", rep)
+	}
+	f.clk.advance(time.Second)
+	f.ls.pass() // late: renews, no lapse
+	f.rn.take()
+	f.clk.advance(30 * time.Millisecond)
+	f.ls.pass() // not due
+	if len(f.lapsed) != 0 {
+		t.Fatalf("lapsed %v", f.lapsed)
+	}
+	f.clk.advance(20 * time.Millisecond)
+	f.ls.pass() // on time, and the renewal went unanswered
+	if len(f.lapsed) != 1 {
+		t.Fatalf("lapsed %v", f.lapsed)
+	}
+	if rep := f.ls.sweep(f.key, present, active, f.clk.now()); len(rep) != 1 || rep[0] != "uid-a" {
+		t.Fatalf("reported %v, want uid-a", rep)
+	}
+	if rep := f.ls.sweep(f.key, present, active, f.clk.now()); len(rep) != 0 {
+		t.Fatalf("reported twice: %v", rep)
+	}
+	// Demoted: the lease (past its bound) is dropped.
+	f.ls.sweep(f.key, present, map[types.UID]bool{}, f.clk.now())
+	if len(f.ls.byUID) != 0 {
+		t.Fatalf("leases left: %v", f.ls.byUID)
+	}
+
+	// A pod that leaves the view stops being renewed at once.
+	f.grant("b", 2)
+	f.ls.sweep(f.key, map[types.UID]bool{}, nil, f.clk.now())
+	f.clk.advance(50 * time.Millisecond)
+	f.ls.pass()
+	if r := f.rn.take(); len(r) != 0 {
+		t.Fatalf("renewed a pod out of view: %+v", r)
+	}
+	if wait, _, _ := f.ls.grantWait(f.key, "uid-c", f.clk.now(), 2); wait <= 0 {
+		t.Fatal("its lease does not hold up a grant to another pod")
+	}
+}
+
+// An app that closes its listener releases its lease (pkg/role's Close):
+// a grant waiting for it proceeds at once; the renewals go on, so that the
+// app restarted in place is granted its role again.
+func TestLeaseRelease(t *testing.T) {
+	f := newLeaseFixture(t)
+	old := f.grant("a", 1)
+	if wait, _, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); wait <= 0 {
+		t.Fatal("no wait for a live lease")
+	}
+	f.rn.handler(notify.Ack{Group: old.Group, Pod: "a", UID: old.UID, Role: wire.RoleStandby, Epoch: 1, Seq: 0, Status: wire.StatusOK, Nonce: 9, Lease: true, At: f.clk.now()})
+	if len(f.lapsed) != 1 {
+		t.Fatal("the release did not requeue the waiting group")
+	}
+	if wait, blocked, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1); wait != 0 || blocked {
+		t.Fatalf("after the release: %v, %v", wait, blocked)
+	}
+
+	// Not waiting: the renewals go on, and an answer to one clears the
+	// release.
+	g := newLeaseFixture(t)
+	tgt := g.grant("a", 1)
+	g.rn.handler(notify.Ack{Group: tgt.Group, Pod: "a", UID: tgt.UID, Role: wire.RoleStandby, Epoch: 1, Status: wire.StatusOK, Nonce: 9, Lease: true, At: g.clk.now()})
+	g.clk.advance(50 * time.Millisecond)
+	g.ls.pass()
+	if r := g.rn.take(); len(r) != 1 {
+		t.Fatalf("renewals after a release %+v, want one", r)
+	}
+	g.ack(tgt, wire.StatusRetry, 11)
+	if wait, _, _ := g.ls.grantWait(g.key, "uid-b", g.clk.now(), 1); wait <= 0 {
+		t.Fatal("an app answering again does not hold up a grant to another pod")
+	}
+}
