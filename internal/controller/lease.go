@@ -319,6 +319,31 @@ func (ls *leases) renewing(uid types.UID, epoch uint64) bool {
 	return l != nil && l.state == renewing && l.target.Epoch == epoch
 }
 
+// inView stops the renewals of the group's leases whose pod is not among
+// pods: deleted (even force-deleted while its node still runs it) or out of
+// the selector. Such a pod fences itself; its lease still holds up grants
+// to others until its bound. Stopping at once matters: a new pod that got
+// the old one's IP must not be granted the old one's lease (a listener
+// given its PodUID refuses it anyway).
+func (ls *leases) inView(key types.NamespacedName, pods []corev1.Pod) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	g := ls.byGroup[key]
+	if len(g) == 0 {
+		return
+	}
+	present := make(map[types.UID]bool, len(pods))
+	for i := range pods {
+		present[pods[i].UID] = true
+	}
+	for uid, l := range g {
+		if !present[uid] {
+			l.gone = true
+			ls.stop(l)
+		}
+	}
+}
+
 // sweep brings the group's leases in line with what the reconciler sees:
 // pods that left the view are no longer renewed (they fence themselves);
 // pods no longer labelled active neither; leases nobody needs are dropped.

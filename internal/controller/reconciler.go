@@ -168,10 +168,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	g := r.groups.get(req.NamespacedName)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	// First of all, before anything that may fail: pods out of view are
+	// renewed no more (lease.go).
+	r.leases.inView(req.NamespacedName, pods.Items)
 	if len(pods.Items) == 0 {
 		// Nothing to manage; the Lease stays so the epoch survives.
 		r.groups.drop(req.NamespacedName)
-		r.leases.sweep(req.NamespacedName, nil, nil, now) // no renewals for pods out of view
 		return reconcile.Result{}, nil
 	}
 	if err := r.loadEpoch(ctx, req, g); err != nil {
