@@ -160,12 +160,11 @@ func (r *Reconciler) oldActiveFenced(ctx context.Context, g *groupState, old *me
 
 // unfencedOldActive is the one place that decides about an old active
 // that did not ack standby and is not proven dead: unreachable (dead node,
-// partition, app hung) or just slow. Today the switch proceeds: the old
-// active was told standby at the new epoch and keeps being told, and its
-// label is removed before the new one is written, so the Service never
-// selects two pods; but its app may still act as active until the message
-// reaches it. The role lease (self-fencing apps) replaces this with "wait
-// until the old active's lease has certainly lapsed".
+// partition, app hung) or just slow. The switch proceeds, because it only
+// runs once gateLease (lease.go) has let the promotion through: by then no
+// other pod can still hold a role lease (it lapsed by the controller's
+// bound, or the pod acked standby), so the old app has fenced itself, and
+// its label is removed before the new one is written.
 func (r *Reconciler) unfencedOldActive(ctx context.Context, g *groupState, old *member) (ok bool, retryAfter time.Duration) {
 	logf.FromContext(ctx).Info("Old active did not ack standby; switching without it", "pod", old.Name, "epoch", g.epoch,
 		"waitedMs", msFloat(r.Config.DemoteAckTimeout))
