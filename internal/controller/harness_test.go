@@ -70,6 +70,8 @@ func (l loopbackOnly) Renew(t notify.Target, echo uint64) (uint64, error) {
 
 func (l loopbackOnly) SetAckHandler(h func(notify.Ack) bool) { l.n.SetAckHandler(h) }
 
+func (l loopbackOnly) Backlog() bool { return l.n.Backlog() }
+
 // serviceNode creates a node whose pod IPs the API accepts in
 // EndpointSlices (it refuses loopback ones): RFC 2544 benchmark addresses,
 // to which loopbackOnly sends nothing.

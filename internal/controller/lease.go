@@ -47,6 +47,11 @@ type Renewer interface {
 	SetAckHandler(func(notify.Ack) bool)
 }
 
+// backlogger is a Renewer that can tell whether acks are waiting unread
+// (*notify.Notifier can): while they are, no lease is declared lapsed,
+// since the silence may be the controller's own, not the app's.
+type backlogger interface{ Backlog() bool }
+
 // leaseState is where a lease is in its life.
 type leaseState int
 
@@ -431,8 +436,8 @@ func (ls *leases) pass() time.Duration {
 	now := ls.now()
 	// A pass that runs late (the controller was starved of CPU, or paused)
 	// declares no lapse: its own renewals were late, so the apps' silence
-	// proves nothing yet. It renews, and looks again one interval later,
-	// when the acks queued meanwhile have been read.
+	// proves nothing yet. It renews, and looks again shortly, when the acks
+	// queued meanwhile have been read. Likewise while acks wait unread.
 	late := len(ls.queue) > 0 && now.Sub(ls.queue[0].next) > ls.renew/2
 	// Leases due within a small horizon are renewed in this pass, a little
 	// early (which is always safe), so that thousands of leases with
@@ -442,6 +447,19 @@ func (ls *leases) pass() time.Duration {
 	var popped []*lease
 	for len(ls.queue) > 0 && !ls.queue[0].next.After(horizon) {
 		popped = append(popped, heap.Pop(&ls.queue).(*lease))
+	}
+	if !late {
+		for _, l := range popped {
+			if l.state == renewing && !l.nonceAt.After(l.echoedAt) && !now.Before(ls.boundOf(l)) {
+				// A lapse is due: first make sure that its ack is not
+				// sitting in the socket, read by nobody yet (the
+				// controller starved of CPU).
+				if bl, ok := ls.renewer.(backlogger); ok && bl.Backlog() {
+					late = true
+				}
+				break
+			}
+		}
 	}
 	for _, l := range popped {
 		scheduled := l.next

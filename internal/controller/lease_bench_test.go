@@ -3,6 +3,7 @@ package controller_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -36,8 +37,8 @@ import (
 //     takes up to its 1s PLEG relist, plus the status write, or the node
 //     controller 40-50s for a lost node).
 //
-// One group of two pods, the default lease settings, one kill per
-// iteration:
+// One group of two pods, the default lease settings (HAPOD_BENCH_LEASE
+// sets others, as for BenchmarkLeaseRenewals), one kill per iteration:
 //
 //	go test -run '^$' -bench LeaseFailover -benchtime 100x ./internal/controller/
 func BenchmarkLeaseFailover(b *testing.B) {
@@ -54,6 +55,7 @@ func benchKill(b *testing.B, api bool) {
 	e := newEnv(b)
 	// Only the lease, or the critical container's status, may trigger.
 	e.cfg.NotReadyGrace = time.Minute
+	benchLease(b, e)
 	e.replicaSet("hapod", 2)
 	// The apps' active intervals are recorded: the benchmark fails if two
 	// ever overlap.
@@ -111,7 +113,8 @@ func benchKill(b *testing.B, api bool) {
 
 // BenchmarkLeaseRenewals measures what renewing 1,000 leases costs the
 // controller (HAPOD_BENCH_STEADY sets the steady period, 10s by default;
-// HAPOD_BENCH_CPUPROFILE writes a CPU profile of it): 1,000 groups of one pod each, every pod's app in a child
+// HAPOD_BENCH_CPUPROFILE writes a CPU profile of it; HAPOD_BENCH_LEASE sets
+// -lease-renew/-lease-ttl, e.g. 100ms/300ms): 1,000 groups of one pod each, every pod's app in a child
 // process (so that the controller's process holds only the controller),
 // then a steady period in which only renewals happen. It reports the
 // datagrams per second (renewals sent plus their acks), the controller
@@ -133,6 +136,7 @@ func BenchmarkLeaseRenewals(b *testing.B) {
 	e := newEnv(b)
 	e.cfg.Selector = "hapod.io/test=true"
 	e.cfg.Workers = 64
+	benchLease(b, e)
 	nodes := make([]string, 0, groups/perNode)
 	for range groups / perNode {
 		nodes = append(nodes, clustertest.Node(b))
@@ -214,6 +218,22 @@ func BenchmarkLeaseRenewals(b *testing.B) {
 	b.ReportMetric(lapsed, "lapses")
 	b.Logf("%d groups, %.1fs steady: %.0f renewals/s sent, %.0f acks/s; controller process %.3f CPU-s/s (%.1f µs per renewal), the 1,000 apps %.3f CPU-s/s; %v missed, %v lapsed",
 		groups, secs, sent/secs, acked/secs, cpu.Seconds()/secs, cpu.Seconds()/sent*1e6, kid.Seconds()/secs, missed, lapsed)
+}
+
+// benchLease applies HAPOD_BENCH_LEASE, "renew/ttl" (e.g. 100ms/300ms),
+// to the benchmark's controller.
+func benchLease(b *testing.B, e *env) {
+	s := os.Getenv("HAPOD_BENCH_LEASE")
+	if s == "" {
+		return
+	}
+	renew, ttl, _ := strings.Cut(s, "/")
+	var err1, err2 error
+	e.cfg.LeaseRenew, err1 = time.ParseDuration(renew)
+	e.cfg.LeaseTTL, err2 = time.ParseDuration(ttl)
+	if err := errors.Join(err1, err2, e.cfg.Validate()); err != nil {
+		b.Fatalf("HAPOD_BENCH_LEASE=%s: %v", s, err)
+	}
 }
 
 // cpuTime is the user+system CPU of this process (pid 0) or of a child.

@@ -356,3 +356,33 @@ func TestLeaseRelease(t *testing.T) {
 		t.Fatal("an app answering again does not hold up a grant to another pod")
 	}
 }
+
+type backlogRenewer struct {
+	*fakeRenewer
+	backlog bool
+}
+
+func (b *backlogRenewer) Backlog() bool { return b.backlog }
+
+// While acks wait unread in the socket, no lease is declared lapsed.
+func TestLeaseBacklogDefersLapse(t *testing.T) {
+	f := newLeaseFixture(t)
+	br := &backlogRenewer{fakeRenewer: f.rn, backlog: true}
+	f.ls.renewer = br
+	f.grant("a", 1)
+	for range 50 { // every pass on time: only the backlog holds the lapse back
+		f.clk.advance(10 * time.Millisecond)
+		f.ls.pass()
+	}
+	if len(f.lapsed) != 0 {
+		t.Fatal("lapsed while acks waited unread")
+	}
+	br.backlog = false
+	for range 3 { // a deferred lapse is looked at again every renew/5, on time here
+		f.clk.advance(10 * time.Millisecond)
+		f.ls.pass()
+	}
+	if len(f.lapsed) != 1 {
+		t.Fatal("not lapsed once the backlog was read")
+	}
+}

@@ -2,6 +2,7 @@ package notify
 
 import (
 	"errors"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -124,5 +125,33 @@ func TestRenew(t *testing.T) {
 	standby.Role = wire.RoleStandby
 	if _, err := n.Renew(standby, 0); err == nil {
 		t.Fatal("renewed a standby role")
+	}
+}
+
+// Backlog tells unread datagrams in the socket from none.
+func TestBacklog(t *testing.T) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	n := &Notifier{conn: c} // no reading goroutine
+	if n.Backlog() {
+		t.Fatal("backlog on an idle socket")
+	}
+	s, err := net.DialUDP("udp", nil, c.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !n.Backlog() {
+		if time.Now().After(deadline) {
+			t.Fatal("no backlog with a datagram queued")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
