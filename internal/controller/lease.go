@@ -449,17 +449,7 @@ func (ls *leases) pass() time.Duration {
 		popped = append(popped, heap.Pop(&ls.queue).(*lease))
 	}
 	if !late {
-		for _, l := range popped {
-			if l.state == renewing && !l.nonceAt.After(l.echoedAt) && !now.Before(ls.boundOf(l)) {
-				// A lapse is due: first make sure that its ack is not
-				// sitting in the socket, read by nobody yet (the
-				// controller starved of CPU).
-				if bl, ok := ls.renewer.(backlogger); ok && bl.Backlog() {
-					late = true
-				}
-				break
-			}
-		}
+		late = ls.acksUnread(popped, now)
 	}
 	for _, l := range popped {
 		scheduled := l.next
@@ -500,14 +490,7 @@ func (ls *leases) pass() time.Duration {
 		}
 		ls.schedule(l, next)
 	}
-	if now.Sub(ls.lastGC) > time.Minute {
-		ls.lastGC = now
-		for _, l := range ls.byUID {
-			if l.gone && ls.droppable(l, false, now) {
-				ls.unlink(l)
-			}
-		}
-	}
+	ls.collect(now)
 	wait := time.Hour
 	if len(ls.queue) > 0 {
 		wait = max(ls.queue[0].next.Sub(now), 0)
@@ -528,6 +511,33 @@ func (ls *leases) pass() time.Duration {
 		ls.lapsed(l.group, now)
 	}
 	return wait
+}
+
+// acksUnread reports, when one of the popped leases is due to lapse,
+// whether acks are still waiting unread in the controller's socket (the
+// controller starved of CPU): then its silence proves nothing yet.
+func (ls *leases) acksUnread(popped []*lease, now time.Time) bool {
+	for _, l := range popped {
+		if l.state == renewing && !l.nonceAt.After(l.echoedAt) && !now.Before(ls.boundOf(l)) {
+			bl, ok := ls.renewer.(backlogger)
+			return ok && bl.Backlog()
+		}
+	}
+	return false
+}
+
+// collect drops, once a minute, the leases of pods gone from view whose
+// leases can no longer matter.
+func (ls *leases) collect(now time.Time) {
+	if now.Sub(ls.lastGC) <= time.Minute {
+		return
+	}
+	ls.lastGC = now
+	for _, l := range ls.byUID {
+		if l.gone && ls.droppable(l, false, now) {
+			ls.unlink(l)
+		}
+	}
 }
 
 // onAck takes the acks that no Send waits for (renewals' and late ones),

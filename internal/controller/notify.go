@@ -13,6 +13,7 @@ import (
 	"github.com/hapod/hapod/internal/election"
 	"github.com/hapod/hapod/internal/notify"
 	"github.com/hapod/hapod/internal/record"
+	"github.com/hapod/hapod/internal/wire"
 )
 
 // promotion carries the timing of one promotion to the goroutine that
@@ -142,7 +143,13 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 	deleting := m.Status.Fault == election.Deleting
 	g.told[m.pod.UID] = &told{role: role, epoch: epoch, inflight: true}
 	pod := m.pod
-	target := notify.Target{Addr: addr, Group: req.String(), Pod: pod.Name, UID: string(pod.UID), Role: role, Epoch: epoch}
+	// The wire speaks "active"/"standby" whatever the label values are
+	// (-active-value, -standby-value).
+	wireRole := wire.RoleStandby
+	if role == r.roles.Active {
+		wireRole = wire.RoleActive
+	}
+	target := notify.Target{Addr: addr, Group: req.String(), Pod: pod.Name, UID: string(pod.UID), Role: wireRole, Epoch: epoch}
 	if role == r.roles.Active {
 		r.leases.prepare(req.NamespacedName, &target) // a lease grant
 	}

@@ -250,9 +250,12 @@ func (s *scaleRun) startProfile(ctx context.Context, res *ScaleResult) chan erro
 }
 
 // trigger fails every active at once and returns when each group's clock
-// started: the node's failure for all (its apps are gone with it), or each
-// active's DELETE.
+// started. The actives' apps die first (their listeners close, as with the
+// node), and the controller's role lease notices that by itself, possibly
+// before the API hears of the node or the DELETE: so each clock starts at
+// the first of the two, the apps' death or the node's failure / the DELETE.
 func (s *scaleRun) trigger(ctx context.Context) ([]time.Time, error) {
+	died := time.Now()
 	for _, p := range s.actives {
 		s.ap.close(p)
 	}
@@ -264,7 +267,7 @@ func (s *scaleRun) trigger(ctx context.Context) ([]time.Time, error) {
 			return nil, err
 		}
 		for i := range starts {
-			starts[i] = t0
+			starts[i] = minTime(died, t0)
 		}
 	case MassDelete:
 		err := parallel(ctx, 64, s.n, func(i int) error {
@@ -273,7 +276,7 @@ func (s *scaleRun) trigger(ctx context.Context) ([]time.Time, error) {
 				return fmt.Errorf("pod %s not on the watch", s.actives[i])
 			}
 			uid := p.UID
-			starts[i] = time.Now()
+			starts[i] = minTime(died, time.Now())
 			return s.e.cs.CoreV1().Pods(s.ns).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 		})
 		if err != nil {
@@ -523,4 +526,11 @@ func memory(pid int) (rss, peak float64, err error) {
 // resetPeak resets VmHWM to the current RSS (Linux 4.0+).
 func resetPeak(pid int) error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
