@@ -68,9 +68,12 @@ func setPodReady(b *testing.B, w *fakeWorld, name string, ready bool) {
 	}
 }
 
+// ReportLatencies lets the external test package's cluster benchmark
+// (bench_test.go) report the same way.
+var ReportLatencies = report
+
 // report adds the median and p99 of ds in milliseconds to the benchmark
-// line (as bench_test.go's report does for the cluster benchmark, which
-// lives in the external test package).
+// line and logs the percentiles.
 func report(b *testing.B, name string, ds []time.Duration) {
 	if len(ds) == 0 {
 		return

@@ -2,8 +2,6 @@ package controller_test
 
 import (
 	"fmt"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -128,18 +127,6 @@ func waitWatch(b *testing.B, ch <-chan watch.Event, match func(*corev1.Pod) bool
 	}
 }
 
-// report adds the median and p99 of ds, in milliseconds, to the benchmark
-// line, and logs all percentiles.
-func report(b *testing.B, name string, ds []time.Duration) {
-	if len(ds) == 0 {
-		return
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	pct := func(p float64) time.Duration { return s[min(len(s)-1, int(p*float64(len(s))))] }
-	b.ReportMetric(float64(pct(0.5))/1e6, name+"-p50-ms")
-	b.ReportMetric(float64(pct(0.99))/1e6, name+"-p99-ms")
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "%-8s n=%d p50=%v p90=%v p99=%v max=%v", name, len(s), pct(0.5), pct(0.9), pct(0.99), s[len(s)-1])
-	b.Log(sb.String())
-}
+// report is the internal test package's (bench_fake_test.go): one way to
+// report a latency series for both benchmarks.
+var report = controller.ReportLatencies
