@@ -4,7 +4,7 @@ GO ?= go
 export GOTOOLCHAIN := local
 GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all help build unit test lint demo bench cluster cluster-down cluster-env
+.PHONY: all help build unit test lint demo bench soak cluster cluster-down cluster-env
 
 all: build
 
@@ -35,6 +35,9 @@ demo: ## run: local control plane, controller, example app, five failover scenes
 
 bench: ## failover latency against the baselines, and scale (~3 min; BENCH_FLAGS=-short ~1 min)
 	$(GO) run ./cmd/hapod-bench $(BENCH_FLAGS)
+
+soak: ## 10 min, every core busy: no healthy group may fail over (bench/results/soak)
+	$(GO) run ./cmd/hapod-bench -only soak -soak 10m -out bench/results/soak
 
 cluster: ## start a local control plane in the background (.cache/cluster/current/)
 	$(GO) run ./cmd/hapod-cluster up -detach

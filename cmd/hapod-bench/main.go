@@ -55,6 +55,8 @@ type flags struct {
 	only       string
 	keepLogs   bool
 	from       string
+	soak       time.Duration
+	soakGroups int
 }
 
 func parseFlags(args []string) (*flags, bench.Options, error) {
@@ -73,7 +75,9 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	fs.IntVar(&f.burst, "kube-api-burst", 0, "controller -kube-api-burst (default 4000)")
 	fs.BoolVar(&f.keepLogs, "keep-cluster-logs", false, "leave the local cluster's run directory (component logs) in place after the run")
 	fs.StringVar(&f.from, "from", "", "measure nothing: render the results.json of an earlier run into -out")
-	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, scale (default all)")
+	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, lease, renewals, scale, soak (default all; soak only with -soak)")
+	fs.DurationVar(&f.soak, "soak", 0, "hold healthy groups this long with every core kept busy and count false failovers (make soak: 10m)")
+	fs.IntVar(&f.soakGroups, "soak-groups", 0, "groups of two pods in the soak (default 1000)")
 	if err := fs.Parse(args); err != nil {
 		return nil, bench.Options{}, err
 	}
@@ -109,11 +113,18 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	for _, s := range strings.Split(f.only, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case "":
-		case "one", "election", "nostandby", "scale":
+		case "one", "election", "nostandby", "lease", "renewals", "scale", "soak":
 			o.Scenarios = append(o.Scenarios, s)
 		default:
 			return nil, o, fmt.Errorf("-only: unknown scenario %q", s)
 		}
+	}
+	if f.soak < 0 || f.soakGroups < 0 {
+		return nil, o, errors.New("-soak and -soak-groups must not be negative")
+	}
+	o.Soak = f.soak
+	if f.soakGroups > 0 {
+		o.SoakGroups = f.soakGroups
 	}
 	if f.workers > 0 {
 		o.Workers = f.workers
@@ -164,10 +175,10 @@ func run() error {
 	}
 	binDir := filepath.Join(work, "bin")
 	log.Info("building hapod-controller", "dir", binDir)
-	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller"); err != nil {
+	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller", "./cmd/hapod-demo"); err != nil {
 		return err
 	}
-	env := &bench.Env{ControllerBin: filepath.Join(binDir, "hapod-controller"), WorkDir: work, Log: log}
+	env := &bench.Env{ControllerBin: filepath.Join(binDir, "hapod-controller"), DemoBin: filepath.Join(binDir, "hapod-demo"), WorkDir: work, Log: log}
 	cluster, stopCluster, err := useCluster(ctx, env, f)
 	if err != nil {
 		return err

@@ -587,6 +587,17 @@ func (ls *leases) onAck(a notify.Ack) bool {
 		if a.Status == wire.StatusOK {
 			l.answered = true
 			ls.metrics.LeaseRenewals.WithLabelValues("acked").Inc()
+			// An ack after a silence (the app was paused or starved, or
+			// its acks were held up) carries the first fresh nonce in a
+			// while: echo it at once, not at the next tick, which may come
+			// after the app's lease has run out. This is what lets an app
+			// pause for up to TTL minus one renew interval (less a round
+			// trip) unnoticed; waiting for the tick, a pause of one
+			// interval in the wrong phase fenced it.
+			if l.state == renewing && a.At.Sub(l.echoedAt) > ls.renew*3/2 {
+				ls.schedule(l, a.At)
+				ls.kick()
+			}
 		} else {
 			ls.metrics.LeaseRenewals.WithLabelValues("retry").Inc()
 			// The app lost its lease (it was paused, or restarted in

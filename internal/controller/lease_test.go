@@ -14,6 +14,7 @@ import (
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/election"
 )
 
@@ -28,10 +29,13 @@ type leaseGroup struct {
 	active corev1.Pod
 }
 
-func newLeaseGroup(t *testing.T, n int) *leaseGroup {
+func newLeaseGroup(t *testing.T, n int, configure ...func(*config.Config)) *leaseGroup {
 	e := newEnv(t)
 	// Only the lease may notice what these tests do to an app.
 	e.cfg.NotReadyGrace = time.Minute
+	for _, c := range configure {
+		c(&e.cfg)
+	}
 	lg := &leaseGroup{e: e, rec: newRecorder(t), apps: map[string]*app{}}
 	e.neverTwoActive("hapod")
 	e.barePods("hapod", n)
@@ -46,6 +50,19 @@ func newLeaseGroup(t *testing.T, n int) *leaseGroup {
 
 func (lg *leaseGroup) promotions(reason election.Fault) float64 {
 	return testutil.ToFloat64(lg.r.metrics.Promotions.WithLabelValues(string(reason)))
+}
+
+// waitPromotions waits until n promotions for reason are counted: the
+// counter moves once the labels are written, after the app was told and
+// possibly after a test saw the label.
+func (lg *leaseGroup) waitPromotions(reason election.Fault, n float64) {
+	lg.e.t.Helper()
+	clustertest.Eventually(lg.e.t, 10*time.Second, func() (bool, error) {
+		if got := lg.promotions(reason); got > n {
+			return false, poll.Stop(fmt.Errorf("%v promotions for %s, want %v", got, reason, n))
+		}
+		return lg.promotions(reason) == n, nil
+	})
 }
 
 // The active's app is killed (its listener closed) and nothing tells the
@@ -63,13 +80,24 @@ func TestLeaseDetectsKilledApp(t *testing.T) {
 	if took > bound+500*time.Millisecond {
 		t.Errorf("failover took %v, want about the lease bound %v", took, bound)
 	}
-	if n := lg.promotions(election.LeaseLapsed); n != 1 {
-		t.Errorf("promotions for LeaseLapsed = %v, want 1", n)
-	}
+	lg.waitPromotions(election.LeaseLapsed, 1)
 	if n := testutil.ToFloat64(lg.r.metrics.LeaseLapses.WithLabelValues("silent")); n != 1 {
 		t.Errorf("silent lapses = %v, want 1", n)
 	}
 	e.hasEvent(old.Name, controller.ReasonLeaseLapsed)
+}
+
+// An old active whose lease lapsed is told standby but not waited for: it
+// holds no lease any more, so its ack would change nothing. With a
+// -demote-ack-timeout (and a notify deadline) far beyond the test's deadline, the promotion must
+// not wait for it (it used to cost every kill -9 the whole timeout).
+func TestLeaseLapsedOldActiveNotWaitedFor(t *testing.T) {
+	lg := newLeaseGroup(t, 2, func(c *config.Config) { c.DemoteAckTimeout, c.NotifyDeadline = time.Hour, time.Hour })
+	e, old := lg.e, lg.active
+	lg.apps[old.Name].kill()
+	next := e.active("hapod", old.Name)
+	lg.apps[next.Name].waitActive(epochOf(next), 30*time.Second)
+	lg.waitPromotions(election.LeaseLapsed, 1)
 }
 
 // An active that leaves the controller's view while its app runs on, cut

@@ -176,6 +176,49 @@ func TestLeaseLatePassDoesNotLapse(t *testing.T) {
 	}
 }
 
+// An app that was paused answers the renewals it missed all at once: its
+// first fresh nonce in a while is echoed at once, not at the next tick,
+// which may come after its lease has run out.
+func TestLeaseLateAckRenewedAtOnce(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.grant("a", 1)
+	// Two renewals go unanswered: the app is paused.
+	for range 2 {
+		f.clk.advance(50 * time.Millisecond)
+		f.ls.pass()
+		if r := f.rn.take(); len(r) != 1 || r[0].echo != 2 {
+			t.Fatalf("renewals %+v, want one echoing nonce 2", r)
+		}
+	}
+	// It wakes 10ms after the second and answers both.
+	f.clk.advance(10 * time.Millisecond)
+	f.ack(tgt, wire.StatusOK, 3)
+	f.clk.advance(time.Millisecond)
+	f.ack(tgt, wire.StatusOK, 4)
+	f.ls.pass()
+	if r := f.rn.take(); len(r) != 1 || r[0].echo != 4 {
+		t.Fatalf("renewals %+v, want one at once echoing the newest nonce, 4", r)
+	}
+	// Then the cadence goes on from there, and prompt acks change nothing.
+	for range 5 {
+		f.ls.pass()
+		if r := f.rn.take(); len(r) != 0 {
+			t.Fatalf("renewed again before the interval: %+v", r)
+		}
+		f.clk.advance(50 * time.Millisecond)
+		f.ls.pass()
+		r := f.rn.take()
+		if len(r) != 1 {
+			t.Fatalf("renewals %+v, want one", r)
+		}
+		f.clk.advance(time.Millisecond)
+		f.ack(tgt, wire.StatusOK, r[0].echo+1)
+	}
+	if len(f.lapsed) != 0 {
+		t.Fatal("lapsed")
+	}
+}
+
 // An app that holds another role refuses the renewal: lapsed at once.
 func TestLeaseRefused(t *testing.T) {
 	f := newLeaseFixture(t)

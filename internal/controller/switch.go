@@ -112,7 +112,12 @@ func (r *Reconciler) fenceOldActives(ctx context.Context, req reconcile.Request,
 			return errNotLeader
 		}
 		ch := r.startNotify(ctx, req, g, o, r.roles.Standby, g.epoch, nil)
-		if ch != nil && !provenDead(o.pod, o.Status) {
+		// Nothing to wait for from an app the API proves dead, or whose
+		// role lease has certainly run out (it fell silent, or refused a
+		// renewal): it holds no lease and cannot be renewed into one, so
+		// its ack would change nothing. Waiting for it cost a kill -9 the
+		// whole -demote-ack-timeout.
+		if ch != nil && !provenDead(o.pod, o.Status) && o.Status.Fault != election.LeaseLapsed {
 			waits = append(waits, wait{o.pod.UID, ch})
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
@@ -25,6 +26,7 @@ func TestShortRun(t *testing.T) {
 		REST:          clustertest.RESTConfig(t),
 		Kubeconfig:    clustertest.Kubeconfig(t),
 		ControllerBin: bintest.Build(t, "github.com/hapod/hapod/cmd/hapod-controller"),
+		DemoBin:       bintest.Build(t, "github.com/hapod/hapod/cmd/hapod-demo"),
 		WorkDir:       t.TempDir(),
 		Log:           slog.New(slog.NewTextHandler(t.Output(), nil)),
 	}
@@ -37,6 +39,8 @@ func TestShortRun(t *testing.T) {
 	o.NoStandby = 3
 	o.Groups = []int{1, 20}
 	o.ProfileDir, o.ProfileGroups, o.ProfileSeconds = e.WorkDir, 20, 1
+	o.LeaseKills = 3
+	o.RenewalGroups, o.RenewalSteady = 20, 2*time.Second
 	r, err := Run(t.Context(), e, o)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +91,8 @@ func TestShortRun(t *testing.T) {
 		t.Errorf("ratios to hapod not computed: %v, %v", le.Ratio, ns.Ratio)
 	}
 
+	checkLease(t, r, o)
+
 	if len(r.Scale) != 2 {
 		t.Fatalf("scale: %d results, want 2", len(r.Scale))
 	}
@@ -112,6 +118,29 @@ func TestShortRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFiles(t, out)
+}
+
+// checkLease: every kill was followed by a new active, the lease path's
+// failovers were all the lease's doing, no two apps were ever active at
+// once, and the renewals were counted.
+func checkLease(t *testing.T, r *Results, o Options) {
+	t.Helper()
+	if r.Lease == nil || len(r.Lease.Kills) != 2 {
+		t.Fatalf("kill -9: %+v, want both detection paths", r.Lease)
+	}
+	for _, k := range r.Lease.Kills {
+		checkSeries(t, "kill -9 via "+k.Detection, k.Series, o.LeaseKills)
+		if k.Detection == DetectLease && k.Reasons["LeaseLapsed"] != o.LeaseKills {
+			t.Errorf("kill -9 via the lease: failover reasons %v, want LeaseLapsed every time", k.Reasons)
+		}
+	}
+	if r.Lease.Overlaps != 0 {
+		t.Errorf("two apps were active at once %d times", r.Lease.Overlaps)
+	}
+	rn := r.Renewals
+	if rn == nil || rn.Groups != o.RenewalGroups || rn.SentPerSec <= 0 || rn.AckedPerSec <= 0 || rn.ControllerCPU <= 0 {
+		t.Errorf("renewals: %+v", rn)
+	}
 }
 
 // checkSeries: n positive samples, percentiles in order.

@@ -42,8 +42,9 @@ type Env struct {
 	// file, for the controller.
 	REST       *rest.Config
 	Kubeconfig string
-	// ControllerBin is the built hapod-controller, run once per scenario.
-	ControllerBin string
+	// ControllerBin is the built hapod-controller, run once per scenario;
+	// DemoBin the built hapod-demo, the app of the kill -9 scenario.
+	ControllerBin, DemoBin string
 	// APIServerPID, EtcdPID and KCMPID (kube-controller-manager), if not
 	// 0, have their CPU time reported next to the controller's during mass
 	// failovers.

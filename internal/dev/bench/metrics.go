@@ -17,6 +17,12 @@ import (
 // apiRequests returns rest_client_requests_total from the controller's
 // /metrics, summed over codes and hosts, by method.
 func apiRequests(ctx context.Context, metricsURL string) (map[string]float64, error) {
+	return scrapeCounter(ctx, metricsURL, "rest_client_requests_total", "method")
+}
+
+// scrapeCounter returns the samples of one metric from a /metrics page,
+// summed by the value of one label ("" for samples without it).
+func scrapeCounter(ctx context.Context, metricsURL, name, label string) (map[string]float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
 	if err != nil {
 		return nil, err
@@ -29,36 +35,40 @@ func apiRequests(ctx context.Context, metricsURL string) (map[string]float64, er
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s: %s", metricsURL, resp.Status)
 	}
-	return parseRequests(resp.Body)
+	return parseCounter(resp.Body, name, label)
 }
 
-// parseRequests reads the Prometheus text format, keeping the
-// rest_client_requests_total samples.
-func parseRequests(r io.Reader) (map[string]float64, error) {
+// parseCounter reads the Prometheus text format, keeping the samples of
+// name, summed by the value of label.
+func parseCounter(r io.Reader, name, label string) (map[string]float64, error) {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	const name = "rest_client_requests_total{"
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
 			continue
 		}
-		end := strings.LastIndexByte(line, '}')
-		if end < 0 {
-			continue
+		labels, value := "", rest
+		if rest[0] == '{' {
+			end := strings.LastIndexByte(rest, '}')
+			if end < 0 {
+				continue
+			}
+			labels, value = rest[1:end], rest[end+1:]
 		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(line[end+1:]), 64)
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
 		if err != nil {
 			continue
 		}
-		method := "?"
-		for _, kv := range strings.Split(line[len(name):end], ",") {
-			if k, val, ok := strings.Cut(kv, "="); ok && k == "method" {
-				method = strings.Trim(val, `"`)
+		key := ""
+		for _, kv := range strings.Split(labels, ",") {
+			if k, val, ok := strings.Cut(kv, "="); ok && k == label {
+				key = strings.Trim(val, `"`)
 			}
 		}
-		out[method] += v
+		out[key] += v
 	}
 	return out, sc.Err()
 }

@@ -70,7 +70,9 @@ func (r *Results) Markdown(w io.Writer) {
 	r.mdHeader(p)
 	r.mdOneGroup(p)
 	r.mdAlternatives(p)
+	r.mdLease(p)
 	r.mdScale(p)
+	r.mdSoak(p)
 	p("## Distribution\n\n![CDF of failover latency per system](cdf.svg)\n\n")
 	p("## How it was measured\n\n")
 	for _, n := range notes(r) {
@@ -102,7 +104,7 @@ func (r *Results) mdHeader(p printf) {
 	p("- **Controller:** its own process, `-workers %d -kube-api-qps %g -kube-api-burst %d -notify-cidrs %s`, other flags at their defaults.\n\n",
 		s.Workers, s.QPS, s.Burst, s.NotifyCIDRs)
 	if t := r.targets(); len(t) > 0 {
-		p("**Targets** (issue 5):\n\n")
+		p("**Targets** (issues 5 and 9):\n\n")
 		for _, line := range t {
 			p("- %s\n", line)
 		}
@@ -206,6 +208,7 @@ func (r *Results) targets() []string {
 			}
 		}
 	}
+	out = append(out, r.leaseTargets(verdict)...)
 	for _, sc := range r.Scale {
 		if sc.Groups < 1000 {
 			continue

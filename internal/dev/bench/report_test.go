@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -57,5 +58,67 @@ func TestReportFromResults(t *testing.T) {
 		if !strings.Contains(svg.String(), want) {
 			t.Errorf("SVG lacks %q", want)
 		}
+	}
+}
+
+// TestOverlaps counts pairs of different apps' active intervals that
+// overlap; an app's own intervals, and intervals that only touch, do not.
+func TestOverlaps(t *testing.T) {
+	at := func(ms int) time.Time { return time.Unix(0, 0).Add(time.Duration(ms) * time.Millisecond) }
+	iv := func(pod string, from, to int) interval { return interval{pod: pod, from: at(from), to: at(to)} }
+	for _, tc := range []struct {
+		name string
+		ivs  []interval
+		want int
+	}{
+		{"none", nil, 0},
+		{"one after the other", []interval{iv("a", 0, 10), iv("b", 10, 20), iv("c", 25, 30)}, 0},
+		{"the same app twice", []interval{iv("a", 0, 10), iv("a", 5, 20)}, 0},
+		{"two at once", []interval{iv("b", 5, 20), iv("a", 0, 10)}, 1},
+		{"one spanning two", []interval{iv("a", 0, 100), iv("b", 10, 20), iv("c", 30, 40)}, 2},
+	} {
+		if got := overlaps(tc.ivs); got != tc.want {
+			t.Errorf("%s: overlaps = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestParseCounter sums one metric's samples by one label's value.
+func TestParseCounter(t *testing.T) {
+	page := `# HELP hapod_lease_renewals_total x
+# TYPE hapod_lease_renewals_total counter
+hapod_lease_renewals_total{result="acked"} 10
+hapod_lease_renewals_total{result="sent"} 12
+hapod_lease_renewals_total_other{result="sent"} 99
+rest_client_requests_total{code="200",host="h",method="PATCH"} 3
+rest_client_requests_total{code="409",host="h",method="PATCH"} 1
+hapod_leases_renewed 7
+`
+	for _, tc := range []struct {
+		name, label string
+		want        map[string]float64
+	}{
+		{"hapod_lease_renewals_total", "result", map[string]float64{"acked": 10, "sent": 12}},
+		{"rest_client_requests_total", "method", map[string]float64{"PATCH": 4}},
+		{"hapod_leases_renewed", "", map[string]float64{"": 7}},
+	} {
+		got, err := parseCounter(strings.NewReader(page), tc.name, tc.label)
+		if err != nil || !maps.Equal(got, tc.want) {
+			t.Errorf("parseCounter(%s, %s) = %v, %v; want %v", tc.name, tc.label, got, err, tc.want)
+		}
+	}
+}
+
+// TestSoakVerdict: every kind of false failover counts.
+func TestSoakVerdict(t *testing.T) {
+	s := SoakResult{Groups: 3, Seconds: 600, Failovers: 1, Fenced: 2, Changes: 4}
+	s.Lapses = 1
+	if n := s.FalseFailovers(); n != 8 {
+		t.Errorf("FalseFailovers = %d, want 8", n)
+	}
+	var md strings.Builder
+	(&Results{Soak: &s}).Markdown(&md)
+	if !strings.Contains(md.String(), "**8 false failovers**") {
+		t.Errorf("the report does not say so:\n%s", md.String())
 	}
 }

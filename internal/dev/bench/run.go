@@ -41,8 +41,19 @@ type Options struct {
 	ProfileDir     string
 	ProfileGroups  int
 	ProfileSeconds int
+	// LeaseKills is how many times per detection path the active app is
+	// killed with SIGKILL (scenario "lease").
+	LeaseKills int
+	// RenewalGroups leases are kept alive for RenewalSteady to measure what
+	// renewing them costs (scenario "renewals").
+	RenewalGroups int
+	RenewalSteady time.Duration
+	// Soak, if not 0, holds SoakGroups healthy groups that long with every
+	// core kept busy, counting false failovers (scenario "soak"; make soak).
+	Soak       time.Duration
+	SoakGroups int
 	// Scenarios, if not empty, limits the run to these of "one",
-	// "election", "nostandby" and "scale".
+	// "election", "nostandby", "lease", "renewals", "scale" and "soak".
 	Scenarios []string
 }
 
@@ -69,6 +80,10 @@ func Full() Options {
 		Burst:              4000,
 		ProfileGroups:      1000,
 		ProfileSeconds:     5,
+		LeaseKills:         50,
+		RenewalGroups:      1000,
+		RenewalSteady:      10 * time.Second,
+		SoakGroups:         1000,
 	}
 }
 
@@ -82,6 +97,9 @@ func Short() Options {
 	o.NoStandby = 5
 	o.Groups = []int{1, 100}
 	o.ProfileGroups = 100
+	o.LeaseKills = 10
+	o.RenewalGroups = 200
+	o.RenewalSteady = 5 * time.Second
 	return o
 }
 
@@ -115,7 +133,10 @@ type Results struct {
 
 	OneGroup  []TriggerResult `json:"oneGroup"`
 	Baselines []Baseline      `json:"baselines"`
+	Lease     *LeaseResult    `json:"lease,omitempty"`
+	Renewals  *RenewalResult  `json:"renewals,omitempty"`
 	Scale     []ScaleResult   `json:"scale"`
+	Soak      *SoakResult     `json:"soak,omitempty"`
 	// Errors are scenarios that failed; the others still count.
 	Errors []string `json:"errors,omitempty"`
 }
@@ -194,6 +215,22 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 			r.Baselines[i].Ratio = r.Baselines[i].Series.Summary.P50 / ref
 		}
 	}
+	if o.LeaseKills > 0 && o.runs("lease") {
+		e.Log.Info("kill -9 of the active app: role lease against the API", "kills per path", o.LeaseKills)
+		if res, err := e.leaseKills(ctx, o); err != nil {
+			fail("kill -9", err)
+		} else {
+			r.Lease = res
+		}
+	}
+	if o.RenewalGroups > 0 && o.runs("renewals") {
+		e.Log.Info("role lease renewals", "groups", o.RenewalGroups, "steady", o.RenewalSteady.String())
+		if res, err := e.renewals(ctx, o); err != nil {
+			fail("renewals", err)
+		} else {
+			r.Renewals = res
+		}
+	}
 	for _, n := range o.Groups {
 		if !o.runs("scale") {
 			break
@@ -205,6 +242,17 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 		}
 		if res != nil {
 			r.Scale = append(r.Scale, *res)
+		}
+	}
+	if o.Soak > 0 && o.runs("soak") {
+		e.Log.Info("soak: healthy groups, every core busy", "groups", o.SoakGroups, "for", o.Soak.String())
+		if res, err := e.soak(ctx, o); err != nil {
+			fail("soak", err)
+		} else {
+			r.Soak = res
+			if n := res.FalseFailovers(); n > 0 {
+				fail("soak", fmt.Errorf("%d false failovers (lapses, fenced apps, role changes, promotions) among healthy groups", n))
+			}
 		}
 	}
 	r.Machine.LoadAfter = loadavg()
@@ -304,6 +352,18 @@ func machine() Machine {
 	}
 	return m
 }
+
+// load1 is the 1-minute load average.
+func load1() (float64, bool) {
+	f := strings.Fields(loadavg())
+	if len(f) == 0 {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	return v, err == nil
+}
+
+func selfPID() int { return os.Getpid() }
 
 // loadavg is the 1, 5 and 15 minute load averages.
 func loadavg() string {

@@ -176,6 +176,9 @@ type apps struct {
 	mu    sync.Mutex
 	byPod map[string]*app
 	board board
+	// fenced and changes count, over every app, the states with Fenced
+	// set and every state change delivered.
+	fenced, changes int
 }
 
 // app is one pod's listener and what it was told.
@@ -200,6 +203,10 @@ func (a *apps) listen(ctx context.Context, pod string, addr netip.AddrPort) erro
 		OnChange: func(s role.State) {
 			a.mu.Lock()
 			ap.state = s
+			a.changes++
+			if s.Fenced {
+				a.fenced++
+			}
 			if s.Role == role.Active && ap.activeAt.IsZero() {
 				ap.activeAt = s.Changed
 			}
@@ -226,6 +233,13 @@ func (a *apps) state(pod string) (role.State, time.Time, bool) {
 		return role.State{}, time.Time{}, false
 	}
 	return ap.state, ap.activeAt, true
+}
+
+// counts returns how many Fenced states and state changes the apps have had.
+func (a *apps) counts() (fenced, changes int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.fenced, a.changes
 }
 
 // close stops a pod's app: the process is gone.

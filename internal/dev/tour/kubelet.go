@@ -1,7 +1,6 @@
 package tour
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,12 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/hapod/hapod/internal/dev/appproc"
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/podstatus"
 	"github.com/hapod/hapod/internal/dev/poll"
@@ -57,14 +53,9 @@ type kubelet struct {
 
 // proc is one pod's process.
 type proc struct {
-	pod     string
-	uid     types.UID
-	addr    netip.Addr
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{} // closed once the process has exited and been reaped
-	// stopping is set before the tour signals the process, so its exit is expected.
-	stopping atomic.Bool
+	*appproc.Proc
+	uid  types.UID
+	addr netip.Addr
 }
 
 func newKubelet(ctx context.Context, cs kubernetes.Interface, ns, node, bin, logDir string, pool *addrPool, p *plan, initDelay time.Duration, obs *observer) *kubelet {
@@ -84,7 +75,7 @@ func (k *kubelet) handle(pod *corev1.Pod, deleted bool) {
 		k.gone[pod.UID] = true
 		p, ok := k.procs[pod.UID]
 		if ok && p != nil && !k.closed {
-			k.wg.Go(func() { k.stop(p, 5*time.Second) })
+			k.wg.Go(func() { p.Stop(5 * time.Second) })
 		}
 		k.mu.Unlock()
 		return
@@ -156,75 +147,35 @@ func (k *kubelet) bringUp(name string, uid types.UID) error {
 	return nil
 }
 
-// roleRecordsFD is the descriptor on which a pod's process writes its role records: the
-// write end of a pipe the tour reads (cmd.ExtraFiles[0] is descriptor 3).
-const roleRecordsFD = "/dev/fd/3"
-
 // start starts the pod's process. It returns nil, nil if the pod went meanwhile.
 func (k *kubelet) start(name string, uid types.UID, addr netip.Addr) (*proc, error) {
-	logPath := filepath.Join(k.logDir, name+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = logFile.Close() }() // the child has its own descriptor
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(k.bin,
-		"-http-addr", netip.AddrPortFrom(addr, uint16(k.httpPort)).String(),
-		"-role-addr", netip.AddrPortFrom(addr, uint16(k.rolePort)).String(),
-		"-pod-name", name, "-pod-uid", string(uid),
-		"-init-delay", k.initDelay.String(),
-		"-role-records", roleRecordsFD)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.ExtraFiles = []*os.File{pw}
-	p := &proc{pod: name, uid: uid, addr: addr, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	if k.closed || k.gone[uid] {
-		k.mu.Unlock()
-		_ = pr.Close()
-		_ = pw.Close()
 		return nil, nil
 	}
-	err = child.Start(cmd)
-	_ = pw.Close() // the child has its own copy
-	if err != nil {
-		k.mu.Unlock()
-		_ = pr.Close()
-		return nil, fmt.Errorf("start hapod-demo: %w", err)
-	}
-	k.procs[uid] = p
-	k.mu.Unlock()
-
-	k.wg.Go(func() { k.readRoles(p, pr) })
-	k.wg.Go(func() {
-		err := cmd.Wait()
-		k.obs.Mark(uid, func(v *podView) { v.X.ProcExited = time.Now() })
-		if !p.stopping.Load() && k.ctx.Err() == nil {
-			k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, err, logPath, child.Tail(logPath, 10))
-		}
-		k.pool.put(addr)
-		close(p.done)
+	ap, err := appproc.Start(appproc.Options{
+		Bin: k.bin, Pod: name, UID: uid,
+		RoleAddr:    netip.AddrPortFrom(addr, uint16(k.rolePort)),
+		HTTPAddr:    netip.AddrPortFrom(addr, uint16(k.httpPort)),
+		InitDelay:   k.initDelay,
+		LogPath:     filepath.Join(k.logDir, name+".log"),
+		OnRole:      func(c rolerecord.Change) { k.obs.appSaid(uid, c.At, c.Role, c.Epoch) },
+		OnBadRecord: func(err error) { k.obs.problem("%v", err) },
+		OnExit: func(ap *appproc.Proc) {
+			k.obs.Mark(uid, func(v *podView) { v.X.ProcExited = time.Now() })
+			if !ap.Expected() && k.ctx.Err() == nil {
+				k.obs.problem("the process of pod %s exited by itself (%v); tail of %s:\n%s", name, ap.Err(), ap.LogPath(), child.Tail(ap.LogPath(), 10))
+			}
+			k.pool.put(addr)
+		},
 	})
-	return p, nil
-}
-
-// readRoles records the role changes the process reports on its role-records pipe,
-// until it exits.
-func (k *kubelet) readRoles(p *proc, r io.ReadCloser) {
-	defer func() { _ = r.Close() }()
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		c, err := rolerecord.Decode(sc.Bytes())
-		if err != nil {
-			k.obs.problem("pod %s: %v", p.pod, err)
-			continue
-		}
-		k.obs.appSaid(p.uid, c.At, c.Role, c.Epoch)
+	if err != nil {
+		return nil, err
 	}
+	p := &proc{Proc: ap, uid: uid, addr: addr}
+	k.procs[uid] = p
+	return p, nil
 }
 
 // errStopped: the process was stopped on purpose (its pod went, or the tour ends)
@@ -236,11 +187,11 @@ func (k *kubelet) probe(p *proc) error {
 	url := "http://" + netip.AddrPortFrom(p.addr, uint16(k.httpPort)).String() + "/readyz"
 	err := poll.Until(k.ctx, k.probeTimeout, func() (bool, error) {
 		select {
-		case <-p.done:
-			if p.stopping.Load() {
+		case <-p.Done():
+			if p.Expected() {
 				return false, poll.Stop(errStopped)
 			}
-			return false, poll.Stop(fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.logPath, child.Tail(p.logPath, 10)))
+			return false, poll.Stop(fmt.Errorf("the process exited before /readyz answered 200; tail of %s:\n%s", p.LogPath(), child.Tail(p.LogPath(), 10)))
 		default:
 		}
 		req, err := http.NewRequestWithContext(k.ctx, http.MethodGet, url, nil)
@@ -276,16 +227,6 @@ func (k *kubelet) proc(uid types.UID) *proc {
 	return k.procs[uid]
 }
 
-// stop stops a process as the kubelet stops a deleted pod's container: SIGTERM, then
-// SIGKILL after grace.
-func (k *kubelet) stop(p *proc, grace time.Duration) {
-	if p.stopping.Swap(true) {
-		<-p.done
-		return
-	}
-	child.Terminate(p.cmd.Process.Pid, p.done, grace)
-}
-
 // kill kills a pod's process at once, as when a container crashes or is OOM-killed, and
 // returns when it has been reaped.
 func (k *kubelet) kill(uid types.UID) (time.Time, error) {
@@ -293,19 +234,7 @@ func (k *kubelet) kill(uid types.UID) (time.Time, error) {
 	if p == nil {
 		return time.Time{}, errors.New("the pod has no process")
 	}
-	p.stopping.Store(true)
-	at := time.Now()
-	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil {
-		return at, fmt.Errorf("kill the process of %s: %w", p.pod, err)
-	}
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return at, nil
-	case <-t.C:
-		return at, fmt.Errorf("the process of %s was not reaped 10s after SIGKILL", p.pod)
-	}
+	return p.Kill()
 }
 
 // shutdown stops every process and waits for everything the kubelet started.
@@ -321,7 +250,7 @@ func (k *kubelet) shutdown() {
 	k.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range ps {
-		wg.Go(func() { k.stop(p, 5*time.Second) })
+		wg.Go(func() { p.Stop(5 * time.Second) })
 	}
 	wg.Wait()
 	k.wg.Wait()
