@@ -197,8 +197,9 @@ func testAdmissionPolicy(t *testing.T, dir string) {
 	in := installRBAC(t, s, dir)
 	otherNS := clustertest.Namespace(t)
 	namespaced := dir == "namespaced"
-	// What RBAC does outside the namespaced install's namespace: it lets
-	// the cluster-wide install through to the policies.
+	// What RBAC does outside what the namespaced install grants (its
+	// namespace, its Lease names): it lets the cluster-wide install through
+	// to the policies.
 	outside := func(cluster outcome) outcome {
 		if namespaced {
 			return byRBAC
@@ -290,45 +291,49 @@ func testAdmissionPolicy(t *testing.T, dir string) {
 	}
 
 	groupLease := "hapod-hapod"
+	// why is what a policy's refusal says, if it is the expected outcome.
 	cases := []struct {
 		name string
 		call func() error
 		want outcome
+		why  string
 	}{
 		// What the controller does.
-		{"promote: role label and epoch annotation", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"active"},"annotations":{"hapod.io/epoch":"2"}}}`, nil), allowed},
-		{"demote: role label", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"standby"}}}`, nil), allowed},
-		{"create the group Lease", createLease(in.appNS, groupLease, nil), allowed},
-		{"get and update the group Lease", getUpdateLease(in.appNS, groupLease), allowed},
-		{"create the leader-election Lease", createLease(in.ns, leaderElectionLease, nil), allowed},
-		{"get and update the leader-election Lease", getUpdateLease(in.ns, leaderElectionLease), allowed},
+		{"promote: role label and epoch annotation", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"active"},"annotations":{"hapod.io/epoch":"2"}}}`, nil), allowed, ""},
+		{"demote: role label", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"standby"}}}`, nil), allowed, ""},
+		{"create the group Lease", createLease(in.appNS, groupLease, nil), allowed, ""},
+		{"get and update the group Lease", getUpdateLease(in.appNS, groupLease), allowed, ""},
+		{"create the leader-election Lease", createLease(in.ns, leaderElectionLease, nil), allowed, ""},
+		{"get and update the leader-election Lease", getUpdateLease(in.ns, leaderElectionLease), allowed, ""},
 
 		// The rest of a pod.
-		{"role label set to another value", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"boss"}}}`, dry), byPolicy},
-		{"image", patchPod(in.appNS, pod, `{"spec":{"containers":[{"name":"app","image":"evil:latest"}]}}`, dry), byPolicy},
-		{"another label changed", patchPod(in.appNS, pod, `{"metadata":{"labels":{"tier":"db"}}}`, dry), byPolicy},
-		{"another label added", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"active","extra":"x"}}}`, dry), byPolicy},
-		{"another label removed", patchPod(in.appNS, pod, `{"metadata":{"labels":{"tier":null}}}`, dry), byPolicy},
-		{"non-hapod annotation", patchPod(in.appNS, pod, `{"metadata":{"annotations":{"note":"theirs"}}}`, dry), byPolicy},
-		{"finalizer", patchPod(in.appNS, pod, `{"metadata":{"finalizers":["example.com/hold"]}}`, dry), byPolicy},
-		{"role label of a pod in another namespace", patchPod(otherNS, outsidePod, `{"metadata":{"labels":{"role":"active"}}}`, dry), outside(allowed)},
-		{"image of a pod in another namespace", patchPod(otherNS, outsidePod, `{"spec":{"containers":[{"name":"app","image":"evil:latest"}]}}`, dry), outside(byPolicy)},
+		{"role label set to another value", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"boss"}}}`, dry), byPolicy, "the active or the standby value only"},
+		{"image", patchPod(in.appNS, pod, `{"spec":{"containers":[{"name":"app","image":"evil:latest"}]}}`, dry), byPolicy, "may not change a pod's spec"},
+		{"another label changed", patchPod(in.appNS, pod, `{"metadata":{"labels":{"tier":"db"}}}`, dry), byPolicy, "no pod label but the role label"},
+		{"another label added", patchPod(in.appNS, pod, `{"metadata":{"labels":{"role":"active","extra":"x"}}}`, dry), byPolicy, "no pod label but the role label"},
+		{"another label removed", patchPod(in.appNS, pod, `{"metadata":{"labels":{"tier":null}}}`, dry), byPolicy, "no pod label but the role label"},
+		{"non-hapod annotation", patchPod(in.appNS, pod, `{"metadata":{"annotations":{"note":"theirs"}}}`, dry), byPolicy, "no pod annotation but hapod.io/*"},
+		{"finalizer", patchPod(in.appNS, pod, `{"metadata":{"finalizers":["example.com/hold"]}}`, dry), byPolicy, "finalizers or owner references"},
+		{"role label of a pod in another namespace", patchPod(otherNS, outsidePod, `{"metadata":{"labels":{"role":"active"}}}`, dry), outside(allowed), ""},
+		{"image of a pod in another namespace", patchPod(otherNS, outsidePod, `{"spec":{"containers":[{"name":"app","image":"evil:latest"}]}}`, dry), outside(byPolicy), "may not change a pod's spec"},
 
 		// Other Leases.
-		{"create a non-hapod Lease", createLease(in.appNS, "other2", dry), byPolicy},
-		{"update a non-hapod Lease", updateLease(appLease), map[bool]outcome{true: byRBAC, false: byPolicy}[namespaced]},
-		{"update a Lease in another namespace", updateLease(otherLease), outside(byPolicy)},
-		{"create a hapod Lease in another namespace", createLease(otherNS, groupLease, dry), outside(allowed)},
-		{"update a node heartbeat", updateLease(nodeLease), outside(byPolicy)},
-		{"update a node heartbeat named hapod-*", updateLease(hapodNodeLease), outside(byPolicy)},
-		{"create a Lease in kube-node-lease", createLease(corev1.NamespaceNodeLease, "hapod-x-"+in.ns, dry), outside(byPolicy)},
+		{"create a non-hapod Lease", createLease(in.appNS, "other2", dry), byPolicy, "may write only hapod-<group> Leases"},
+		// Outside the namespaced Role's resourceNames.
+		{"update a non-hapod Lease", updateLease(appLease), outside(byPolicy), "may write only hapod-<group> Leases"},
+		{"update a Lease in another namespace", updateLease(otherLease), outside(byPolicy), "may write only hapod-<group> Leases"},
+		{"create a hapod Lease in another namespace", createLease(otherNS, groupLease, dry), outside(allowed), ""},
+		{"update a node heartbeat", updateLease(nodeLease), outside(byPolicy), "may write only hapod-<group> Leases"},
+		{"update a node heartbeat named hapod-*", updateLease(hapodNodeLease), outside(byPolicy), "may write only hapod-<group> Leases"},
+		{"create a Lease in kube-node-lease", createLease(corev1.NamespaceNodeLease, "hapod-x-"+in.ns, dry), outside(byPolicy), "may write only hapod-<group> Leases"},
 	}
 	if controlPlane != nil {
 		cases = append(cases, struct {
 			name string
 			call func() error
 			want outcome
-		}{"update a control-plane Lease (" + controlPlane.Name + ")", updateLease(controlPlane), outside(byPolicy)})
+			why  string
+		}{"update a control-plane Lease (" + controlPlane.Name + ")", updateLease(controlPlane), outside(byPolicy), "may write only hapod-<group> Leases"})
 	}
 	for _, c := range cases {
 		err := c.call()
@@ -337,6 +342,8 @@ func testAdmissionPolicy(t *testing.T, dir string) {
 			t.Errorf("%s: %v, want %s", c.name, unexpected, c.want)
 		} else if got != c.want {
 			t.Errorf("%s: %s (%v), want %s", c.name, got, err, c.want)
+		} else if got == byPolicy && !strings.Contains(err.Error(), c.why) {
+			t.Errorf("%s: refused for another reason: %v; want %q", c.name, err, c.why)
 		}
 	}
 
