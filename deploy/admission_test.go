@@ -226,6 +226,25 @@ func testAdmissionPolicy(t *testing.T, dir string) {
 	pod, outsidePod := newPod(in.appNS), newPod(otherNS)
 	in.waitForPolicies(t, pod)
 
+	// The type checker (kube-controller-manager's status controller) finds
+	// nothing wrong: a misspelt field would be an error at every request,
+	// and with failurePolicy Fail refuse the controller everything.
+	for _, name := range in.policies {
+		clustertest.Eventually(t, 60*time.Second, func() (bool, error) {
+			p, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			if p.Status.ObservedGeneration != p.Generation || p.Status.TypeChecking == nil {
+				return false, fmt.Errorf("policy %s not type-checked yet", name)
+			}
+			for _, w := range p.Status.TypeChecking.ExpressionWarnings {
+				t.Errorf("policy %s: %s: %s", name, w.FieldRef, w.Warning)
+			}
+			return true, nil
+		})
+	}
+
 	// Leases that are not hapod's, made by the admin: in the application's
 	// namespace, in another, and node heartbeats (one named like a hapod
 	// Lease: the policy keeps kube-node-lease out whatever the name).

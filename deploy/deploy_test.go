@@ -668,19 +668,24 @@ func restrictNamespace(t *testing.T, s *server, ns string, objs []object) {
 	}
 }
 
-// TestControllerAppliesToCluster dry-runs deploy/controller against a real
-// API server. Its namespaced objects go to a fresh namespace labelled like
-// hapod-system, so the test never touches a real installation.
+// TestControllerAppliesToCluster dry-runs deploy/controller and
+// deploy/namespaced against a real API server. Their namespaced objects go to
+// fresh namespaces, the controller's labelled like hapod-system, so the test
+// never touches a real installation.
 func TestControllerAppliesToCluster(t *testing.T) {
-	s := newServer(t)
-	objs := mustLoad(t, "controller")
-	ns := clustertest.Namespace(t)
-	restrictNamespace(t, s, ns, objs)
-	for _, u := range relocate(t, objs, map[string]string{controllerNamespace: ns}) {
-		s.dryRunCreate(t, u)
-		// Twice: apply is idempotent, so a second kubectl apply is no error.
-		s.apply(t, u, dryRun)
-		s.apply(t, u, dryRun)
+	for _, dir := range []string{"controller", "namespaced"} {
+		t.Run(dir, func(t *testing.T) {
+			s := newServer(t)
+			objs := mustLoad(t, dir)
+			ns, appNS := clustertest.Namespace(t), clustertest.Namespace(t)
+			restrictNamespace(t, s, ns, objs)
+			for _, u := range relocate(t, objs, map[string]string{controllerNamespace: ns, namespacedAppNamespace: appNS}) {
+				s.dryRunCreate(t, u)
+				// Twice: apply is idempotent, so a second kubectl apply is no error.
+				s.apply(t, u, dryRun)
+				s.apply(t, u, dryRun)
+			}
+		})
 	}
 }
 
