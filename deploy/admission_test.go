@@ -128,6 +128,17 @@ func (in *installed) deniedByPolicy(err error) bool {
 	return false
 }
 
+// refused is nil if err is a policy's refusal, else says why not yet.
+func (in *installed) refused(probe string, err error) error {
+	switch {
+	case err == nil:
+		return fmt.Errorf("%s allowed: the policies are not in force yet", probe)
+	case !in.deniedByPolicy(err):
+		return fmt.Errorf("%s not refused by a policy: %w", probe, err)
+	}
+	return nil
+}
+
 // waitForPolicies returns once both policies refuse: the API server loads
 // new policies and bindings asynchronously (through an informer, then a
 // compile), so for a while after they are created they do not apply yet.
@@ -140,13 +151,13 @@ func (in *installed) waitForPolicies(t *testing.T, pod string) {
 	clustertest.Eventually(t, 60*time.Second, func() (bool, error) {
 		patch := []byte(`{"metadata":{"labels":{"hapod-probe":"x"}}}`)
 		_, err := in.as.CoreV1().Pods(in.appNS).Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{DryRun: dry})
-		if !in.deniedByPolicy(err) {
-			return false, fmt.Errorf("pod probe not yet refused by a policy: %v", err)
+		if err := in.refused("pod probe", err); err != nil {
+			return false, err
 		}
 		l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: in.appNS}}
 		_, err = in.as.CoordinationV1().Leases(in.appNS).Create(ctx, l, metav1.CreateOptions{DryRun: dry})
-		if !in.deniedByPolicy(err) {
-			return false, fmt.Errorf("Lease probe not yet refused by a policy: %v", err)
+		if err := in.refused("Lease probe", err); err != nil {
+			return false, err
 		}
 		return true, nil
 	})

@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -83,8 +84,11 @@ func testControllerRuns(t *testing.T, dir string) {
 	var pod string
 	clustertest.Eventually(t, 30*time.Second, func() (bool, error) {
 		pods, err := cs.CoreV1().Pods(appNS).List(ctx, metav1.ListOptions{LabelSelector: "app=hapod"})
-		if err != nil || len(pods.Items) == 0 {
-			return false, fmt.Errorf("no pod of the ReplicaSet yet (%v)", err)
+		if err != nil {
+			return false, err
+		}
+		if len(pods.Items) == 0 {
+			return false, errors.New("no pod of the ReplicaSet yet")
 		}
 		pod = pods.Items[0].Name
 		return true, nil
