@@ -196,7 +196,7 @@ func (in *installed) outcome(err error) (outcome, error) {
 // the policies alone; the namespace-scoped one is stopped by RBAC first
 // outside its namespace.
 func TestAdmissionPolicy(t *testing.T) {
-	for _, dir := range []string{"controller", "namespaced"} {
+	for _, dir := range installs {
 		t.Run(dir, func(t *testing.T) { testAdmissionPolicy(t, dir) })
 	}
 }

@@ -41,6 +41,10 @@ func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 // kustomizations are the directories under deploy/ that kubectl apply -k takes.
 var kustomizations = []string{"controller", "namespaced", "example", "default"}
 
+// installs are the kustomizations that install the controller: cluster-wide
+// and namespace-scoped.
+var installs = []string{"controller", "namespaced"}
+
 // fieldManager owns what the test applies.
 const fieldManager = "hapod-deploy-test"
 
@@ -673,7 +677,7 @@ func restrictNamespace(t *testing.T, s *server, ns string, objs []object) {
 // fresh namespaces, the controller's labelled like hapod-system, so the test
 // never touches a real installation.
 func TestControllerAppliesToCluster(t *testing.T) {
-	for _, dir := range []string{"controller", "namespaced"} {
+	for _, dir := range installs {
 		t.Run(dir, func(t *testing.T) {
 			s := newServer(t)
 			objs := mustLoad(t, dir)

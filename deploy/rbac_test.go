@@ -28,7 +28,7 @@ import (
 // (deploy/namespaced). Least privilege is only right if it is also enough:
 // any refused call shows up as "forbidden" in its log.
 func TestControllerRunsWithItsRBAC(t *testing.T) {
-	for _, dir := range []string{"controller", "namespaced"} {
+	for _, dir := range installs {
 		t.Run(dir, func(t *testing.T) { testControllerRuns(t, dir) })
 	}
 }
