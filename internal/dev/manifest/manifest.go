@@ -96,7 +96,7 @@ func Load(dir string) ([]Object, error) {
 	}
 	var k kustomization
 	if err := yaml.UnmarshalStrict(b, &k); err != nil {
-		return nil, fmt.Errorf("%s/kustomization.yaml (only resources are rendered): %w", dir, err)
+		return nil, fmt.Errorf("%s/kustomization.yaml (only resources and JSON 6902 patches are rendered): %w", dir, err)
 	}
 	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
 		return nil, fmt.Errorf("%s/kustomization.yaml: apiVersion %q kind %q", dir, k.APIVersion, k.Kind)
