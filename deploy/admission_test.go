@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,6 +18,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/pkg/role"
@@ -28,9 +33,10 @@ type installed struct {
 	// ns stands for hapod-system, appNS for the application's namespace
 	// (demo in deploy/namespaced).
 	ns, appNS string
-	// user is the controller's ServiceAccount's username; as acts as it.
-	user string
-	as   kubernetes.Interface
+	// user is the controller's ServiceAccount's username; token one of its
+	// tokens, with which as calls the API.
+	user, token string
+	as          kubernetes.Interface
 	// policies are the names the admission policies got here.
 	policies []string
 }
@@ -45,10 +51,12 @@ func installRBAC(t *testing.T, s *server, dir string) *installed {
 	ctx := t.Context()
 	in := &installed{objs: mustLoad(t, dir), ns: clustertest.Namespace(t), appNS: clustertest.Namespace(t)}
 	suffix := "-" + in.ns
+	var saName string
 	for _, u := range relocate(t, in.objs, map[string]string{controllerNamespace: in.ns, namespacedAppNamespace: in.appNS}) {
 		switch u.GetKind() {
 		case "ServiceAccount":
-			in.user = "system:serviceaccount:" + in.ns + ":" + u.GetName()
+			saName = u.GetName()
+			in.user = "system:serviceaccount:" + in.ns + ":" + saName
 		case "Role", "RoleBinding":
 		case "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding":
 			u = renameClusterScoped(t, u, suffix, in.ns)
@@ -76,14 +84,42 @@ func installRBAC(t *testing.T, s *server, dir string) *installed {
 	if in.user == "" || len(in.policies) == 0 {
 		t.Fatalf("deploy/%s: ServiceAccount %q, policies %v", dir, in.user, in.policies)
 	}
-	cfg := clustertest.RESTConfig(t)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: in.user}
+	// A real token of the ServiceAccount, as its pod would mount: the API
+	// server authenticates it as the username the policies match (and adds
+	// the ServiceAccount groups RBAC may bind).
+	tok, err := clustertest.Clientset(t).CoreV1().ServiceAccounts(in.ns).CreateToken(ctx, saName, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.token = tok.Status.Token
+	cfg := rest.AnonymousClientConfig(clustertest.RESTConfig(t))
+	cfg.BearerToken = in.token
 	as, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	in.as = as
 	return in
+}
+
+// kubeconfig writes a kubeconfig for the test cluster that authenticates
+// with the ServiceAccount's token.
+func (in *installed) kubeconfig(t *testing.T) string {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(clustertest.Kubeconfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range cfg.AuthInfos {
+		cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: in.token}
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // renameClusterScoped gives a cluster-scoped object the suffix, and what

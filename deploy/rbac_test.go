@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,14 +13,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
 )
 
 // TestControllerRunsWithItsRBAC runs the real hapod-controller, with the
-// Deployment's arguments, as the manifests' ServiceAccount (impersonated)
+// Deployment's arguments, as the manifests' ServiceAccount (with a token of it)
 // holding exactly the manifests' RBAC and under their admission policies,
 // and drives it through a promotion and a critical-container death, once
 // per install: cluster-wide (deploy/controller) and namespace-scoped
@@ -68,7 +66,7 @@ func testControllerRuns(t *testing.T, dir string) {
 	if !namespaces {
 		args = append(args, "-namespaces", appNS)
 	}
-	args = append(args, "-kubeconfig", impersonatingKubeconfig(t, in.user),
+	args = append(args, "-kubeconfig", in.kubeconfig(t),
 		"-metrics-bind-address", bintest.FreeAddr(t), "-health-probe-bind-address", bintest.FreeAddr(t))
 
 	// The example's ReplicaSet (its pods are made Ready by kwok). The
@@ -161,24 +159,6 @@ func testControllerRuns(t *testing.T, dir string) {
 	if log := out.String(); strings.Contains(log, "forbidden") || strings.Contains(log, "ValidatingAdmissionPolicy") {
 		t.Errorf("the controller was refused a call with the manifests' RBAC and admission policies:\n%s", log)
 	}
-}
-
-// impersonatingKubeconfig writes a copy of the test cluster's admin
-// kubeconfig that acts as user.
-func impersonatingKubeconfig(t *testing.T, user string) string {
-	t.Helper()
-	cfg, err := clientcmd.LoadFromFile(clustertest.Kubeconfig(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range cfg.AuthInfos {
-		a.Impersonate = user
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // runController builds cmd/hapod-controller once and runs it until the test
