@@ -29,6 +29,7 @@ import (
 // installed is one install of the controller's RBAC and admission policies
 // (deploy/controller or deploy/namespaced) in a test's own namespaces.
 type installed struct {
+	dir  string
 	objs []object
 	// ns stands for hapod-system, appNS for the application's namespace
 	// (demo in deploy/namespaced).
@@ -49,7 +50,7 @@ type installed struct {
 func installRBAC(t *testing.T, s *server, dir string) *installed {
 	t.Helper()
 	ctx := t.Context()
-	in := &installed{objs: mustLoad(t, dir), ns: clustertest.Namespace(t), appNS: clustertest.Namespace(t)}
+	in := &installed{dir: dir, objs: mustLoad(t, dir), ns: clustertest.Namespace(t), appNS: clustertest.Namespace(t)}
 	suffix := "-" + in.ns
 	var saName string
 	for _, u := range relocate(t, in.objs, map[string]string{controllerNamespace: in.ns, namespacedAppNamespace: in.appNS}) {
@@ -120,6 +121,17 @@ func (in *installed) kubeconfig(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// forEachInstall runs test as a subtest per install, each on its own
+// installRBAC.
+func forEachInstall(t *testing.T, test func(*testing.T, *server, *installed)) {
+	for _, dir := range installs {
+		t.Run(dir, func(t *testing.T) {
+			s := newServer(t)
+			test(t, s, installRBAC(t, s, dir))
+		})
+	}
 }
 
 // renameClusterScoped gives a cluster-scoped object the suffix, and what
@@ -231,19 +243,13 @@ func (in *installed) outcome(err error) (outcome, error) {
 // hapod-<group> Leases, and nothing else. The cluster-wide install leans on
 // the policies alone; the namespace-scoped one is stopped by RBAC first
 // outside its namespace.
-func TestAdmissionPolicy(t *testing.T) {
-	for _, dir := range installs {
-		t.Run(dir, func(t *testing.T) { testAdmissionPolicy(t, dir) })
-	}
-}
+func TestAdmissionPolicy(t *testing.T) { forEachInstall(t, testAdmissionPolicy) }
 
-func testAdmissionPolicy(t *testing.T, dir string) {
-	s := newServer(t)
+func testAdmissionPolicy(t *testing.T, _ *server, in *installed) {
 	admin := clustertest.Clientset(t)
 	ctx := t.Context()
-	in := installRBAC(t, s, dir)
 	otherNS := clustertest.Namespace(t)
-	namespaced := dir == "namespaced"
+	namespaced := in.dir == "namespaced"
 	// What RBAC does outside what the namespaced install grants (its
 	// namespace, its Lease names): it lets the cluster-wide install through
 	// to the policies.

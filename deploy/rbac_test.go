@@ -25,17 +25,11 @@ import (
 // per install: cluster-wide (deploy/controller) and namespace-scoped
 // (deploy/namespaced). Least privilege is only right if it is also enough:
 // any refused call shows up as "forbidden" in its log.
-func TestControllerRunsWithItsRBAC(t *testing.T) {
-	for _, dir := range installs {
-		t.Run(dir, func(t *testing.T) { testControllerRuns(t, dir) })
-	}
-}
+func TestControllerRunsWithItsRBAC(t *testing.T) { forEachInstall(t, testControllerRuns) }
 
-func testControllerRuns(t *testing.T, dir string) {
-	s := newServer(t)
+func testControllerRuns(t *testing.T, s *server, in *installed) {
 	cs := clustertest.Clientset(t)
 	ctx := t.Context()
-	in := installRBAC(t, s, dir)
 	ns, appNS := in.ns, in.appNS
 
 	// The Deployment's arguments, with the pod's namespace filled in and
