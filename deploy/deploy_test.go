@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -38,7 +39,11 @@ import (
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 
 // kustomizations are the directories under deploy/ that kubectl apply -k takes.
-var kustomizations = []string{"controller", "example", "default"}
+var kustomizations = []string{"controller", "namespaced", "example", "default"}
+
+// installs are the kustomizations that install the controller: cluster-wide
+// and namespace-scoped.
+var installs = []string{"controller", "namespaced"}
 
 // fieldManager owns what the test applies.
 const fieldManager = "hapod-deploy-test"
@@ -293,12 +298,7 @@ func TestControllerInvariants(t *testing.T) {
 	}
 	for _, o := range objs {
 		a := o.Obj.(metav1.Object)
-		namespaced := true
-		switch o.Obj.(type) {
-		case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
-			namespaced = false
-		}
-		if namespaced && a.GetNamespace() != controllerNamespace {
+		if !clusterScoped(o.Obj) && a.GetNamespace() != controllerNamespace {
 			t.Errorf("%s: namespace %q, want %s", o, a.GetNamespace(), controllerNamespace)
 		}
 	}
@@ -316,7 +316,10 @@ func TestControllerInvariants(t *testing.T) {
 	})
 	role := only[*rbacv1.Role](t, objs)
 	checkRules(t, "Role "+role.Name, role.Rules, []string{
-		"coordination.k8s.io/leases get", "coordination.k8s.io/leases create", "coordination.k8s.io/leases update",
+		// The Deployment's leader-election Lease only (cmd/hapod-controller
+		// names it hapod-controller), but create cannot be limited by name.
+		"coordination.k8s.io/leases get hapod-controller", "coordination.k8s.io/leases update hapod-controller",
+		"coordination.k8s.io/leases create",
 		"/events create", "/events patch",
 		"events.k8s.io/events create", "events.k8s.io/events patch",
 	})
@@ -404,14 +407,19 @@ func TestControllerInvariants(t *testing.T) {
 	}
 }
 
-// checkRules compares rules, expanded to "group/resource verb", with want,
-// and refuses wildcards, resourceNames and non-resource URLs.
+// checkRules compares rules, expanded to "group/resource verb" (and
+// " name" for each of a rule's resourceNames), with want, and refuses
+// wildcards and non-resource URLs.
 func checkRules(t *testing.T, what string, rules []rbacv1.PolicyRule, want []string) {
 	t.Helper()
 	var got []string
 	for _, r := range rules {
-		if len(r.ResourceNames) > 0 || len(r.NonResourceURLs) > 0 {
-			t.Errorf("%s: rule %+v uses resourceNames or nonResourceURLs", what, r)
+		if len(r.NonResourceURLs) > 0 {
+			t.Errorf("%s: rule %+v uses nonResourceURLs", what, r)
+		}
+		names := r.ResourceNames
+		if len(names) == 0 {
+			names = []string{""}
 		}
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
@@ -419,7 +427,9 @@ func checkRules(t *testing.T, what string, rules []rbacv1.PolicyRule, want []str
 					if g == "*" || res == "*" || v == "*" {
 						t.Errorf("%s: wildcard in %+v", what, r)
 					}
-					got = append(got, g+"/"+res+" "+v)
+					for _, n := range names {
+						got = append(got, strings.TrimSpace(g+"/"+res+" "+v+" "+n))
+					}
 				}
 			}
 		}
@@ -533,11 +543,11 @@ func (s *server) resource(ctx context.Context, u *unstructured.Unstructured) (dy
 	return s.dyn.Resource(m.Resource), false, nil
 }
 
-// relocate returns the objects as unstructured, moved from namespace from
-// (or from no namespace, if from is "") to namespace to, ServiceAccount
+// relocate returns the objects as unstructured, moved from namespace to
+// namespace as moves says ("" for objects without one), ServiceAccount
 // subjects of bindings included; the Namespace objects go first, as kubectl
 // applies them.
-func relocate(t *testing.T, objs []object, from, to string) []*unstructured.Unstructured {
+func relocate(t *testing.T, objs []object, moves map[string]string) []*unstructured.Unstructured {
 	t.Helper()
 	var out []*unstructured.Unstructured
 	for _, o := range objs {
@@ -545,17 +555,17 @@ func relocate(t *testing.T, objs []object, from, to string) []*unstructured.Unst
 		if err := u.UnmarshalJSON(o.Raw); err != nil {
 			t.Fatalf("%s: %v", o, err)
 		}
-		switch o.Obj.(type) {
-		case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
-		default:
-			if u.GetNamespace() == from {
+		if !clusterScoped(o.Obj) {
+			if to, ok := moves[u.GetNamespace()]; ok {
 				u.SetNamespace(to)
 			}
 		}
 		if subjects, ok, _ := unstructured.NestedSlice(u.Object, "subjects"); ok {
 			for _, s := range subjects {
-				if m, ok := s.(map[string]any); ok && m["namespace"] == from {
-					m["namespace"] = to
+				if m, ok := s.(map[string]any); ok {
+					if ns, _ := m["namespace"].(string); ns != "" && moves[ns] != "" {
+						m["namespace"] = moves[ns]
+					}
 				}
 			}
 			if err := unstructured.SetNestedSlice(u.Object, subjects, "subjects"); err != nil {
@@ -568,6 +578,16 @@ func relocate(t *testing.T, objs []object, from, to string) []*unstructured.Unst
 		return boolInt(b.GetKind() == "Namespace") - boolInt(a.GetKind() == "Namespace")
 	})
 	return out
+}
+
+// clusterScoped reports whether an object of the manifests has no namespace.
+func clusterScoped(obj runtime.Object) bool {
+	switch obj.(type) {
+	case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding,
+		*admissionv1.ValidatingAdmissionPolicy, *admissionv1.ValidatingAdmissionPolicyBinding:
+		return true
+	}
+	return false
 }
 
 func boolInt(b bool) int {
@@ -652,19 +672,24 @@ func restrictNamespace(t *testing.T, s *server, ns string, objs []object) {
 	}
 }
 
-// TestControllerAppliesToCluster dry-runs deploy/controller against a real
-// API server. Its namespaced objects go to a fresh namespace labelled like
-// hapod-system, so the test never touches a real installation.
+// TestControllerAppliesToCluster dry-runs deploy/controller and
+// deploy/namespaced against a real API server. Their namespaced objects go to
+// fresh namespaces, the controller's labelled like hapod-system, so the test
+// never touches a real installation.
 func TestControllerAppliesToCluster(t *testing.T) {
-	s := newServer(t)
-	objs := mustLoad(t, "controller")
-	ns := clustertest.Namespace(t)
-	restrictNamespace(t, s, ns, objs)
-	for _, u := range relocate(t, objs, controllerNamespace, ns) {
-		s.dryRunCreate(t, u)
-		// Twice: apply is idempotent, so a second kubectl apply is no error.
-		s.apply(t, u, dryRun)
-		s.apply(t, u, dryRun)
+	for _, dir := range installs {
+		t.Run(dir, func(t *testing.T) {
+			s := newServer(t)
+			objs := mustLoad(t, dir)
+			ns, appNS := clustertest.Namespace(t), clustertest.Namespace(t)
+			restrictNamespace(t, s, ns, objs)
+			for _, u := range relocate(t, objs, map[string]string{controllerNamespace: ns, namespacedAppNamespace: appNS}) {
+				s.dryRunCreate(t, u)
+				// Twice: apply is idempotent, so a second kubectl apply is no error.
+				s.apply(t, u, dryRun)
+				s.apply(t, u, dryRun)
+			}
+		})
 	}
 }
 
@@ -676,7 +701,7 @@ func TestExampleAppliesToCluster(t *testing.T) {
 	objs := mustLoad(t, "example")
 	ns := clustertest.Namespace(t)
 	restrictNamespace(t, s, ns, nil)
-	us := relocate(t, objs, "", ns)
+	us := relocate(t, objs, map[string]string{"": ns})
 	for _, u := range us {
 		s.dryRunCreate(t, u)
 		s.apply(t, u, dryRun)

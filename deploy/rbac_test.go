@@ -1,10 +1,9 @@
 package deploy_test
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,74 +13,32 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
 )
 
 // TestControllerRunsWithItsRBAC runs the real hapod-controller, with the
-// Deployment's arguments, as the manifests' ServiceAccount (impersonated)
-// holding exactly the manifests' RBAC, and drives it through a promotion and
-// a critical-container death. Least privilege is only right if it is also
-// enough: any refused call shows up as "forbidden" in its log.
-func TestControllerRunsWithItsRBAC(t *testing.T) {
-	s := newServer(t)
+// Deployment's arguments, as the manifests' ServiceAccount (with a token of it)
+// holding exactly the manifests' RBAC and under their admission policies,
+// and drives it through a promotion and a critical-container death, once
+// per install: cluster-wide (deploy/controller) and namespace-scoped
+// (deploy/namespaced). Least privilege is only right if it is also enough:
+// any refused call shows up as "forbidden" in its log.
+func TestControllerRunsWithItsRBAC(t *testing.T) { forEachInstall(t, testControllerRuns) }
+
+func testControllerRuns(t *testing.T, s *server, in *installed) {
 	cs := clustertest.Clientset(t)
 	ctx := t.Context()
-	// The controller's namespace, and the application's: apart, so that the
-	// namespaced Role cannot stand in for a missing ClusterRole rule.
-	ns, appNS := clustertest.Namespace(t), clustertest.Namespace(t)
-	objs := mustLoad(t, "controller")
-
-	// The RBAC for real: namespaced objects into ns, cluster-scoped ones
-	// under a name of their own so that a real installation is not touched.
-	suffix := "-" + ns
-	var sa *corev1.ServiceAccount
-	for _, u := range relocate(t, objs, controllerNamespace, ns) {
-		switch u.GetKind() {
-		case "ServiceAccount", "Role", "RoleBinding":
-		case "ClusterRole", "ClusterRoleBinding":
-			u.SetName(u.GetName() + suffix)
-			if u.GetKind() == "ClusterRoleBinding" {
-				name, _, _ := unstructured.NestedString(u.Object, "roleRef", "name")
-				if err := unstructured.SetNestedField(u.Object, name+suffix, "roleRef", "name"); err != nil {
-					t.Fatal(err)
-				}
-			}
-			r, _, err := s.resource(ctx, u)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				// t.Context() is done when cleanups run.
-				ctx, cancel := context.WithTimeout(context.WithoutCancel(t.Context()), 30*time.Second)
-				defer cancel()
-				err := r.Delete(ctx, u.GetName(), metav1.DeleteOptions{})
-				if err != nil && !apierrors.IsNotFound(err) {
-					t.Errorf("delete %s %s: %v", u.GetKind(), u.GetName(), err)
-				}
-			})
-		default:
-			continue // Namespace, Deployment, Service: not needed to run it
-		}
-		s.apply(t, u, nil)
-		if u.GetKind() == "ServiceAccount" {
-			sa = &corev1.ServiceAccount{}
-			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, sa); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	kubeconfig := impersonatingKubeconfig(t, "system:serviceaccount:"+ns+":"+sa.Name)
+	ns, appNS := in.ns, in.appNS
 
 	// The Deployment's arguments, with the pod's namespace filled in and
-	// local ports for the two HTTP endpoints.
-	d := only[*appsv1.Deployment](t, objs)
+	// local ports for the two HTTP endpoints; the cluster-wide install is
+	// also told to watch appNS only, so that it leaves other tests alone.
+	d := only[*appsv1.Deployment](t, in.objs)
 	c := d.Spec.Template.Spec.Containers[0]
 	var args []string
+	namespaces := false
 	for _, a := range c.Args {
 		if strings.HasPrefix(a, "--metrics-bind-address") || strings.HasPrefix(a, "--health-probe-bind-address") {
 			continue
@@ -91,20 +48,45 @@ func TestControllerRunsWithItsRBAC(t *testing.T) {
 				a = strings.ReplaceAll(a, "$("+e.Name+")", ns)
 			}
 		}
+		if v, ok := strings.CutPrefix(a, "--namespaces="); ok {
+			namespaces = true
+			if v != namespacedAppNamespace {
+				t.Fatalf("arg %s: the test moves namespace %s only", a, namespacedAppNamespace)
+			}
+			a = "--namespaces=" + appNS
+		}
 		args = append(args, a)
 	}
-	args = append(args, "-kubeconfig", kubeconfig, "-namespaces", appNS,
+	if !namespaces {
+		args = append(args, "-namespaces", appNS)
+	}
+	args = append(args, "-kubeconfig", in.kubeconfig(t),
 		"-metrics-bind-address", bintest.FreeAddr(t), "-health-probe-bind-address", bintest.FreeAddr(t))
-	out := runController(t, args)
 
-	// The example's ReplicaSet (its pods are made Ready by kwok).
+	// The example's ReplicaSet (its pods are made Ready by kwok). The
+	// controller starts once the policies are in force, or a pass would
+	// prove nothing about them.
 	var rs *appsv1.ReplicaSet
-	for _, u := range relocate(t, mustLoad(t, "example"), "", appNS) {
+	for _, u := range relocate(t, mustLoad(t, "example"), map[string]string{"": appNS}) {
 		if u.GetKind() == "ReplicaSet" {
 			s.apply(t, u, nil)
 			rs = only[*appsv1.ReplicaSet](t, mustLoad(t, "example"))
 		}
 	}
+	var pod string
+	clustertest.Eventually(t, 30*time.Second, func() (bool, error) {
+		pods, err := cs.CoreV1().Pods(appNS).List(ctx, metav1.ListOptions{LabelSelector: "app=hapod"})
+		if err != nil {
+			return false, err
+		}
+		if len(pods.Items) == 0 {
+			return false, errors.New("no pod of the ReplicaSet yet")
+		}
+		pod = pods.Items[0].Name
+		return true, nil
+	})
+	in.waitForPolicies(t, pod)
+	out := runController(t, args)
 	active := func(not string) string {
 		var name string
 		clustertest.Eventually(t, 30*time.Second, func() (bool, error) {
@@ -168,27 +150,9 @@ func TestControllerRunsWithItsRBAC(t *testing.T) {
 		}
 		return false, fmt.Errorf("no event from hapod-controller, only %v", seen)
 	})
-	if log := out.String(); strings.Contains(log, "forbidden") {
-		t.Errorf("the controller was refused a call with the manifests' RBAC:\n%s", log)
+	if log := out.String(); strings.Contains(log, "forbidden") || strings.Contains(log, "ValidatingAdmissionPolicy") {
+		t.Errorf("the controller was refused a call with the manifests' RBAC and admission policies:\n%s", log)
 	}
-}
-
-// impersonatingKubeconfig writes a copy of the test cluster's admin
-// kubeconfig that acts as user.
-func impersonatingKubeconfig(t *testing.T, user string) string {
-	t.Helper()
-	cfg, err := clientcmd.LoadFromFile(clustertest.Kubeconfig(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range cfg.AuthInfos {
-		a.Impersonate = user
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // runController builds cmd/hapod-controller once and runs it until the test

@@ -128,7 +128,7 @@ func run() error {
 	rc.UserAgent = "hapod-controller"
 
 	ctx := ctrl.SetupSignalHandler()
-	if err := checkAPI(ctx, rc); err != nil {
+	if err := checkAPI(ctx, rc, f.cfg.Namespaces); err != nil {
 		return err
 	}
 	mgr, gate, err := newManager(rc, f)
@@ -182,16 +182,22 @@ func run() error {
 }
 
 // checkAPI fails fast, with a plain message, when the kubeconfig does not
-// reach a working API server (instead of retrying inside informers).
-func checkAPI(ctx context.Context, rc *rest.Config) error {
+// reach a working API server (instead of retrying inside informers). With
+// -namespaces it lists in the first of them, not cluster-wide: a
+// namespace-scoped install (deploy/namespaced) may list pods only there.
+func checkAPI(ctx context.Context, rc *rest.Config, namespaces []string) error {
 	c, err := client.New(rc, client.Options{})
 	if err != nil {
 		return fmt.Errorf("kubeconfig does not work: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	opts := []client.ListOption{client.Limit(1)}
+	if len(namespaces) > 0 {
+		opts = append(opts, client.InNamespace(namespaces[0]))
+	}
 	var pods corev1.PodList
-	if err := c.List(ctx, &pods, client.Limit(1)); err != nil {
+	if err := c.List(ctx, &pods, opts...); err != nil {
 		return fmt.Errorf("cannot list pods with this kubeconfig (server %s): %w", rc.Host, err)
 	}
 	return nil

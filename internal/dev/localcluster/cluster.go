@@ -297,6 +297,9 @@ func (c *Cluster) startAPIServer(ctx context.Context, pk *pki, etcdURL string) e
 		"--service-account-signing-key-file", pkiPath("sa.key"),
 		"--service-cluster-ip-range", serviceCIDR,
 		"--authorization-mode", "RBAC",
+		// No --enable-admission-plugins: the defaults include
+		// ValidatingAdmissionPolicy (on by default since 1.30), which
+		// deploy's tests check the shipped policies with.
 		"--allow-privileged=true",
 		"--profiling=false")
 	if err != nil {

@@ -1,7 +1,8 @@
 // Package manifest reads hapod's kustomize directories (deploy/) the way
-// kubectl apply -k renders them when a kustomization lists only resources:
-// the documents of its resources, in order, directories recursively, each
-// decoded strictly into its client-go type. deploy's tests check the
+// kubectl apply -k renders them when a kustomization lists resources and, at
+// most, JSON 6902 patches with a target: the documents of its resources, in
+// order, directories recursively, patched, each decoded strictly into its
+// client-go type. deploy's tests check the
 // manifests with it and the tour plays the example it returns, so both see
 // the same objects (deploy's TestLoadMatchesKubectlKustomize compares them
 // with kubectl's own rendering).
@@ -15,6 +16,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -40,12 +44,44 @@ func (o Object) String() string {
 }
 
 // kustomization is the part of kustomization.yaml that Load renders. Decoding
-// is strict, so a kustomization that starts using patches, a namespace or
-// labels fails here until Load learns to render it.
+// is strict, so a kustomization that starts using a namespace, labels or a
+// strategic-merge patch fails here until Load learns to render it.
 type kustomization struct {
 	APIVersion string   `json:"apiVersion"`
 	Kind       string   `json:"kind"`
 	Resources  []string `json:"resources"`
+	Patches    []patch  `json:"patches,omitempty"`
+}
+
+// patch is an inline JSON 6902 patch (a YAML list of operations) applied to
+// the objects its target matches, as kustomize's patches field does.
+type patch struct {
+	Patch  string `json:"patch"`
+	Target target `json:"target"`
+}
+
+// target selects objects by group, version, kind, name and namespace; an
+// empty field matches anything.
+type target struct {
+	Group     string `json:"group,omitempty"`
+	Version   string `json:"version,omitempty"`
+	Kind      string `json:"kind,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+func (t target) matches(o Object) bool {
+	gvk := o.Obj.GetObjectKind().GroupVersionKind()
+	a, ok := o.Obj.(metav1.Object)
+	if !ok {
+		return false
+	}
+	for _, f := range [][2]string{{t.Group, gvk.Group}, {t.Version, gvk.Version}, {t.Kind, gvk.Kind}, {t.Name, a.GetName()}, {t.Namespace, a.GetNamespace()}} {
+		if f[0] != "" && f[0] != f[1] {
+			return false
+		}
+	}
+	return true
 }
 
 // strict decodes into client-go types and fails on unknown or duplicate
@@ -60,7 +96,7 @@ func Load(dir string) ([]Object, error) {
 	}
 	var k kustomization
 	if err := yaml.UnmarshalStrict(b, &k); err != nil {
-		return nil, fmt.Errorf("%s/kustomization.yaml (only resources are rendered): %w", dir, err)
+		return nil, fmt.Errorf("%s/kustomization.yaml (only resources and JSON 6902 patches are rendered): %w", dir, err)
 	}
 	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
 		return nil, fmt.Errorf("%s/kustomization.yaml: apiVersion %q kind %q", dir, k.APIVersion, k.Kind)
@@ -86,7 +122,47 @@ func Load(dir string) ([]Object, error) {
 		}
 		objs = append(objs, more...)
 	}
+	for i, p := range k.Patches {
+		if objs, err = p.apply(objs); err != nil {
+			return nil, fmt.Errorf("%s/kustomization.yaml: patches[%d]: %w", dir, i, err)
+		}
+	}
 	return objs, nil
+}
+
+// apply patches every object p's target matches. A patch that matches
+// nothing is an error: in hapod's manifests it is always a mistake (a
+// renamed object the overlay no longer reaches).
+func (p patch) apply(objs []Object) ([]Object, error) {
+	ops, err := yaml.YAMLToJSONStrict([]byte(p.Patch))
+	if err != nil {
+		return nil, err
+	}
+	decoded, err := jsonpatch.DecodePatch(ops)
+	if err != nil {
+		return nil, fmt.Errorf("not a JSON 6902 patch (strategic-merge patches are not rendered): %w", err)
+	}
+	out := slices.Clone(objs)
+	n := 0
+	for i, o := range out {
+		if !p.Target.matches(o) {
+			continue
+		}
+		n++
+		raw, err := decoded.Apply(o.Raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o, err)
+		}
+		obj, _, err := strict.Decode(raw, nil, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%s patched: %w", o, err)
+		}
+		out[i] = Object{Source: o.Source + " (patched)", Raw: raw, Obj: obj}
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("target %+v matches no object", p.Target)
+	}
+	return out, nil
 }
 
 // DecodeFile decodes every document of a YAML file; documents with nothing

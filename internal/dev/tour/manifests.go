@@ -7,6 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/hapod/hapod/internal/config"
@@ -47,6 +48,9 @@ func LoadExample(dir string) (*Example, error) {
 				return nil, fmt.Errorf("%s: a second Service; the tour plays one", o)
 			}
 			ex.Service = obj
+		case *networkingv1.NetworkPolicy:
+			// The local cluster has no CNI to enforce it (kwok's pods are
+			// local processes), so the tour has nothing to apply it to.
 		default:
 			return nil, fmt.Errorf("%s is not part of the example the tour knows how to play", o)
 		}
