@@ -97,11 +97,13 @@ func TestShortRun(t *testing.T) {
 		t.Fatalf("scale: %d results, want 2", len(r.Scale))
 	}
 	for _, sc := range r.Scale {
-		if sc.Completed != sc.Groups {
-			t.Errorf("scale %d: %d groups failed over", sc.Groups, sc.Completed)
+		// A group whose active's lease lapsed before the trigger (a
+		// starved machine) is counted apart, not measured.
+		if sc.Completed+sc.FalseBefore != sc.Groups || sc.Completed == 0 {
+			t.Errorf("scale %d: %d groups failed over, %d before the trigger", sc.Groups, sc.Completed, sc.FalseBefore)
 		}
-		checkSeries(t, "scale ack", sc.Ack, sc.Groups)
-		checkSeries(t, "scale label", sc.Labelled, sc.Groups)
+		checkSeries(t, "scale ack", sc.Ack, sc.Completed)
+		checkSeries(t, "scale label", sc.Labelled, sc.Completed)
 		// At least the promotion's label patch per group.
 		if sc.APIRequests["PATCH"] < float64(sc.Groups) || sc.PeakRSSMiB <= 0 || sc.CPUSeconds < 0 {
 			t.Errorf("scale %d: requests %v, peak RSS %.1f MiB, CPU %.2f s", sc.Groups, sc.APIRequests, sc.PeakRSSMiB, sc.CPUSeconds)

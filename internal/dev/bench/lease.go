@@ -58,36 +58,39 @@ const leaseGroup = "lease"
 // role, as a real kubelet reports it up to a second later), the controller
 // deletes it, and the bench creates its replacement, which must settle as
 // standby before the next kill.
-func (e *Env) leaseKills(ctx context.Context, o Options) (*LeaseResult, error) {
+func (e *Env) leaseKills(ctx context.Context, o Options) (*LeaseResult, int, error) {
 	r := &killRun{e: e, o: o, port: 20000 + rand.IntN(40000), samples: map[string][]time.Duration{}, reasons: map[string]map[string]int{}}
 	defer r.tearDown()
 	if err := r.setUp(ctx); err != nil {
-		return nil, err
+		return nil, r.unasked, err
 	}
 	active, err := r.create(ctx)
 	if err != nil {
-		return nil, err
+		return nil, r.unasked, err
 	}
 	if err := waitUntil(ctx, 30*time.Second, "first active", func() bool {
 		return r.ap.holds(active) == role.Active
 	}, r.ap.board.wait); err != nil {
-		return nil, err
+		return nil, r.unasked, err
 	}
 	standby, err := r.create(ctx)
 	if err != nil {
-		return nil, err
+		return nil, r.unasked, err
 	}
 	if err := r.steady(ctx, active, standby); err != nil {
-		return nil, err
+		return nil, r.unasked, err
 	}
 	for i := range 2 * o.LeaseKills {
 		// A pace, not a wait for anything: the kill lands at a random
 		// moment of the renewal cycle.
 		if err := poll.Pause(ctx, settle+rand.N(settle)); err != nil {
-			return nil, err
+			return nil, r.unasked, err
+		}
+		if active, standby, err = r.recheck(ctx, active, standby); err != nil {
+			return nil, r.unasked, err
 		}
 		if active, standby, err = r.kill(ctx, i, detections[i%2], active, standby); err != nil {
-			return nil, err
+			return nil, r.unasked, err
 		}
 		if (i+1)%20 == 0 {
 			e.Log.Info("kill -9", "kills", i+1, "of", 2*o.LeaseKills)
@@ -97,7 +100,7 @@ func (e *Env) leaseKills(ctx context.Context, o Options) (*LeaseResult, error) {
 	for _, d := range detections {
 		res.Kills = append(res.Kills, KillSeries{Detection: d, Series: newSeries(d, durationsMs(r.samples[d])), Reasons: r.reasons[d]})
 	}
-	return res, nil
+	return res, r.unasked, nil
 }
 
 // killRun is the kill scenario's cluster objects, watch, apps, controller
@@ -117,6 +120,7 @@ type killRun struct {
 
 	samples map[string][]time.Duration
 	reasons map[string]map[string]int
+	unasked int // failovers the bench did not cause (recheck)
 }
 
 func (r *killRun) tearDown() {
@@ -178,11 +182,26 @@ func (r *killRun) steady(ctx context.Context, active, standby string) error {
 	}, r.pw.changed, r.ap.board.wait, r.ctl.Changed)
 }
 
+// recheck makes sure, just before a kill, that the apps still hold what
+// the last steady state found (see oneRun.recheck).
+func (r *killRun) recheck(ctx context.Context, active, standby string) (string, string, error) {
+	if r.ap.holds(active) == role.Active && r.ap.holds(standby) == role.Standby {
+		return active, standby, nil
+	}
+	r.unasked++
+	r.e.Log.Warn("a failover the bench did not cause", "active", active, "holds", r.ap.holds(active), "standby", standby, "holds", r.ap.holds(standby))
+	if p, ok := r.pw.get(standby); ok && p.Labels[roleLabel] == activeRole {
+		active, standby = standby, active
+	}
+	return active, standby, r.steady(ctx, active, standby)
+}
+
 // kill kills the active's app, times the standby's app taking the role,
 // then replaces the dead pod. It returns the new active and standby.
 func (r *killRun) kill(ctx context.Context, i int, detection, active, standby string) (string, string, error) {
 	old, _ := r.pw.get(active)
 	killed, err := r.ap.kill(active)
+	took := func() time.Time { return r.ap.activeAfter(standby, killed) }
 	if err != nil {
 		return "", "", err
 	}
@@ -196,11 +215,11 @@ func (r *killRun) kill(ctx context.Context, i int, detection, active, standby st
 		}
 	}
 	if err := waitUntil(ctx, 15*time.Second, fmt.Sprintf("kill %d (%s): %s takes over", i, detection, standby), func() bool {
-		return !r.ap.activeSince(standby).IsZero()
+		return !took().IsZero()
 	}, r.ap.board.wait); err != nil {
 		return "", "", err
 	}
-	r.samples[detection] = append(r.samples[detection], r.ap.activeSince(standby).Sub(killed))
+	r.samples[detection] = append(r.samples[detection], took().Sub(killed))
 	if detection == DetectLease {
 		if err := report(); err != nil {
 			return "", "", fmt.Errorf("kill %d: report the container dead: %w", i, err)

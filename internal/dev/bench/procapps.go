@@ -31,11 +31,10 @@ type procApps struct {
 }
 
 type procApp struct {
-	p        *appproc.Proc
-	role     role.Role
-	activeAt time.Time  // first time it took the active role
-	open     time.Time  // start of its current active interval, if any
-	ivs      []interval // its closed active intervals
+	p    *appproc.Proc
+	role role.Role
+	open time.Time  // start of its current active interval, if any
+	ivs  []interval // its closed active intervals
 }
 
 // interval is a span in which one app held the active role.
@@ -84,9 +83,6 @@ func (a *procApps) said(pa *procApp, c rolerecord.Change) {
 	switch {
 	case r == role.Active && pa.open.IsZero():
 		pa.open = c.At
-		if pa.activeAt.IsZero() {
-			pa.activeAt = c.At
-		}
 	case r != role.Active && !pa.open.IsZero():
 		pa.ivs = append(pa.ivs, interval{from: pa.open, to: c.At})
 		pa.open = time.Time{}
@@ -106,12 +102,22 @@ func (a *procApps) holds(pod string) role.Role {
 	return ""
 }
 
-// activeSince is when the pod's app first took the active role.
-func (a *procApps) activeSince(pod string) time.Time {
+// activeAfter is the first moment at or after t at which the pod's app took
+// the active role (zero if it has not).
+func (a *procApps) activeAfter(pod string, t time.Time) time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if pa, ok := a.byPod[pod]; ok {
-		return pa.activeAt
+	pa, ok := a.byPod[pod]
+	if !ok {
+		return time.Time{}
+	}
+	for _, iv := range pa.ivs {
+		if !iv.from.Before(t) {
+			return iv.from
+		}
+	}
+	if !pa.open.IsZero() && !pa.open.Before(t) {
+		return pa.open
 	}
 	return time.Time{}
 }

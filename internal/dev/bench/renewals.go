@@ -151,7 +151,7 @@ func (e *Env) leaseGroups(ctx context.Context, o Options, n int, pairs bool, nam
 func (l *leaseRun) allHold(pods []string, want role.Role) func() bool {
 	return func() bool {
 		for _, p := range pods {
-			if st, _, _ := l.ap.state(p); st.Role != want {
+			if st, _ := l.ap.state(p); st.Role != want {
 				return false
 			}
 		}

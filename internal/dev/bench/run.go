@@ -137,6 +137,10 @@ type Results struct {
 	Renewals  *RenewalResult  `json:"renewals,omitempty"`
 	Scale     []ScaleResult   `json:"scale"`
 	Soak      *SoakResult     `json:"soak,omitempty"`
+	// Unasked are failovers the bench did not cause, by scenario: an
+	// active's role lease lapsed while it was healthy (a starved machine).
+	// Their groups are left out of the samples.
+	Unasked map[string]int `json:"unaskedFailovers,omitempty"`
 	// Errors are scenarios that failed; the others still count.
 	Errors []string `json:"errors,omitempty"`
 }
@@ -198,7 +202,9 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 
 	if o.runs("one") {
 		e.Log.Info("hapod, one group", "failovers per trigger", o.Failovers)
-		if one, err := e.oneGroup(ctx, o); err != nil {
+		one, unasked, err := e.oneGroup(ctx, o)
+		r.unasked("one group", unasked)
+		if err != nil {
 			fail("one group", err)
 		} else {
 			r.OneGroup = one
@@ -217,7 +223,9 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 	}
 	if o.LeaseKills > 0 && o.runs("lease") {
 		e.Log.Info("kill -9 of the active app: role lease against the API", "kills per path", o.LeaseKills)
-		if res, err := e.leaseKills(ctx, o); err != nil {
+		res, unasked, err := e.leaseKills(ctx, o)
+		r.unasked("kill -9", unasked)
+		if err != nil {
 			fail("kill -9", err)
 		} else {
 			r.Lease = res
@@ -242,6 +250,7 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 		}
 		if res != nil {
 			r.Scale = append(r.Scale, *res)
+			r.unasked(fmt.Sprintf("scale %d groups (before the trigger)", n), res.FalseBefore)
 		}
 	}
 	if o.Soak > 0 && o.runs("soak") {
@@ -261,6 +270,17 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 		return r, fmt.Errorf("%d scenario(s) failed: %s", len(r.Errors), strings.Join(r.Errors, "; "))
 	}
 	return r, nil
+}
+
+// unasked records n failovers the bench did not cause in a scenario.
+func (r *Results) unasked(scenario string, n int) {
+	if n == 0 {
+		return
+	}
+	if r.Unasked == nil {
+		r.Unasked = map[string]int{}
+	}
+	r.Unasked[scenario] += n
 }
 
 // runElections measures both leader-election baselines into r.

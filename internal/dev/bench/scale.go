@@ -34,6 +34,11 @@ type ScaleResult struct {
 	Groups    int    `json:"groups"`
 	Trigger   string `json:"trigger"`
 	Completed int    `json:"completed"` // groups whose new active was labelled and acked
+	// FalseBefore are groups whose standby had taken over before the
+	// trigger (its active's role lease lapsed while the groups were set
+	// up, on a starved machine): not failed over by the trigger, not
+	// counted.
+	FalseBefore int `json:"falseFailoversBefore,omitempty"`
 	// From the trigger to each group's new active: Seen by the controller,
 	// app has the role, label committed, label on the bench's watch.
 	Seen       Series `json:"seen"`
@@ -109,7 +114,8 @@ type scaleRun struct {
 	ap                *apps
 	ctl               *ctrlproc.Controller
 	actives, standbys []string
-	cleanups          []func() // undone in reverse by tearDown
+	t0                time.Time // the first group's start
+	cleanups          []func()  // undone in reverse by tearDown
 }
 
 func (s *scaleRun) tearDown() {
@@ -216,7 +222,7 @@ func (s *scaleRun) create(ctx context.Context, pods []string, node string, ips *
 func (s *scaleRun) told(pods []string, want role.Role) func() bool {
 	return func() bool {
 		for _, p := range pods {
-			if st, _, _ := s.ap.state(p); st.Role != want {
+			if st, _ := s.ap.state(p); st.Role != want {
 				return false
 			}
 		}
@@ -256,6 +262,7 @@ func (s *scaleRun) startProfile(ctx context.Context, res *ScaleResult) chan erro
 // the first of the two, the apps' death or the node's failure / the DELETE.
 func (s *scaleRun) trigger(ctx context.Context) ([]time.Time, error) {
 	died := time.Now()
+	s.t0 = died
 	for _, p := range s.actives {
 		s.ap.close(p)
 	}
@@ -292,14 +299,17 @@ func (s *scaleRun) trigger(ctx context.Context) ([]time.Time, error) {
 // and the controller recorded its promotion.
 func (s *scaleRun) failedOver() bool {
 	for _, p := range s.standbys {
-		if _, at, _ := s.ap.state(p); at.IsZero() {
+		if s.ap.activeBefore(p, s.t0) {
+			continue // took over before the trigger: see FalseBefore
+		}
+		if s.ap.activeAfter(p, s.t0).IsZero() {
 			return false
 		}
 		pod, ok := s.pw.get(p)
 		if !ok {
 			return false
 		}
-		if _, ok := s.pw.activeSince(pod.UID); !ok {
+		if _, ok := s.pw.activeAfter(pod.UID, s.t0); !ok {
 			return false
 		}
 		if _, ok := s.ctl.Promotion(p); !ok {
@@ -340,11 +350,15 @@ func (s *scaleRun) measureAfter(ctx context.Context, res *ScaleResult, before sn
 func (s *scaleRun) latencies(res *ScaleResult, starts []time.Time) {
 	var seen, ack, labelled, watched []time.Duration
 	for i, p := range s.standbys {
-		_, at, _ := s.ap.state(p)
+		if s.ap.activeBefore(p, s.t0) {
+			res.FalseBefore++
+			continue
+		}
+		at := s.ap.activeAfter(p, starts[i])
 		pod, _ := s.pw.get(p)
 		var lw time.Time
 		if pod != nil {
-			lw, _ = s.pw.activeSince(pod.UID)
+			lw, _ = s.pw.activeAfter(pod.UID, starts[i])
 		}
 		pr, havePromo := s.ctl.Promotion(p)
 		if at.IsZero() || lw.IsZero() || !havePromo {

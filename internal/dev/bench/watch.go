@@ -126,10 +126,15 @@ func (pw *podWatch) get(name string) (*corev1.Pod, bool) {
 	return p.Object, ok && p.Object != nil
 }
 
-// activeSince returns when the pod was first seen labelled active.
-func (pw *podWatch) activeSince(uid types.UID) (time.Time, bool) {
+// activeAfter returns when the pod was first seen labelled active at or
+// after t.
+func (pw *podWatch) activeAfter(uid types.UID, t time.Time) (time.Time, bool) {
 	p, ok := pw.o.Pod(uid)
-	return p.Active, ok && !p.Active.IsZero()
+	if !ok {
+		return time.Time{}, false
+	}
+	at := p.LabelledAfter(activeRole, t)
+	return at, !at.IsZero()
 }
 
 // updated returns when the named pod's latest event arrived.
@@ -183,9 +188,10 @@ type apps struct {
 
 // app is one pod's listener and what it was told.
 type app struct {
-	l        *role.Listener
-	state    role.State
-	activeAt time.Time // first time it accepted the active role
+	l     *role.Listener
+	state role.State
+	// activations are the moments it took the active role, in order.
+	activations []time.Time
 }
 
 func newApps() *apps { return &apps{byPod: map[string]*app{}} }
@@ -202,13 +208,13 @@ func (a *apps) listen(ctx context.Context, pod string, addr netip.AddrPort) erro
 		PodName: pod,
 		OnChange: func(s role.State) {
 			a.mu.Lock()
+			if s.Role == role.Active && ap.state.Role != role.Active {
+				ap.activations = append(ap.activations, s.Changed)
+			}
 			ap.state = s
 			a.changes++
 			if s.Fenced {
 				a.fenced++
-			}
-			if s.Role == role.Active && ap.activeAt.IsZero() {
-				ap.activeAt = s.Changed
 			}
 			a.mu.Unlock()
 			a.board.bump()
@@ -224,15 +230,40 @@ func (a *apps) listen(ctx context.Context, pod string, addr netip.AddrPort) erro
 	return nil
 }
 
-// state returns what the pod's app holds, and when it first became active.
-func (a *apps) state(pod string) (role.State, time.Time, bool) {
+// state returns what the pod's app holds.
+func (a *apps) state(pod string) (role.State, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	ap, ok := a.byPod[pod]
 	if !ok {
-		return role.State{}, time.Time{}, false
+		return role.State{}, false
 	}
-	return ap.state, ap.activeAt, true
+	return ap.state, true
+}
+
+// activeAfter returns the first moment at or after t at which the pod's app
+// took the active role (zero if it has not). Measured from a trigger at t,
+// this is the failover's; an app that was active before t (a failover the
+// bench did not cause) does not count until it takes the role again.
+func (a *apps) activeAfter(pod string, t time.Time) time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ap, ok := a.byPod[pod]; ok {
+		for _, at := range ap.activations {
+			if !at.Before(t) {
+				return at
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// activeBefore reports whether the pod's app took the active role before t.
+func (a *apps) activeBefore(pod string, t time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ap, ok := a.byPod[pod]
+	return ok && len(ap.activations) > 0 && ap.activations[0].Before(t)
 }
 
 // counts returns how many Fenced states and state changes the apps have had.

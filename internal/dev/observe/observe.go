@@ -95,6 +95,18 @@ func (p *Pod[X]) LabelledAt(role string, epoch uint64) time.Time {
 	return time.Time{}
 }
 
+// LabelledAfter is when the pod was first seen labelled role at or after t,
+// or zero: a failover's label, measured from its trigger at t, even for a
+// pod that held the role once before.
+func (p *Pod[X]) LabelledAfter(role string, t time.Time) time.Time {
+	for _, c := range p.Labels {
+		if c.Role == role && !c.At.Before(t) {
+			return c.At
+		}
+	}
+	return time.Time{}
+}
+
 // Clone copies the pod's view (X by value).
 func (p *Pod[X]) Clone() Pod[X] {
 	c := *p
