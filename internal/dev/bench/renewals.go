@@ -49,18 +49,21 @@ type SoakResult struct {
 	// Load1 is the 1-minute load average, sampled every few seconds.
 	Load1 Summary `json:"load1"`
 	RenewalResult
-	// Failovers are promotions the controller recorded in the period;
-	// Fenced the apps that fenced themselves (their lease ran out);
-	// Changes every role change any app reported. All must be 0.
+	// Failovers are promotions the controller recorded in the period
+	// (with Lapses, must be 0). Fenced are the times an app's lease ran
+	// out before a renewal reached it (the controller starved past the
+	// TTL's slack): the app was standby until the controller's next
+	// renewal granted it the role again, a round trip later, without a
+	// failover. Changes are every role change any app reported.
 	Failovers int `json:"failovers"`
 	Fenced    int `json:"fenced"`
 	Changes   int `json:"changes"`
 }
 
-// FalseFailovers is everything in the soak that a healthy group should
-// never see.
+// FalseFailovers is what a healthy group should never see: a lease
+// declared lapsed, or a promotion.
 func (s *SoakResult) FalseFailovers() int {
-	return s.Failovers + s.Fenced + s.Changes + int(s.Lapses)
+	return s.Failovers + int(s.Lapses)
 }
 
 // leaseRun is n groups whose actives hold role leases, on one controller:

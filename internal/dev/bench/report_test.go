@@ -109,12 +109,12 @@ hapod_leases_renewed 7
 	}
 }
 
-// TestSoakVerdict: every kind of false failover counts.
+// TestSoakVerdict: failovers and lapsed leases count, fences do not.
 func TestSoakVerdict(t *testing.T) {
-	s := SoakResult{Groups: 3, Seconds: 600, Failovers: 1, Fenced: 2, Changes: 4}
-	s.Lapses = 1
+	s := SoakResult{Groups: 3, Seconds: 600, Failovers: 3, Fenced: 2, Changes: 4}
+	s.Lapses = 5
 	if n := s.FalseFailovers(); n != 8 {
-		t.Errorf("FalseFailovers = %d, want 8", n)
+		t.Errorf("FalseFailovers = %d, want 8 (failovers and lapses; fences are no failover)", n)
 	}
 	var md strings.Builder
 	(&Results{Soak: &s}).Markdown(&md)

@@ -260,7 +260,7 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 		} else {
 			r.Soak = res
 			if n := res.FalseFailovers(); n > 0 {
-				fail("soak", fmt.Errorf("%d false failovers (lapses, fenced apps, role changes, promotions) among healthy groups", n))
+				fail("soak", fmt.Errorf("%d false failovers (leases lapsed, promotions) among healthy groups", n))
 			}
 		}
 	}
