@@ -4,7 +4,7 @@ GO ?= go
 export GOTOOLCHAIN := local
 GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all help build unit test lint demo bench soak cluster cluster-down cluster-env
+.PHONY: all help build unit test lint fuzz demo bench soak cluster cluster-down cluster-env
 
 all: build
 
@@ -29,6 +29,12 @@ lint: ## gofmt, go vet, golangci-lint (.golangci.yml)
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(GOLANGCI_LINT) run ./...
+
+# Each fuzz target searches for FUZZTIME beyond its seed corpus (which plain
+# go test runs every time).
+FUZZTIME ?= 30s
+fuzz: ## fuzz the decision rules (election.Decide) for FUZZTIME (30s) each
+	$(GO) test -run '^$$' -fuzz '^FuzzDecide$$' -fuzztime $(FUZZTIME) ./internal/election/
 
 demo: ## run: local control plane, controller, example app, five failover scenes
 	$(GO) run ./cmd/hapod-tour
