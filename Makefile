@@ -39,7 +39,7 @@ fuzz: ## fuzz the decision rules (election.Decide) for FUZZTIME (30s) each
 demo: ## run: local control plane, controller, example app, five failover scenes
 	$(GO) run ./cmd/hapod-tour
 
-bench: ## failover latency against the baselines, and scale (~3 min; BENCH_FLAGS=-short ~1 min)
+bench: ## failover latency against the baselines, kill -9 via the role lease, renewal cost, scale (~6 min; BENCH_FLAGS=-short ~2 min)
 	$(GO) run ./cmd/hapod-bench $(BENCH_FLAGS)
 
 soak: ## 10 min, every core busy: no healthy group may fail over (bench/results/soak)
