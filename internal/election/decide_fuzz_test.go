@@ -105,7 +105,7 @@ func checkDecision(in Input, d Decision) error {
 		if m == nil {
 			continue
 		}
-		if m.Status.Fault != NoFault && !(m.Status.Warm && !anyEligible) {
+		if m.Status.Fault != NoFault && (!m.Status.Warm || anyEligible) {
 			return fmt.Errorf("%s holds the role with fault %s (warm %v, an eligible pod exists %v)", m.Name, m.Status.Fault, m.Status.Warm, anyEligible)
 		}
 		if m.Status.Fault == NoFault && !m.Status.Eligible && m == d.Promote && !m.Status.Warm {

@@ -106,8 +106,8 @@ func (e *Env) oneGroup(ctx context.Context, o Options) ([]TriggerResult, int, er
 // active's role lease lapsed: a starved machine), that is counted in
 // unasked and the next failover starts from the new steady state.
 func (r *oneRun) recheck(ctx context.Context, active, standby string) (string, string, error) {
-	as, _ := r.ap.state(active)
-	ss, _ := r.ap.state(standby)
+	as := r.ap.state(active)
+	ss := r.ap.state(standby)
 	if as.Role == role.Active && ss.Role == role.Standby {
 		return active, standby, nil
 	}
@@ -210,7 +210,7 @@ func (r *oneRun) firstPair(ctx context.Context) (active, standby string, err err
 		return "", "", err
 	}
 	if err := waitUntil(ctx, 20*time.Second, "first active", func() bool {
-		s, _ := r.ap.state(active)
+		s := r.ap.state(active)
 		return s.Role == role.Active
 	}, r.ap.board.wait); err != nil {
 		return "", "", err
@@ -231,8 +231,8 @@ func (r *oneRun) steady(ctx context.Context, active, standby string) error {
 			a.Labels[roleLabel] != activeRole || s.Labels[roleLabel] != standbyRole {
 			return false
 		}
-		as, _ := r.ap.state(active)
-		ss, _ := r.ap.state(standby)
+		as := r.ap.state(active)
+		ss := r.ap.state(standby)
 		if as.Role != role.Active || ss.Role != role.Standby {
 			return false
 		}

@@ -154,7 +154,7 @@ func (e *Env) leaseGroups(ctx context.Context, o Options, n int, pairs bool, nam
 func (l *leaseRun) allHold(pods []string, want role.Role) func() bool {
 	return func() bool {
 		for _, p := range pods {
-			if st, _ := l.ap.state(p); st.Role != want {
+			if st := l.ap.state(p); st.Role != want {
 				return false
 			}
 		}

@@ -219,8 +219,8 @@ func (s *scaleRun) create(ctx context.Context, pods []string, node string, ips *
 func (s *scaleRun) settled() bool {
 	for i := range s.n {
 		a, b := s.actives[i], s.standbys[i]
-		sa, _ := s.ap.state(a)
-		sb, _ := s.ap.state(b)
+		sa := s.ap.state(a)
+		sb := s.ap.state(b)
 		if sb.Role == role.Active {
 			a, b, sa, sb = b, a, sb, sa
 		}
@@ -240,7 +240,7 @@ func (s *scaleRun) settled() bool {
 func (s *scaleRun) told(pods []string, want role.Role) func() bool {
 	return func() bool {
 		for _, p := range pods {
-			if st, _ := s.ap.state(p); st.Role != want {
+			if st := s.ap.state(p); st.Role != want {
 				return false
 			}
 		}

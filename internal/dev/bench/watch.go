@@ -230,15 +230,14 @@ func (a *apps) listen(ctx context.Context, pod string, addr netip.AddrPort) erro
 	return nil
 }
 
-// state returns what the pod's app holds.
-func (a *apps) state(pod string) (role.State, bool) {
+// state returns what the pod's app holds (the zero State if it has no app).
+func (a *apps) state(pod string) role.State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ap, ok := a.byPod[pod]
-	if !ok {
-		return role.State{}, false
+	if ap, ok := a.byPod[pod]; ok {
+		return ap.state
 	}
-	return ap.state, true
+	return role.State{}
 }
 
 // activeAfter returns the first moment at or after t at which the pod's app
