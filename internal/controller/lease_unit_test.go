@@ -19,7 +19,7 @@ import (
 type fakeRenewer struct {
 	mu      sync.Mutex
 	renewed []renewal
-	handler func(notify.Ack) bool
+	handler func(notify.Ack) notify.AckVerdict
 }
 
 func (f *fakeRenewer) Send(context.Context, notify.Target) notify.Result { return notify.Result{} }
@@ -31,7 +31,7 @@ func (f *fakeRenewer) Renew(t notify.Target, echo uint64) (uint64, error) {
 	return uint64(len(f.renewed)), nil
 }
 
-func (f *fakeRenewer) SetAckHandler(h func(notify.Ack) bool) { f.handler = h }
+func (f *fakeRenewer) SetAckHandler(h func(notify.Ack) notify.AckVerdict) { f.handler = h }
 
 func (f *fakeRenewer) take() []renewal {
 	f.mu.Lock()
