@@ -145,7 +145,7 @@ type Listener struct {
 	peer netip.AddrPort
 
 	received, accepted, renewed, retry, stale, malformed, wrongPod, duplicate, lapsed atomic.Uint64
-	unauthenticated, unknownKey, badMAC, expired, replayed                           atomic.Uint64
+	unauthenticated, unknownKey, badMAC, expired, replayed                            atomic.Uint64
 
 	// Authentication, nil keys without KeyDir. replays is the serving
 	// goroutine's only; boot and ctr number the acks this process sends.
