@@ -181,6 +181,7 @@ type Source struct {
 	poll, refresh time.Duration
 	ring          atomic.Pointer[Ring]
 	loaded        atomic.Int64 // when last read, UnixNano
+	forced        atomic.Int64 // when last read by Refresh, UnixNano
 	reading       sync.Mutex
 	lastErr       atomic.Pointer[error]
 	loads         atomic.Uint64
@@ -221,10 +222,17 @@ func (s *Source) Ring(now time.Time) *Ring {
 	return s.ring.Load()
 }
 
-// Refresh reads the directory again unless it was read within the refresh
-// interval, and returns the ring.
+// Refresh reads the directory again unless Refresh did within the refresh
+// interval, and returns the ring. The limit is on Refresh's own reads, not
+// the polls: right after a poll that came too early for an update, the
+// first message under the new key still gets the update read at once.
 func (s *Source) Refresh(now time.Time) *Ring {
-	s.maybeLoad(now, s.refresh)
+	if now.UnixNano()-s.forced.Load() < int64(s.refresh) || !s.reading.TryLock() {
+		return s.ring.Load()
+	}
+	defer s.reading.Unlock()
+	s.forced.Store(now.UnixNano())
+	s.load(now)
 	return s.ring.Load()
 }
 
@@ -250,6 +258,11 @@ func (s *Source) maybeLoad(now time.Time, every time.Duration) {
 	if now.UnixNano()-s.loaded.Load() < int64(every) {
 		return
 	}
+	s.load(now)
+}
+
+// load reads the directory; s.reading is held.
+func (s *Source) load(now time.Time) {
 	s.loaded.Store(now.UnixNano())
 	r, err := LoadDir(s.dir)
 	if err != nil {
