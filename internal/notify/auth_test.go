@@ -99,8 +99,8 @@ func TestAuthAcksRefused(t *testing.T) {
 		now := time.Now()
 		valid := signedAck(t, m, "k1", 5, now, sub)
 		return [][]byte{
-			ackOf(t, m, wire.StatusOK), // unauthenticated
-			signedAck(t, m, "k1", 1, now, bytes.Repeat([]byte{9}, 32)),   // forged
+			ackOf(t, m, wire.StatusOK),                                     // unauthenticated
+			signedAck(t, m, "k1", 1, now, bytes.Repeat([]byte{9}, 32)),     // forged
 			signedAck(t, m, "k1", 2, now, rolekey.GroupKey(master, "x/y")), // another group's subkey
 			signedAck(t, m, "k7", 3, now, sub),                             // unknown key
 			signedAck(t, m, "k1", 4, now.Add(-time.Minute), sub),           // expired
