@@ -168,7 +168,7 @@ func LoadDir(dir string) (*Ring, error) {
 	return NewRing(keys, current)
 }
 
-// Source is a key directory kept fresh: it is read again when the ring is
+// Source is a key directory kept fresh (a nil Source has no keys): it is read again when the ring is
 // asked for and the last read is older than the poll interval, or on
 // request (Refresh, after a message named an unknown key) at most once
 // per refresh interval. Reading lazily needs no goroutine, and a receiver
@@ -218,6 +218,9 @@ func Open(dir string, poll, refresh time.Duration) (*Source, error) {
 // Ring returns the keys, read again first if the last read is older than
 // the poll interval.
 func (s *Source) Ring(now time.Time) *Ring {
+	if s == nil {
+		return nil
+	}
 	s.maybeLoad(now, s.poll)
 	return s.ring.Load()
 }
@@ -227,6 +230,9 @@ func (s *Source) Ring(now time.Time) *Ring {
 // the polls: right after a poll that came too early for an update, the
 // first message under the new key still gets the update read at once.
 func (s *Source) Refresh(now time.Time) *Ring {
+	if s == nil {
+		return nil
+	}
 	if now.UnixNano()-s.forced.Load() < int64(s.refresh) || !s.reading.TryLock() {
 		return s.ring.Load()
 	}
