@@ -190,6 +190,40 @@ func TestLeaseRefused(t *testing.T) {
 	}
 }
 
+// An ack that names the active but comes from another address (another
+// pod of the group holds the same subkey) neither keeps its lease alive
+// nor fences it: it is refused as wrong-source.
+func TestLeaseAckFromWrongSource(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.grant("a", 1)
+	elsewhere := netip.MustParseAddrPort("127.0.0.2:7477")
+	tests := []struct {
+		name string
+		ack  notify.Ack
+	}{
+		{"renewal ok", notify.Ack{Role: wire.RoleActive, Status: wire.StatusOK, Nonce: 77}},
+		{"refusal", notify.Ack{Role: wire.RoleActive, Status: wire.StatusStale}},
+		{"standby", notify.Ack{Role: wire.RoleStandby, Status: wire.StatusOK, Seq: 5}},
+	}
+	for _, tt := range tests {
+		a := tt.ack
+		a.Group, a.Pod, a.UID, a.Epoch, a.Lease, a.At, a.From = tgt.Group, tgt.Pod, tgt.UID, 1, true, f.clk.now(), elsewhere
+		if v := f.rn.handler(a); v != notify.AckWrongSource {
+			t.Errorf("%s: verdict %v, want wrong-source", tt.name, v)
+		}
+	}
+	if l := f.ls.byUID["uid-a"]; l.nonce == 77 || l.fenced || l.lapsed || len(f.lapsed) != 0 {
+		t.Fatalf("lease changed by acks from elsewhere: %+v", l)
+	}
+	// From the pod's own address (a dual-stack socket reports it mapped).
+	f.clk.advance(time.Millisecond)
+	a := notify.Ack{Group: tgt.Group, Pod: tgt.Pod, UID: tgt.UID, Role: wire.RoleActive, Epoch: 1, Status: wire.StatusOK, Nonce: 78, Lease: true,
+		At: f.clk.now(), From: netip.MustParseAddrPort("[::ffff:127.0.0.1]:7477")}
+	if v := f.rn.handler(a); v != notify.AckExpected || f.ls.byUID["uid-a"].nonce != 78 {
+		t.Fatalf("the pod's own ack: verdict %v", v)
+	}
+}
+
 // A grant to another pod waits until the old lease has certainly run out,
 // unless the old active acks standby; the renewals of the old lease stop.
 func TestLeaseGrantWait(t *testing.T) {
