@@ -167,7 +167,7 @@ func TestAuthResendsAreFresh(t *testing.T) {
 		t.Fatalf("result %+v", res)
 	}
 	a, b, c := <-seen, <-seen, <-seen
-	if a == 0 || !(a < b && b < c) {
+	if a == 0 || a >= b || b >= c {
 		t.Fatalf("counters %d %d %d", a, b, c)
 	}
 }

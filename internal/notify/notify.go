@@ -481,7 +481,16 @@ func (n *Notifier) verify(m wire.Message, body, sum []byte, at time.Time) error 
 	now := time.Now()
 	// Not cached: the group is not verified yet, and a forger must not be
 	// able to fill the cache with groups of its choosing.
-	if err := n.subkeys.get(ring, m.Group, false).Verify(m, body, sum, now, n.cfg.Freshness); err != nil {
+	err := n.subkeys.get(ring, m.Group, false).Verify(m, body, sum, now, n.cfg.Freshness)
+	if errors.Is(err, wire.ErrUnknownKey) || errors.Is(err, wire.ErrBadMAC) {
+		// The directory may have changed since the last poll (rate-limited
+		// by the Source, so a forger cannot make it read more than once a
+		// second).
+		if fresh := n.cfg.Keys.Refresh(now); fresh != ring && !fresh.Empty() {
+			err = n.subkeys.get(fresh, m.Group, false).Verify(m, body, sum, now, n.cfg.Freshness)
+		}
+	}
+	if err != nil {
 		return err
 	}
 	if !n.replays.Accept(m.Boot, m.Ctr, now) {

@@ -2,6 +2,7 @@ package role
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"net"
 	"testing"
@@ -91,7 +92,8 @@ func (p *authPeer) readSigned(wait time.Duration) (wire.Message, bool) {
 	_ = p.conn.SetReadDeadline(time.Now().Add(wait))
 	buf := make([]byte, wire.MaxSize+1)
 	n, err := p.conn.Read(buf)
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
 		return wire.Message{}, false
 	}
 	if err != nil {
