@@ -14,7 +14,7 @@ import (
 
 var master = bytes.Repeat([]byte{1}, 32)
 
-func keySource(t *testing.T, keys map[string][]byte) *rolekey.Source {
+func keySource(t testing.TB, keys map[string][]byte) *rolekey.Source {
 	t.Helper()
 	dir := t.TempDir()
 	if err := keydir.Write(dir, keys, ""); err != nil {
@@ -28,7 +28,7 @@ func keySource(t *testing.T, keys map[string][]byte) *rolekey.Source {
 }
 
 // podKeyDir is what the pods of group ns/g mount: its subkeys.
-func podKeyDir(t *testing.T) string {
+func podKeyDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := keydir.Write(dir, map[string][]byte{"k1": rolekey.GroupKey(master, "ns/g")}, ""); err != nil {
