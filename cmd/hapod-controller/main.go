@@ -199,9 +199,39 @@ func run() error {
 	}); err != nil {
 		return err
 	}
+	if keys != nil {
+		go watchKeys(ctx, keys, rolekey.DefaultPoll)
+	}
 	ctrl.Log.Info("Starting", "selector", f.cfg.Selector, "groupLabel", f.cfg.GroupLabel,
 		"roleLabel", f.cfg.RoleLabel, "rolePort", f.cfg.RolePort, "namespaces", f.cfg.Namespaces)
 	return mgr.Start(ctx)
+}
+
+// watchKeys logs every change of the key directory and every failure to
+// read it (the keys in use are kept then), so that an operator rotating
+// keys sees each step taken, or why not.
+func watchKeys(ctx context.Context, keys *rolekey.Source, every time.Duration) {
+	last, lastErr := keys.Ring(time.Now()), ""
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r := keys.Ring(time.Now())
+		if r != last {
+			ctrl.Log.Info("Role keys reloaded", "roleKeyDir", keys.Dir(), "keyIDs", r.IDs(), "current", r.Current())
+			last = r
+		}
+		if err := keys.Err(); err != nil && err.Error() != lastErr {
+			ctrl.Log.Error(err, "Role keys not reloaded; keeping the keys in use", "roleKeyDir", keys.Dir())
+			lastErr = err.Error()
+		} else if err == nil {
+			lastErr = ""
+		}
+	}
 }
 
 // printGroupKeys writes group's subkeys, one "id=base64" line each and

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"math"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -331,4 +333,27 @@ func TestAuthUnverifiableRenewalsLapse(t *testing.T) {
 	if st := l.Stats(); st.BadMAC != 1 || st.Lapsed != 1 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// A key directory updated with something unreadable keeps the keys in
+// use (the group goes on) and says why in KeyError.
+func TestAuthBrokenKeyUpdateKeepsKeys(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "k1")
+	if err := os.WriteFile(file, []byte(rolekey.Encode(rolekey.GroupKey(master1, "ns/g"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := listen(t, Config{KeyDir: dir, KeyPoll: time.Nanosecond})
+	p := newAuthPeer(t, l)
+	p.send(roleMsg("standby", 1))
+	if err := os.WriteFile(file, []byte("not base64!"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a := p.send(roleMsg("standby", 2)); a.Status != wire.StatusOK {
+		t.Fatalf("acked %q", a.Status)
+	}
+	if l.KeyError() == nil {
+		t.Fatal("no KeyError after an unreadable update")
+	}
+	wantStats(t, l, Stats{Received: 2, Accepted: 2})
 }

@@ -111,7 +111,8 @@
 // lapses to Standby by itself; it never becomes or stays Active on a
 // message it could not verify. The directory is read again every
 // Config.KeyPoll and when a message names a key the listener lacks, so a
-// rotated Secret is picked up without a restart.
+// rotated Secret is picked up without a restart; a read that fails keeps
+// the keys in use and is reported by Listener.KeyError.
 //
 // Without keys there is no authentication: anything that can reach the
 // port can set the role. Restrict the port with a NetworkPolicy to the

@@ -248,6 +248,15 @@ func (l *Listener) Stats() Stats {
 	}
 }
 
+// KeyError is the last failure to read Config.KeyDir again, nil if the
+// last read succeeded. The keys read before stay in use meanwhile.
+func (l *Listener) KeyError() error {
+	if l.keys == nil {
+		return nil
+	}
+	return l.keys.Err()
+}
+
 // Authenticated reports whether the listener holds keys: it then accepts
 // only messages it can verify.
 func (l *Listener) Authenticated() bool {
