@@ -14,6 +14,7 @@ import (
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/election"
 )
 
@@ -63,8 +64,12 @@ func TestLeaseDetectsKilledApp(t *testing.T) {
 	if took > bound+500*time.Millisecond {
 		t.Errorf("failover took %v, want about the lease bound %v", took, bound)
 	}
-	if n := lg.promotions(election.LeaseLapsed); n != 1 {
-		t.Errorf("promotions for LeaseLapsed = %v, want 1", n)
+	// The promotion is counted once the controller's label write has
+	// returned, which can be after the watch above saw the label.
+	if err := poll.Until(t.Context(), 10*time.Second, func() (bool, error) {
+		return lg.promotions(election.LeaseLapsed) == 1, nil
+	}); err != nil {
+		t.Errorf("promotions for LeaseLapsed = %v, want 1", lg.promotions(election.LeaseLapsed))
 	}
 	if n := testutil.ToFloat64(lg.r.metrics.LeaseLapses.WithLabelValues("silent")); n != 1 {
 		t.Errorf("silent lapses = %v, want 1", n)
