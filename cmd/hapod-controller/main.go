@@ -7,10 +7,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -28,6 +30,7 @@ import (
 	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/notify"
 	"github.com/hapod/hapod/internal/record"
+	"github.com/hapod/hapod/internal/rolekey"
 )
 
 func main() {
@@ -53,6 +56,9 @@ type flags struct {
 	qps           float64
 	burst         int
 	log           *textlogger.Config
+	// printGroupKeys, if set, is a group whose subkeys are printed (for
+	// its pods' Secret) instead of running.
+	printGroupKeys string
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -72,6 +78,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.DurationVar(&f.retryPeriod, "leader-elect-retry-period", 2*time.Second, "leader-election retry period")
 	fs.Float64Var(&f.qps, "kube-api-qps", 500, "client-side QPS limit to the API server (a mass failover writes 2-3 times per group)")
 	fs.IntVar(&f.burst, "kube-api-burst", 1000, "client-side burst to the API server")
+	fs.StringVar(&f.printGroupKeys, "print-group-keys", "", "print the role-message subkeys of this group (namespace/name) derived from -role-key-dir, as lines for kubectl create secret generic --from-env-file, and exit")
 	f.log = textlogger.NewConfig()
 	f.log.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -119,6 +126,15 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	var keys *rolekey.Source
+	if f.cfg.RoleKeyDir != "" {
+		if keys, err = rolekey.Open(f.cfg.RoleKeyDir, 0, 0); err != nil {
+			return fmt.Errorf("-role-key-dir: %w", err)
+		}
+	}
+	if f.printGroupKeys != "" {
+		return printGroupKeys(os.Stdout, keys, f.printGroupKeys)
+	}
 	ctrl.SetLogger(textlogger.NewLogger(f.log))
 	rc, err := restConfig(f.kubeconfig)
 	if err != nil {
@@ -135,8 +151,15 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if ring := keys.Ring(time.Now()); ring.Empty() {
+		ctrl.Log.Info("WARNING: role messages are not authenticated: anything that can reach a pod's role port can set its role; set -role-key-dir (README, Authenticated role messages)",
+			"roleKeyDir", f.cfg.RoleKeyDir)
+	} else {
+		ctrl.Log.Info("Role messages are authenticated", "roleKeyDir", f.cfg.RoleKeyDir, "keyIDs", ring.IDs(), "current", ring.Current())
+	}
 	n, err := notify.New(notify.Config{
 		ListenAddr: f.notifyAddr, Deadline: f.cfg.NotifyDeadline, Registerer: metrics.Registry,
+		Keys: keys,
 	})
 	if err != nil {
 		return fmt.Errorf("-notify-bind-address: %w", err)
@@ -176,9 +199,60 @@ func run() error {
 	}); err != nil {
 		return err
 	}
+	if keys != nil {
+		go watchKeys(ctx, keys, rolekey.DefaultPoll)
+	}
 	ctrl.Log.Info("Starting", "selector", f.cfg.Selector, "groupLabel", f.cfg.GroupLabel,
 		"roleLabel", f.cfg.RoleLabel, "rolePort", f.cfg.RolePort, "namespaces", f.cfg.Namespaces)
 	return mgr.Start(ctx)
+}
+
+// watchKeys logs every change of the key directory and every failure to
+// read it (the keys in use are kept then), so that an operator rotating
+// keys sees each step taken, or why not.
+func watchKeys(ctx context.Context, keys *rolekey.Source, every time.Duration) {
+	last, lastErr := keys.Ring(time.Now()), ""
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r := keys.Ring(time.Now())
+		if r != last {
+			ctrl.Log.Info("Role keys reloaded", "roleKeyDir", keys.Dir(), "keyIDs", r.IDs(), "current", r.Current())
+			last = r
+		}
+		if err := keys.Err(); err != nil && err.Error() != lastErr {
+			ctrl.Log.Error(err, "Role keys not reloaded; keeping the keys in use", "roleKeyDir", keys.Dir())
+			lastErr = err.Error()
+		} else if err == nil {
+			lastErr = ""
+		}
+	}
+}
+
+// printGroupKeys writes group's subkeys, one "id=base64" line each and
+// the current key's id, the format of kubectl's --from-env-file: the
+// Secret the group's pods mount (role.Config.KeyDir).
+func printGroupKeys(w io.Writer, keys *rolekey.Source, group string) error {
+	if keys == nil || keys.Ring(time.Now()).Empty() {
+		return errors.New("-print-group-keys: needs -role-key-dir with at least one key")
+	}
+	if ns, name, ok := strings.Cut(group, "/"); !ok || ns == "" || name == "" {
+		return fmt.Errorf("-print-group-keys: %q is not namespace/name", group)
+	}
+	sub := keys.Ring(time.Now()).ForGroup(group)
+	for _, kid := range sub.IDs() {
+		k, _ := sub.Key(kid)
+		if _, err := fmt.Fprintf(w, "%s=%s\n", kid, rolekey.Encode(k)); err != nil {
+			return err
+		}
+	}
+	_, err := fmt.Fprintf(w, "%s=%s\n", rolekey.CurrentFile, sub.Current())
+	return err
 }
 
 // checkAPI fails fast, with a plain message, when the kubeconfig does not

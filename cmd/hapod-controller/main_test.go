@@ -91,6 +91,8 @@ current-context: c
 		{"group label is the role label", []string{"-group-label", "role"}, "-group-label"},
 		{"port out of range", []string{"-role-port", "70000"}, "-role-port"},
 		{"unknown flag", []string{"-no-such-flag"}, "no-such-flag"},
+		// A typo must not silently turn authentication off.
+		{"role key dir missing", append(ok[:2:2], "-role-key-dir", "/nonexistent/role-keys"), "-role-key-dir"},
 		{"missing kubeconfig", []string{"-kubeconfig", "/nonexistent/kubeconfig"}, "kubeconfig"},
 		{"API not reachable", []string{"-kubeconfig", unreachable}, "cannot list pods"},
 		{"probe port in use", append(ok[:2:2], "-metrics-bind-address", "0", "-health-probe-bind-address", held.Addr().String()), "address already in use"},

@@ -97,6 +97,8 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 		Addr:     o.roleAddr,
 		PodUID:   o.podUID,
 		PodName:  o.podName,
+		Group:    o.roleGroup,
+		KeyDir:   o.roleKeyDir,
 		OnChange: a.roleChanged,
 	})
 	if err != nil {

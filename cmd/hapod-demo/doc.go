@@ -19,6 +19,8 @@
 //	-init-delay  INIT_DELAY   time before the app reports ready (default 3s)
 //	-ready-file  READY_FILE   file created when ready, removed on exit
 //	-role-records ROLE_RECORDS  file to append each role change to (JSON lines)
+//	-role-key-dir ROLE_KEY_DIR  the group's role-message keys (a mounted Secret); empty: unauthenticated
+//	-role-group  ROLE_GROUP   namespace/name of the pod's group; messages for another group are refused
 //
 // It exits 0 after SIGTERM or SIGINT (a second signal kills it at once), 2 on
 // bad flags and 1 on other errors, such as an address already in use.

@@ -23,6 +23,9 @@ type options struct {
 	// roleRecords, if set, is appended one JSON line per applied role change
 	// (internal/dev/rolerecord), for tools that follow the app's role.
 	roleRecords string
+	// roleKeyDir and roleGroup are role.Config's KeyDir and Group.
+	roleKeyDir string
+	roleGroup  string
 }
 
 // envFallback names the environment variable each flag falls back to.
@@ -34,6 +37,8 @@ var envFallback = map[string]string{
 	"init-delay":   "INIT_DELAY",
 	"ready-file":   "READY_FILE",
 	"role-records": "ROLE_RECORDS",
+	"role-key-dir": "ROLE_KEY_DIR",
+	"role-group":   "ROLE_GROUP",
 }
 
 // usageError is a mistake on the command line or in the environment; the
@@ -53,6 +58,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.podUID, "pod-uid", "", "this pod's UID (downward API metadata.uid); role messages for another UID are refused")
 	fs.DurationVar(&o.initDelay, "init-delay", 3*time.Second, "simulated start-up time; /readyz and GET / fail until it has passed")
 	fs.StringVar(&o.readyFile, "ready-file", "", "file to create once ready and remove on exit (optional)")
+	fs.StringVar(&o.roleKeyDir, "role-key-dir", "", "directory of this group's role-message keys (a mounted Secret, from hapod-controller -print-group-keys); empty: unauthenticated")
+	fs.StringVar(&o.roleGroup, "role-group", "", "this pod's group, namespace/name: role messages for another group are refused (optional)")
 	fs.StringVar(&o.roleRecords, "role-records", "", "file to append one JSON line to per role change: at, pod, role, epoch, group (optional)")
 	return fs
 }

@@ -64,6 +64,11 @@ type Config struct {
 	LeaseRenew  time.Duration
 	LeaseTTL    time.Duration
 	LeaseMargin time.Duration
+
+	// RoleKeyDir, if set, is the directory of the master keys that
+	// authenticate role messages (a mounted Secret; docs/protocol.md,
+	// "Authentication"); empty means unauthenticated.
+	RoleKeyDir string
 }
 
 // LeaseDrift bounds how far the rates of the controller's and a pod's
@@ -148,6 +153,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LeaseRenew, "lease-renew", c.LeaseRenew, "how often the active pod's role lease is renewed over UDP")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", c.LeaseTTL, "how long the active app keeps its role without a renewal (at least 3 x -lease-renew)")
 	fs.DurationVar(&c.LeaseMargin, "lease-margin", c.LeaseMargin, "added to the TTL before the controller counts a silent app's lease as lapsed")
+	fs.StringVar(&c.RoleKeyDir, "role-key-dir", c.RoleKeyDir, "directory of the master keys that authenticate role messages (a mounted Secret: one file per key id, base64; optional file \"current\" names the signing key); empty: unauthenticated")
 }
 
 // commaList splits a comma-separated flag value, dropping empty items.

@@ -162,9 +162,16 @@ type fakeWorld struct {
 	get func(ctx context.Context, next func() error) error
 }
 
+// worldOptions adjust a fakeWorld's listeners and Notifier before they
+// start.
+type worldOptions struct {
+	listener func(*role.Config)
+	notifier func(*notify.Config)
+}
+
 // newFakeWorld creates pods (oldest first; none labelled active) with
 // listeners, and a reconciler whose Deps may be adjusted by deps.
-func newFakeWorld(t testing.TB, names []string, deps func(*Deps)) *fakeWorld {
+func newFakeWorld(t testing.TB, names []string, deps func(*Deps), opts ...worldOptions) *fakeWorld {
 	t.Helper()
 	w := &fakeWorld{t: t, history: &AppHistory{}, writes: &writeLog{}, events: &eventLog{}, apps: map[string]*role.Listener{}}
 	w.cfg = config.Default()
@@ -182,7 +189,13 @@ func newFakeWorld(t testing.TB, names []string, deps func(*Deps)) *fakeWorld {
 	var objs []client.Object
 	for i, name := range names {
 		uid := types.UID("uid-" + name)
-		l, err := role.Listen(t.Context(), role.Config{Addr: "127.0.0.1:0", PodUID: string(uid), OnChange: w.history.Record(name)})
+		lc := role.Config{Addr: "127.0.0.1:0", PodUID: string(uid), OnChange: w.history.Record(name)}
+		for _, o := range opts {
+			if o.listener != nil {
+				o.listener(&lc)
+			}
+		}
+		l, err := role.Listen(t.Context(), lc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,7 +248,13 @@ func newFakeWorld(t testing.TB, names []string, deps func(*Deps)) *fakeWorld {
 			return next()
 		},
 	})
-	n, err := notify.New(notify.Config{ListenAddr: "127.0.0.1:0", Deadline: w.cfg.NotifyDeadline})
+	nc := notify.Config{ListenAddr: "127.0.0.1:0", Deadline: w.cfg.NotifyDeadline}
+	for _, o := range opts {
+		if o.notifier != nil {
+			o.notifier(&nc)
+		}
+	}
+	n, err := notify.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func (l loopbackOnly) Renew(t notify.Target, echo uint64) (uint64, error) {
 	return l.n.Renew(t, echo)
 }
 
-func (l loopbackOnly) SetAckHandler(h func(notify.Ack) bool) { l.n.SetAckHandler(h) }
+func (l loopbackOnly) SetAckHandler(h func(notify.Ack) notify.AckVerdict) { l.n.SetAckHandler(h) }
 
 func (l loopbackOnly) Backlog() bool { return l.n.Backlog() }
 

@@ -44,7 +44,7 @@ import (
 // tests' fakes) still gets grants tracked, but nothing renews them.
 type Renewer interface {
 	Renew(t notify.Target, echo uint64) (uint64, error)
-	SetAckHandler(func(notify.Ack) bool)
+	SetAckHandler(func(notify.Ack) notify.AckVerdict)
 }
 
 // backlogger is a Renewer that can tell whether acks are waiting unread
@@ -542,17 +542,24 @@ func (ls *leases) collect(now time.Time) {
 
 // onAck takes the acks that no Send waits for (renewals' and late ones),
 // on the notifier's reading goroutine.
-func (ls *leases) onAck(a notify.Ack) bool {
+func (ls *leases) onAck(a notify.Ack) notify.AckVerdict {
 	ls.mu.Lock()
 	l := ls.byUID[types.UID(a.UID)]
 	if l == nil || a.Group != l.group.String() {
 		ls.mu.Unlock()
-		return false
+		return notify.AckUnexpected
+	}
+	if a.From.IsValid() && !notify.SameAddr(a.From, l.target.Addr) {
+		// Not the pod's: another pod of the group (it holds the same
+		// subkey) must not keep a dead active's lease alive, nor fence it
+		// for it.
+		ls.mu.Unlock()
+		return notify.AckWrongSource
 	}
 	if a.Role == wire.RoleStandby {
 		if a.Status != wire.StatusOK || a.Epoch < l.target.Epoch {
 			ls.mu.Unlock()
-			return true
+			return notify.AckExpected
 		}
 		l.fenced = true
 		_, waiting := ls.waiting[l.group]
@@ -568,11 +575,11 @@ func (ls *leases) onAck(a notify.Ack) bool {
 		if waiting {
 			ls.lapsed(l.group, a.At)
 		}
-		return true
+		return notify.AckExpected
 	}
 	if a.Epoch != l.target.Epoch {
 		ls.mu.Unlock()
-		return false
+		return notify.AckUnexpected
 	}
 	var refused bool
 	switch a.Status {
@@ -621,7 +628,7 @@ func (ls *leases) onAck(a notify.Ack) bool {
 	if refused {
 		ls.lapsed(l.group, a.At)
 	}
-	return true
+	return notify.AckExpected
 }
 
 func (ls *leases) kick() {

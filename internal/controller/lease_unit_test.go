@@ -19,7 +19,7 @@ import (
 type fakeRenewer struct {
 	mu      sync.Mutex
 	renewed []renewal
-	handler func(notify.Ack) bool
+	handler func(notify.Ack) notify.AckVerdict
 }
 
 func (f *fakeRenewer) Send(context.Context, notify.Target) notify.Result { return notify.Result{} }
@@ -31,7 +31,7 @@ func (f *fakeRenewer) Renew(t notify.Target, echo uint64) (uint64, error) {
 	return uint64(len(f.renewed)), nil
 }
 
-func (f *fakeRenewer) SetAckHandler(h func(notify.Ack) bool) { f.handler = h }
+func (f *fakeRenewer) SetAckHandler(h func(notify.Ack) notify.AckVerdict) { f.handler = h }
 
 func (f *fakeRenewer) take() []renewal {
 	f.mu.Lock()
@@ -230,6 +230,40 @@ func TestLeaseRefused(t *testing.T) {
 	wait, blocked, _ := f.ls.grantWait(f.key, "uid-b", f.clk.now(), 1)
 	if wait != 0 || blocked {
 		t.Fatalf("grant to b waits %v (blocked %v) for a pod that refused the role", wait, blocked)
+	}
+}
+
+// An ack that names the active but comes from another address (another
+// pod of the group holds the same subkey) neither keeps its lease alive
+// nor fences it: it is refused as wrong-source.
+func TestLeaseAckFromWrongSource(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.grant("a", 1)
+	elsewhere := netip.MustParseAddrPort("127.0.0.2:7477")
+	tests := []struct {
+		name string
+		ack  notify.Ack
+	}{
+		{"renewal ok", notify.Ack{Role: wire.RoleActive, Status: wire.StatusOK, Nonce: 77}},
+		{"refusal", notify.Ack{Role: wire.RoleActive, Status: wire.StatusStale}},
+		{"standby", notify.Ack{Role: wire.RoleStandby, Status: wire.StatusOK, Seq: 5}},
+	}
+	for _, tt := range tests {
+		a := tt.ack
+		a.Group, a.Pod, a.UID, a.Epoch, a.Lease, a.At, a.From = tgt.Group, tgt.Pod, tgt.UID, 1, true, f.clk.now(), elsewhere
+		if v := f.rn.handler(a); v != notify.AckWrongSource {
+			t.Errorf("%s: verdict %v, want wrong-source", tt.name, v)
+		}
+	}
+	if l := f.ls.byUID["uid-a"]; l.nonce == 77 || l.fenced || l.lapsed || len(f.lapsed) != 0 {
+		t.Fatalf("lease changed by acks from elsewhere: %+v", l)
+	}
+	// From the pod's own address (a dual-stack socket reports it mapped).
+	f.clk.advance(time.Millisecond)
+	a := notify.Ack{Group: tgt.Group, Pod: tgt.Pod, UID: tgt.UID, Role: wire.RoleActive, Epoch: 1, Status: wire.StatusOK, Nonce: 78, Lease: true,
+		At: f.clk.now(), From: netip.MustParseAddrPort("[::ffff:127.0.0.1]:7477")}
+	if v := f.rn.handler(a); v != notify.AckExpected || f.ls.byUID["uid-a"].nonce != 78 {
+		t.Fatalf("the pod's own ack: verdict %v", v)
 	}
 }
 

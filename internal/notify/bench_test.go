@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hapod/hapod/internal/rolekey"
 	"github.com/hapod/hapod/internal/wire"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -25,14 +26,22 @@ func reportPercentiles(b *testing.B, prefix string, d []time.Duration) {
 // BenchmarkSendAck measures one Send to a real pkg/role listener on
 // loopback, each an accepted promotion (new epoch), and in the same run a raw
 // UDP echo of a datagram of the same size, so the protocol's own cost is the
-// difference between the two. ns/op covers the Sends only.
+// difference between the two. ns/op covers the Sends only. The
+// authenticated run signs and verifies every datagram on both sides.
 func BenchmarkSendAck(b *testing.B) {
-	n, err := New(Config{ListenAddr: "127.0.0.1:0"})
+	b.Run("unauthenticated", func(b *testing.B) { benchSendAck(b, nil, "") })
+	b.Run("authenticated", func(b *testing.B) {
+		benchSendAck(b, keySource(b, map[string][]byte{"k1": master}), podKeyDir(b))
+	})
+}
+
+func benchSendAck(b *testing.B, keys *rolekey.Source, podKeys string) {
+	n, err := New(Config{ListenAddr: "127.0.0.1:0", Keys: keys})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer n.Close()
-	l, err := role.Listen(b.Context(), role.Config{Addr: "127.0.0.1:0", PodUID: "uid-0"})
+	l, err := role.Listen(b.Context(), role.Config{Addr: "127.0.0.1:0", PodUID: "uid-0", KeyDir: podKeys})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -16,6 +16,32 @@ const (
 	reasonNotAck    = "not-ack"
 )
 
+// Values of the reason label of hapod_notify_refused_acks_total: acks
+// that decoded but were not believed.
+const (
+	refusedUnauthenticated = "unauthenticated"
+	refusedUnknownKey      = "unknown-key"
+	refusedBadMAC          = "bad-mac"
+	refusedExpired         = "expired"
+	refusedReplayed        = "replayed"
+	refusedWrongSource     = "wrong-source"
+)
+
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, wire.ErrUnauthenticated):
+		return refusedUnauthenticated
+	case errors.Is(err, wire.ErrUnknownKey):
+		return refusedUnknownKey
+	case errors.Is(err, wire.ErrBadMAC):
+		return refusedBadMAC
+	case errors.Is(err, wire.ErrExpired):
+		return refusedExpired
+	default:
+		return refusedReplayed
+	}
+}
+
 func reason(err error) string {
 	switch {
 	case errors.Is(err, wire.ErrOversized):
@@ -29,7 +55,7 @@ func reason(err error) string {
 
 type metrics struct {
 	sends, retries, deferred, timeouts, canceled, sendErrors, unmatched prometheus.Counter
-	acks, malformed                                                     *prometheus.CounterVec
+	acks, malformed, refused                                            *prometheus.CounterVec
 	latency                                                             prometheus.Histogram
 }
 
@@ -55,6 +81,10 @@ func newMetrics() *metrics {
 			Namespace: "hapod", Subsystem: "notify", Name: "malformed_acks_total",
 			Help: "Datagrams received on the notify socket and dropped, by reason.",
 		}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "hapod", Subsystem: "notify", Name: "refused_acks_total",
+			Help: "Acks that decoded but were not believed, by reason: unauthenticated, unknown-key, bad-mac, expired, replayed (with keys), wrong-source (not from the pod's address).",
+		}, []string{"reason"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "hapod", Subsystem: "notify", Name: "ack_latency_seconds",
 			Help: "Time from the first send of a role message to its ack.",
@@ -70,6 +100,9 @@ func newMetrics() *metrics {
 	for _, r := range []string{reasonOversized, reasonVersion, reasonMalformed, reasonNotAck} {
 		m.malformed.WithLabelValues(r)
 	}
+	for _, r := range []string{refusedUnauthenticated, refusedUnknownKey, refusedBadMAC, refusedExpired, refusedReplayed, refusedWrongSource} {
+		m.refused.WithLabelValues(r)
+	}
 	return m
 }
 
@@ -78,7 +111,7 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	cs := []prometheus.Collector{
 		m.sends, m.retries, m.deferred, m.timeouts, m.canceled, m.sendErrors, m.unmatched,
-		m.acks, m.malformed, m.latency,
+		m.acks, m.malformed, m.refused, m.latency,
 	}
 	for i, c := range cs {
 		if err := r.Register(c); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hapod/hapod/internal/rolekey"
 	"github.com/hapod/hapod/internal/wire"
 )
 
@@ -77,6 +79,17 @@ type Config struct {
 	Deadline       time.Duration // per Send, default 3s
 	// Registerer, if set, receives the hapod_notify_* metrics.
 	Registerer prometheus.Registerer
+	// Keys, if set and not empty, authenticates role messages
+	// (docs/protocol.md, "Authentication"): the master keys, from which
+	// each group's subkeys are derived. Every datagram is signed with the
+	// current key's subkey, and acks that do not verify, are not fresh,
+	// are replays or come from another address than the pod's are
+	// refused and counted. Without keys nothing is signed or checked but
+	// the source address.
+	Keys *rolekey.Source
+	// Freshness is how far an ack's timestamp may be from this process's
+	// wall clock; default wire.DefaultFreshness.
+	Freshness time.Duration
 }
 
 // Defaults for Config.
@@ -102,10 +115,17 @@ type Notifier struct {
 	metrics *metrics
 	seq     atomic.Uint64
 
+	// Authentication: boot and ctr number this process's datagrams;
+	// replays is the reading goroutine's only.
+	boot    uint64
+	ctr     atomic.Uint64
+	subkeys groupKeys
+	replays *wire.Replays
+
 	mu      sync.Mutex
-	waiters map[key]chan ack
+	waiters map[key]waiter
 	// onAck receives the acks no Send waits for (renew.go).
-	onAck atomic.Pointer[func(Ack) bool]
+	onAck atomic.Pointer[func(Ack) AckVerdict]
 
 	// rtt paces resends by how long acks take to be read (resendWait);
 	// queue tells whether the reader is behind (resendUseful).
@@ -122,6 +142,13 @@ type key struct {
 	uid   string
 	epoch uint64
 	seq   uint64
+}
+
+// waiter is a waiting Send: where its ack goes, and where it must come
+// from (the pod's address: an ack from elsewhere is not the pod's).
+type waiter struct {
+	ch   chan ack
+	from netip.AddrPort
 }
 
 type ack struct {
@@ -148,6 +175,9 @@ func New(cfg Config) (*Notifier, error) {
 	if cfg.Deadline <= 0 {
 		cfg.Deadline = DefaultDeadline
 	}
+	if cfg.Freshness <= 0 {
+		cfg.Freshness = wire.DefaultFreshness
+	}
 	laddr, err := net.ResolveUDPAddr("udp", cfg.ListenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("notify: listen address: %w", err)
@@ -171,10 +201,16 @@ func New(cfg Config) (*Notifier, error) {
 		conn:       conn,
 		cfg:        cfg,
 		metrics:    m,
-		waiters:    make(map[key]chan ack),
+		waiters:    make(map[key]waiter),
+		boot:       randomNonZero(),
+		replays:    wire.NewReplays(cfg.Freshness),
 		closed:     make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
+	// Sequence numbers start at a random point, so that an ack replayed
+	// from a previous process (whose numbers started elsewhere) matches
+	// no Send of this one.
+	n.seq.Store(randomNonZero() >> 2)
 	n.queue.base = time.Now()
 	n.queue.markEmpty()
 	go n.read()
@@ -212,14 +248,14 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 		return Result{Err: fmt.Errorf("notify: invalid target address %q", t.Addr)}
 	}
 	var echo uint64
-	b, k, err := n.encode(t, echo)
+	msg, k, err := n.encode(t, echo)
 	if err != nil {
 		return Result{Err: fmt.Errorf("notify: invalid target: %w", err)}
 	}
 
 	// Buffered so the reader never blocks on a Send that has just given up.
 	ch := make(chan ack, 1)
-	n.wait(k, ch)
+	n.wait(k, waiter{ch: ch, from: t.Addr})
 	defer func() { n.unwait(k) }()
 
 	n.metrics.sends.Inc()
@@ -243,7 +279,7 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 				n.metrics.retries.Inc()
 			}
 			lastSent = time.Now()
-			if _, err := n.conn.WriteToUDPAddrPort(b, t.Addr); err != nil {
+			if err := n.write(msg, t.Addr, lastSent); err != nil {
 				// Kept for the timeout's error: a failing route or a full
 				// buffer may clear before the deadline, so keep retrying.
 				lastErr = err
@@ -263,11 +299,11 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 				}
 				echo, res.Echoed = a.nonce, a.at
 				n.unwait(k)
-				if b, k, err = n.encode(t, echo); err != nil {
+				if msg, k, err = n.encode(t, echo); err != nil {
 					res.Err = fmt.Errorf("notify: invalid target: %w", err)
 					return res
 				}
-				n.wait(k, ch)
+				n.wait(k, waiter{ch: ch, from: t.Addr})
 				// The backoff goes on where it was: a pod slow to answer the
 				// first round (a burst) gets no faster resends of the second.
 				send, resend = true, false
@@ -308,8 +344,8 @@ func (n *Notifier) Send(ctx context.Context, t Target) Result {
 }
 
 // encode builds t's role message with a fresh seq, and the key its ack is
-// matched on.
-func (n *Notifier) encode(t Target, echo uint64) ([]byte, key, error) {
+// matched on; it validates it as Encode does.
+func (n *Notifier) encode(t Target, echo uint64) (wire.Message, key, error) {
 	seq := n.seq.Add(1)
 	m := wire.Message{
 		Type: wire.TypeRole, Group: t.Group, Pod: t.Pod, UID: t.UID,
@@ -322,13 +358,52 @@ func (n *Notifier) encode(t Target, echo uint64) ([]byte, key, error) {
 		}
 		m.TTLMillis, m.Echo = wire.TTLMillisOf(ttl), echo
 	}
-	b, err := wire.Encode(m)
-	return b, key{uid: t.UID, epoch: t.Epoch, seq: seq}, err
+	_, err := wire.Encode(m)
+	return m, key{uid: t.UID, epoch: t.Epoch, seq: seq}, err
 }
 
-func (n *Notifier) wait(k key, ch chan ack) {
+// write sends m to addr as one datagram: signed, with a fresh counter and
+// timestamp, when the Notifier has keys. A resend is therefore a new
+// datagram, not a replay a listener would refuse.
+func (n *Notifier) write(m wire.Message, addr netip.AddrPort, now time.Time) error {
+	b, err := n.datagram(m, now)
+	if err != nil {
+		return err
+	}
+	_, err = n.conn.WriteToUDPAddrPort(b, addr)
+	return err
+}
+
+func (n *Notifier) datagram(m wire.Message, now time.Time) ([]byte, error) {
+	ring := n.ring(now)
+	if ring.Empty() {
+		return wire.Encode(m)
+	}
+	kid := ring.Current()
+	key, _ := n.subkeys.get(ring, m.Group, true).Key(kid)
+	m.Kid, m.Boot, m.Ctr, m.TS = kid, n.boot, n.ctr.Add(1), wire.StampMillis(now)
+	b, err := wire.Encode(m)
+	if err != nil {
+		return nil, err
+	}
+	return wire.Seal(b, key)
+}
+
+// ring is the master keys; nil (unauthenticated) without Config.Keys.
+func (n *Notifier) ring(now time.Time) *rolekey.Ring {
+	if n.cfg.Keys == nil {
+		return nil
+	}
+	return n.cfg.Keys.Ring(now)
+}
+
+// Authenticated reports whether role messages are signed and acks
+// verified.
+func (n *Notifier) Authenticated() bool { return !n.ring(time.Now()).Empty() }
+
+func (n *Notifier) wait(k key, w waiter) {
 	n.mu.Lock()
-	n.waiters[k] = ch
+	n.waiters[k] = w
 	n.mu.Unlock()
 }
 
@@ -344,7 +419,7 @@ func (n *Notifier) readPortable() {
 	// One byte over MaxSize so that an oversized ack is seen as such.
 	buf := make([]byte, wire.MaxSize+1)
 	for {
-		sz, _, err := n.conn.ReadFromUDPAddrPort(buf)
+		sz, from, err := n.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -354,13 +429,14 @@ func (n *Notifier) readPortable() {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		n.handle(buf[:sz], time.Now())
+		n.handle(buf[:sz], from, time.Now())
 	}
 }
 
-// handle matches one datagram read at at to its waiting Send.
-func (n *Notifier) handle(b []byte, at time.Time) {
-	m, err := wire.Decode(b)
+// handle matches one datagram from from, read at at, to its waiting Send.
+func (n *Notifier) handle(b []byte, from netip.AddrPort, at time.Time) {
+	body, sum := wire.Open(b)
+	m, err := wire.Decode(body)
 	if err != nil {
 		n.metrics.malformed.WithLabelValues(reason(err)).Inc()
 		return
@@ -369,18 +445,98 @@ func (n *Notifier) handle(b []byte, at time.Time) {
 		n.metrics.malformed.WithLabelValues(reasonNotAck).Inc()
 		return
 	}
+	if err := n.verify(m, body, sum, at); err != nil {
+		n.metrics.refused.WithLabelValues(refusal(err)).Inc()
+		return
+	}
 	k := key{uid: m.UID, epoch: m.Epoch, seq: m.Seq}
 	// Deleted on the first match, so the ack of a retry that crossed the
-	// first ack counts as unmatched and ch never holds two.
+	// first ack counts as unmatched and ch never holds two. An ack from
+	// another address than the pod's is not the pod's (another pod of the
+	// group holds the same subkey): refused, and the Send waits on.
 	n.mu.Lock()
-	ch, ok := n.waiters[k]
+	w, ok := n.waiters[k]
+	if ok && !SameAddr(w.from, from) {
+		n.mu.Unlock()
+		n.metrics.refused.WithLabelValues(refusedWrongSource).Inc()
+		return
+	}
 	delete(n.waiters, k)
 	n.mu.Unlock()
 	if !ok {
-		n.unmatchedAck(m, at) // renewals' acks among them
+		n.unmatchedAck(m, from, at) // renewals' acks among them
 		return
 	}
-	ch <- ack{status: m.Status, nonce: m.Nonce, lease: m.Lease, at: at}
+	w.ch <- ack{status: m.Status, nonce: m.Nonce, lease: m.Lease, at: at}
+}
+
+// verify authenticates an ack when the Notifier has keys: its MAC under
+// its group's subkey, its freshness, and that it is no replay (only then
+// is it recorded). nil means go on.
+func (n *Notifier) verify(m wire.Message, body, sum []byte, at time.Time) error {
+	ring := n.ring(at)
+	if ring.Empty() {
+		return nil
+	}
+	now := time.Now()
+	// Not cached: the group is not verified yet, and a forger must not be
+	// able to fill the cache with groups of its choosing.
+	err := n.subkeys.get(ring, m.Group, false).Verify(m, body, sum, now, n.cfg.Freshness)
+	if errors.Is(err, wire.ErrUnknownKey) || errors.Is(err, wire.ErrBadMAC) {
+		// The directory may have changed since the last poll (rate-limited
+		// by the Source, so a forger cannot make it read more than once a
+		// second).
+		if fresh := n.cfg.Keys.Refresh(now); fresh != ring && !fresh.Empty() {
+			err = n.subkeys.get(fresh, m.Group, false).Verify(m, body, sum, now, n.cfg.Freshness)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !n.replays.Accept(m.Boot, m.Ctr, now) {
+		return wire.ErrReplayed
+	}
+	return nil
+}
+
+// SameAddr reports whether a and b are the same address and port, an
+// IPv4 address and its IPv4-mapped IPv6 form alike (a dual-stack socket
+// reports IPv4 peers in the mapped form).
+func SameAddr(a, b netip.AddrPort) bool {
+	return a.Port() == b.Port() && a.Addr().Unmap() == b.Addr().Unmap()
+}
+
+// groupKeys caches each group's subkeys for the current master keys.
+type groupKeys struct {
+	mu      sync.Mutex
+	base    *rolekey.Ring
+	byGroup map[string]*rolekey.Ring
+}
+
+// get returns group's subkeys of ring, caching them if keep.
+func (g *groupKeys) get(ring *rolekey.Ring, group string, keep bool) *rolekey.Ring {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.base != ring {
+		g.base, g.byGroup = ring, map[string]*rolekey.Ring{}
+	}
+	if r, ok := g.byGroup[group]; ok {
+		return r
+	}
+	r := ring.ForGroup(group)
+	if keep {
+		g.byGroup[group] = r
+	}
+	return r
+}
+
+// randomNonZero is a boot id or a starting sequence number.
+func randomNonZero() uint64 {
+	for {
+		if v := rand.Uint64(); v != 0 {
+			return v
+		}
+	}
 }
 
 // readerQueue records when the single reader last found the socket's

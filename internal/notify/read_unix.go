@@ -5,6 +5,7 @@ package notify
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -27,8 +28,9 @@ func (n *Notifier) read() {
 	for {
 		var sz int
 		var rerr error
+		var sa syscall.Sockaddr
 		err := rc.Read(func(fd uintptr) bool {
-			sz, rerr = syscall.Read(int(fd), buf)
+			sz, sa, rerr = syscall.Recvfrom(int(fd), buf, 0)
 			if errors.Is(rerr, syscall.EAGAIN) {
 				n.queue.markEmpty()
 				return false // wait until readable
@@ -49,6 +51,18 @@ func (n *Notifier) read() {
 			continue
 		}
 		n.queue.markRead()
-		n.handle(buf[:sz], time.Now())
+		n.handle(buf[:sz], sockaddrPort(sa), time.Now())
 	}
+}
+
+// sockaddrPort is a datagram's source address; invalid for a kind of
+// socket address role messages never come from.
+func sockaddrPort(sa syscall.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *syscall.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
 }

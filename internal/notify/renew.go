@@ -2,6 +2,7 @@ package notify
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/hapod/hapod/internal/wire"
@@ -26,15 +27,32 @@ type Ack struct {
 	Status string
 	Nonce  uint64
 	Lease  bool
-	At     time.Time // when the reading goroutine received it
+	At     time.Time      // when the reading goroutine received it
+	From   netip.AddrPort // where it came from
 }
+
+// AckVerdict is what an ack handler made of an ack.
+type AckVerdict int
+
+// Ack handler verdicts.
+const (
+	// AckUnexpected: no renewal expected it (counted as unmatched).
+	AckUnexpected AckVerdict = iota
+	// AckExpected: a renewal's, or another ack the handler took.
+	AckExpected
+	// AckWrongSource: it names a pod whose address is another (counted as
+	// refused, wrong-source): another pod of the group, which holds the
+	// same subkey, cannot speak for this one.
+	AckWrongSource
+)
 
 // SetAckHandler makes h receive every well-formed ack that no Send is
 // waiting for, on the reading goroutine: h must be quick and must not
-// block. h returns whether the ack was one it expected (a renewal's);
-// the others are counted in hapod_notify_unmatched_acks_total. nil removes
-// the handler.
-func (n *Notifier) SetAckHandler(h func(Ack) bool) {
+// block. h returns whether the ack was one it expected (a renewal's); the
+// unexpected are counted in hapod_notify_unmatched_acks_total, those from
+// the wrong address in hapod_notify_refused_acks_total. nil removes the
+// handler.
+func (n *Notifier) SetAckHandler(h func(Ack) AckVerdict) {
 	if h == nil {
 		n.onAck.Store(nil)
 		return
@@ -51,23 +69,30 @@ func (n *Notifier) Renew(t Target, echo uint64) (seq uint64, err error) {
 	if !t.Addr.IsValid() || t.Addr.Port() == 0 {
 		return 0, fmt.Errorf("notify: invalid target address %q", t.Addr)
 	}
-	b, k, err := n.encode(t, echo)
+	m, k, err := n.encode(t, echo)
 	if err != nil {
 		return 0, fmt.Errorf("notify: invalid target: %w", err)
 	}
-	if _, err := n.conn.WriteToUDPAddrPort(b, t.Addr); err != nil {
+	if err := n.write(m, t.Addr, time.Now()); err != nil {
 		n.metrics.sendErrors.Inc()
 		return k.seq, err
 	}
 	return k.seq, nil
 }
 
-func (n *Notifier) unmatchedAck(m wire.Message, at time.Time) {
-	if h := n.onAck.Load(); h != nil && (*h)(Ack{
-		Group: m.Group, Pod: m.Pod, UID: m.UID, Role: m.Role, Epoch: m.Epoch, Seq: m.Seq,
-		Status: m.Status, Nonce: m.Nonce, Lease: m.Lease, At: at,
-	}) {
-		return
+func (n *Notifier) unmatchedAck(m wire.Message, from netip.AddrPort, at time.Time) {
+	v := AckUnexpected
+	if h := n.onAck.Load(); h != nil {
+		v = (*h)(Ack{
+			Group: m.Group, Pod: m.Pod, UID: m.UID, Role: m.Role, Epoch: m.Epoch, Seq: m.Seq,
+			Status: m.Status, Nonce: m.Nonce, Lease: m.Lease, At: at, From: from,
+		})
 	}
-	n.metrics.unmatched.Inc()
+	switch v {
+	case AckExpected:
+	case AckWrongSource:
+		n.metrics.refused.WithLabelValues(refusedWrongSource).Inc()
+	default:
+		n.metrics.unmatched.Inc()
+	}
 }

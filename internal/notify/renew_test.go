@@ -76,7 +76,7 @@ func TestRenew(t *testing.T) {
 	n, reg := newNotifier(t, Config{})
 	l := listener(t, role.Config{})
 	acks := make(chan Ack, 4)
-	n.SetAckHandler(func(a Ack) bool { acks <- a; return true })
+	n.SetAckHandler(func(a Ack) AckVerdict { acks <- a; return AckExpected })
 	tgt := target(addrPort(t, l.Addr()), wire.RoleActive, 1)
 	res := n.Send(t.Context(), tgt)
 	if !res.Acked {
@@ -110,7 +110,7 @@ func TestRenew(t *testing.T) {
 		t.Fatalf("unmatched %v", u)
 	}
 	// Without a handler (or one that does not know the ack) it is unmatched.
-	n.SetAckHandler(func(Ack) bool { return false })
+	n.SetAckHandler(func(Ack) AckVerdict { return AckUnexpected })
 	if _, err := n.Renew(tgt, 0); err != nil {
 		t.Fatal(err)
 	}

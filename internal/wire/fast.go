@@ -17,7 +17,7 @@ import (
 // fastEncode appends the canonical encoding of m, which encoding/json
 // would produce too; ok is false if a string needs escaping.
 func fastEncode(dst []byte, m Message) ([]byte, bool) {
-	for _, s := range [...]string{string(m.Type), m.Group, m.Pod, m.UID, m.Role, m.Status} {
+	for _, s := range [...]string{string(m.Type), m.Group, m.Pod, m.UID, m.Role, m.Status, m.Kid} {
 		if !plain(s) {
 			return dst, false
 		}
@@ -45,6 +45,17 @@ func fastEncode(dst []byte, m Message) ([]byte, bool) {
 	}
 	if m.Lease {
 		dst = append(dst, `,"lease":true`...)
+	}
+	if m.Kid != "" {
+		dst = appendStr(dst, `,"kid":`, m.Kid)
+	}
+	for _, f := range [...]struct {
+		key string
+		v   uint64
+	}{{`,"boot":`, m.Boot}, {`,"ctr":`, m.Ctr}, {`,"ts":`, m.TS}} {
+		if f.v != 0 {
+			dst = appendUint(dst, f.key, f.v)
+		}
 	}
 	return append(dst, '}'), true
 }
@@ -102,6 +113,12 @@ func fastDecode(b []byte) (m Message, ok bool) {
 			return Message{}, false
 		}
 		m.Lease = true
+	}
+	if p.peek(`,"kid":`) && !p.str(`,"kid":`, &m.Kid) {
+		return Message{}, false
+	}
+	if !p.num(`,"boot":`, &m.Boot, false) || !p.num(`,"ctr":`, &m.Ctr, false) || !p.num(`,"ts":`, &m.TS, false) {
+		return Message{}, false
 	}
 	if !p.lit("}") || p.i != len(b) {
 		return Message{}, false

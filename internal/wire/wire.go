@@ -19,6 +19,12 @@ const Version = 2
 // keeps receive buffers fixed and lets receivers drop junk before parsing.
 const MaxSize = 1024
 
+// MaxEpoch is the highest epoch on the wire: the controller keeps epochs
+// in a Lease's int32 and stops there (EpochsExhausted). A higher one can
+// only be forged or corrupt, and one such datagram accepted would fence a
+// listener against every real epoch for good, so it is malformed.
+const MaxEpoch = 1<<31 - 1
+
 // MaxTTLMillis bounds a lease's TTL (one hour), so that a TTL in
 // milliseconds always fits a time.Duration.
 const MaxTTLMillis = 3_600_000
@@ -85,6 +91,22 @@ type Message struct {
 	// Lease, in an ack, says the listener enforces the TTL: it stops
 	// holding the active role when the TTL runs out without a renewal.
 	Lease bool `json:"lease,omitempty"`
+
+	// The authentication fields (auth.go), set by Seal's caller on every
+	// datagram of a sender that has keys, absent otherwise; all four or
+	// none. They are the sender's own, never echoed: an ack carries the
+	// listener's.
+	//
+	// Kid names the key the datagram's MAC is made with.
+	Kid string `json:"kid,omitempty"`
+	// Boot is random per sender process (or listener), Ctr strictly
+	// increasing within it: together they let a receiver refuse a replay.
+	Boot uint64 `json:"boot,omitempty"`
+	Ctr  uint64 `json:"ctr,omitempty"`
+	// TS is the sender's wall clock in Unix milliseconds when it sent the
+	// datagram: receivers refuse one outside their freshness window, which
+	// bounds how long they must remember a Boot's counters.
+	TS uint64 `json:"ts,omitempty"`
 }
 
 // Encode validates m and returns its datagram. A zero Version is encoded as
@@ -218,6 +240,12 @@ func validate(m Message) error {
 		return bad(fmt.Sprintf("active role with ttl_ms %d, want 1..%d", m.TTLMillis, MaxTTLMillis))
 	case m.Role == RoleStandby && (m.TTLMillis != 0 || m.Echo != 0):
 		return bad("ttl_ms or echo set on a standby role")
+	}
+	if m.Epoch > MaxEpoch {
+		return bad(fmt.Sprintf("epoch %d above %d", m.Epoch, uint64(MaxEpoch)))
+	}
+	if err := validateAuth(m); err != nil {
+		return err
 	}
 	// UID is required because it is half of how an ack is matched to its
 	// Send and how a reused pod IP is told apart from the intended pod.

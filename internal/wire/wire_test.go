@@ -167,6 +167,16 @@ func TestDecode(t *testing.T) {
 		{"lease string", `{"v":2,"type":"ack","group":"g/x","pod":"p","uid":"u","role":"standby","status":"ok","lease":"yes"}`, ErrMalformed},
 		{"retry without nonce", `{"v":2,"type":"ack","group":"g/x","pod":"p","uid":"u","role":"active","ttl_ms":1,"status":"retry"}`, ErrMalformed},
 		{"retry for standby", `{"v":2,"type":"ack","group":"g/x","pod":"p","uid":"u","role":"standby","status":"retry","nonce":1}`, ErrMalformed},
+		// One such datagram would fence a listener against every real
+		// epoch for good; the controller's epochs stop at MaxEpoch.
+		{"epoch above MaxEpoch", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":2147483648,"seq":1}`, ErrMalformed},
+		{"epoch MaxUint64", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":18446744073709551615,"seq":1}`, ErrMalformed},
+		{"epoch MaxEpoch", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":2147483647,"seq":1}`, nil},
+		// The authentication fields: all or none.
+		{"authenticated", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"kid":"k1","boot":5,"ctr":1,"ts":1764600000000}`, nil},
+		{"kid alone", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"kid":"k1"}`, ErrMalformed},
+		{"no ctr", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"kid":"k1","boot":5,"ts":1}`, ErrMalformed},
+		{"kid with a slash", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"kid":"../k","boot":5,"ctr":1,"ts":1}`, ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -191,10 +201,17 @@ func FuzzDecode(f *testing.F) {
 		`{"v":2,"type":"ack","group":"g/x","pod":"p","uid":"u","role":"active","epoch":18446744073709551615,"seq":1,"ttl_ms":1,"status":"ok","nonce":3,"lease":true}`,
 		`{"v":2,"type":"ack","group":"g/x","pod":"p","uid":"u","role":"active","epoch":1,"seq":1,"ttl_ms":1,"status":"retry","nonce":3}`,
 		`{"v":1}`, `{}`, `null`, `{"V":2,"TYPE":"role"}`, `{"v":2,"pod":"\u2028<&>"}`,
+		`{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"kid":"k1","boot":5,"ctr":1,"ts":1764600000000,"mac":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`,
+		`{"v":2,"mac":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// Open takes any bytes apart without panicking, and what it
+		// strips is exactly the "mac" member.
+		if body, sum := Open(b); sum != nil && len(body) != len(b)-macTail+1 {
+			t.Fatalf("Open kept %d of %d bytes", len(body), len(b))
+		}
 		m, err := Decode(b)
 		if err != nil {
 			if !errors.Is(err, ErrOversized) && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrVersion) {
@@ -234,6 +251,8 @@ func FuzzFastPath(f *testing.F) {
 		`{"v":2,"type":"role","group":"g\"x","pod":"p","uid":"u","role":"active","epoch":1,"seq":1,"ttl_ms":0}`,
 		`{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"active","epoch":1e3,"seq":1,"lease":false}`,
 		`{"v":0,"type":"","group":"","pod":"","uid":"","role":"","epoch":0,"seq":0,"ttl_ms":1000}`,
+		`{"v":2,"type":"ack","group":"g/x","pod":"p","uid":"u","role":"active","epoch":1,"seq":1,"ttl_ms":1,"status":"ok","nonce":3,"lease":true,"kid":"k1","boot":9,"ctr":2,"ts":3}`,
+		`{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"kid":"","boot":0}`,
 	} {
 		f.Add([]byte(s))
 	}

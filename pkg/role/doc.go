@@ -42,10 +42,11 @@
 // If Config.PodUID or Config.PodName is set, a message addressed to another
 // UID or name is refused and acked "wrong-pod": a pod IP can be reused by a
 // new pod while the controller still holds the old pod's address. Likewise a
-// listener serves the first group it hears from, since epochs of two groups
-// cannot be compared. Datagrams that are oversized, not valid JSON of the
-// known version, or otherwise malformed are dropped without a reply and
-// counted in Stats.
+// listener serves Config.Group, if set, or else the first group it hears
+// from, since epochs of two groups cannot be compared. Datagrams that are
+// oversized, not valid JSON of the known version, or otherwise malformed
+// (an epoch above 2^31-1, which the controller never sends, among them) are
+// dropped without a reply and counted in Stats.
 //
 // The ack means the listener has recorded the state: when the controller sees
 // it, State already returns the new role. It does not mean the application
@@ -98,6 +99,22 @@
 // The held epoch lives in memory only. A restarted process starts at Unknown
 // with epoch 0 and accepts whatever the controller sends next.
 //
-// There is no authentication: anything that can reach the port can set the
-// role. Restrict the port with a NetworkPolicy to the controller's pods.
+// # Authentication
+//
+// With Config.KeyDir holding keys (the group's subkeys, from a mounted
+// Secret; see the README), every message must carry a valid HMAC-SHA256
+// under one of them, a timestamp within Config.Freshness of this
+// process's clock, and a counter not seen before from its sender: anything
+// else is dropped without a reply, changes nothing and is counted in Stats
+// by reason (Unauthenticated, UnknownKey, BadMAC, Expired, Replayed). Acks
+// are signed too. A listener that cannot verify its renewals therefore
+// lapses to Standby by itself; it never becomes or stays Active on a
+// message it could not verify. The directory is read again every
+// Config.KeyPoll and when a message names a key the listener lacks, so a
+// rotated Secret is picked up without a restart; a read that fails keeps
+// the keys in use and is reported by Listener.KeyError.
+//
+// Without keys there is no authentication: anything that can reach the
+// port can set the role. Restrict the port with a NetworkPolicy to the
+// controller's pods either way.
 package role

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hapod/hapod/internal/rolekey"
 	"github.com/hapod/hapod/internal/wire"
 )
 
@@ -66,9 +68,33 @@ type Config struct {
 	PodUID string
 	// PodName, if set, refuses messages addressed to another pod name.
 	PodName string
+	// Group, if set ("namespace/name", as the controller names groups),
+	// refuses messages for any other group (acked "wrong-pod"). Without
+	// it the listener serves the first group it accepts a message for, so
+	// setting it also keeps a stray first datagram from binding the
+	// listener to a group that is not its own.
+	Group string
 	// OnChange, if set, is called from the listener goroutine, in order, for
 	// every applied change (after the ack has been sent) and every lapse.
 	OnChange func(State)
+
+	// KeyDir, if set, is a directory of this group's role-message keys
+	// (the Secret the controller's -print-group-keys output makes,
+	// mounted as a volume; docs/protocol.md, "Authentication"): every
+	// message must then carry a valid MAC under one of them, be fresh and
+	// not be a replay, or it is dropped unanswered and counted; acks are
+	// signed. An empty directory (an optional Secret volume whose Secret
+	// does not exist) means unauthenticated until keys appear in it; once
+	// keys were loaded, an emptied directory keeps them. The directory is
+	// read again every KeyPoll and when a message names an unknown key
+	// (at most once a second), so a mounted Secret's update is picked up
+	// without a restart.
+	KeyDir string
+	// KeyPoll is how often KeyDir is read again; default 10s.
+	KeyPoll time.Duration
+	// Freshness is how far a message's timestamp may be from this
+	// process's wall clock; default 30s (wire.DefaultFreshness).
+	Freshness time.Duration
 
 	// now is the clock; time.Now unless a test sets it.
 	now func() time.Time
@@ -86,6 +112,15 @@ type Stats struct {
 	Malformed uint64 // dropped without reply: oversized, unknown version, malformed, or not a role message
 	WrongPod  uint64 // addressed to another UID, pod name or group, acked "wrong-pod"
 	Duplicate uint64 // same role and epoch as held (standby), acked "ok"
+
+	// Refused without reply because it could not be verified (only with
+	// Config.KeyDir holding keys): it changes nothing, so a listener that
+	// cannot verify its renewals lapses to standby.
+	Unauthenticated uint64 // no MAC or no authentication fields
+	UnknownKey      uint64 // a key id the listener does not have, even after reading KeyDir again
+	BadMAC          uint64 // forged, or made with another group's key
+	Expired         uint64 // timestamp outside the freshness window
+	Replayed        uint64 // a (boot, counter) already seen, or too old to tell
 
 	Lapsed uint64 // leases that ran out: the listener fenced itself
 }
@@ -110,6 +145,14 @@ type Listener struct {
 	peer netip.AddrPort
 
 	received, accepted, renewed, retry, stale, malformed, wrongPod, duplicate, lapsed atomic.Uint64
+	unauthenticated, unknownKey, badMAC, expired, replayed                            atomic.Uint64
+
+	// Authentication, nil keys without KeyDir. replays is the serving
+	// goroutine's only; boot and ctr number the acks this process sends.
+	keys    *rolekey.Source
+	replays *wire.Replays
+	boot    uint64
+	ctr     atomic.Uint64
 }
 
 // Listen binds cfg.Addr and serves role messages until ctx is done or Close
@@ -123,6 +166,16 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if cfg.now == nil {
 		cfg.now = time.Now
 	}
+	if cfg.Freshness <= 0 {
+		cfg.Freshness = wire.DefaultFreshness
+	}
+	var keys *rolekey.Source
+	if cfg.KeyDir != "" {
+		var err error
+		if keys, err = rolekey.Open(cfg.KeyDir, cfg.KeyPoll, 0); err != nil {
+			return nil, fmt.Errorf("role: keys: %w", err)
+		}
+	}
 	var lc net.ListenConfig
 	pc, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
@@ -133,6 +186,9 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		cfg:     cfg,
 		changes: make(chan State, 1),
 		done:    make(chan struct{}),
+		keys:    keys,
+		replays: wire.NewReplays(cfg.Freshness),
+		boot:    nonZeroRandom(),
 	}
 	// The hook closes the socket itself rather than through Close: Close
 	// reads stopCtx, which this goroutine is still writing when a ctx that
@@ -183,7 +239,28 @@ func (l *Listener) Stats() Stats {
 		WrongPod:  l.wrongPod.Load(),
 		Duplicate: l.duplicate.Load(),
 		Lapsed:    l.lapsed.Load(),
+
+		Unauthenticated: l.unauthenticated.Load(),
+		UnknownKey:      l.unknownKey.Load(),
+		BadMAC:          l.badMAC.Load(),
+		Expired:         l.expired.Load(),
+		Replayed:        l.replayed.Load(),
 	}
+}
+
+// KeyError is the last failure to read Config.KeyDir again, nil if the
+// last read succeeded. The keys read before stay in use meanwhile.
+func (l *Listener) KeyError() error {
+	if l.keys == nil {
+		return nil
+	}
+	return l.keys.Err()
+}
+
+// Authenticated reports whether the listener holds keys: it then accepts
+// only messages it can verify.
+func (l *Listener) Authenticated() bool {
+	return l.keys != nil && !l.keys.Ring(l.cfg.now()).Empty()
 }
 
 // Close closes the socket. If the listener holds the active role, it first
@@ -226,9 +303,9 @@ func (l *Listener) release() {
 	if l.cfg.PodName != "" {
 		m.Pod = l.cfg.PodName
 	}
-	to := l.peer
+	to, kid := l.peer, l.held.Kid
 	l.mu.Unlock()
-	if b, err := wire.Encode(m); err == nil {
+	if b, err := l.seal(m, kid, now); err == nil {
 		_, _ = l.conn.WriteToUDPAddrPort(b, to)
 	}
 }
@@ -337,11 +414,20 @@ func decide(cur State, r Role, epoch uint64) verdict {
 }
 
 func (l *Listener) handle(b []byte, from netip.AddrPort) {
-	m, err := wire.Decode(b)
+	body, sum := wire.Open(b)
+	m, err := wire.Decode(body)
 	if err != nil || m.Type != wire.TypeRole {
 		// No reply: the sender is not a controller of this version, and
 		// answering garbage would make the listener a reflector.
 		l.malformed.Add(1)
+		return
+	}
+	if err := l.verify(m, body, sum); err != nil {
+		// No reply either: an ack would tell a forger what it got right,
+		// and nothing unverified may leave a trace in the state (a first
+		// forged datagram must not bind the listener to a group or an
+		// epoch).
+		l.countRefusal(err)
 		return
 	}
 
@@ -359,6 +445,7 @@ func (l *Listener) handle(b []byte, from netip.AddrPort) {
 	switch {
 	case l.cfg.PodUID != "" && m.UID != l.cfg.PodUID,
 		l.cfg.PodName != "" && m.Pod != l.cfg.PodName,
+		l.cfg.Group != "" && m.Group != l.cfg.Group,
 		l.state.Group != "" && m.Group != l.state.Group:
 		status = wire.StatusWrongPod
 		l.wrongPod.Add(1)
@@ -401,7 +488,7 @@ func (l *Listener) handle(b []byte, from netip.AddrPort) {
 	}
 	l.mu.Unlock()
 
-	l.ack(m, status, nonce, from)
+	l.ack(m, status, nonce, from, now)
 	for _, s := range changes[:nchanges] {
 		l.notify(s)
 	}
@@ -409,13 +496,13 @@ func (l *Listener) handle(b []byte, from netip.AddrPort) {
 
 // ack echoes UID, Epoch and Seq, which is what the sender matches acks on,
 // and carries a fresh nonce for the next renewal to echo.
-func (l *Listener) ack(m wire.Message, status string, nonce uint64, to netip.AddrPort) {
+func (l *Listener) ack(m wire.Message, status string, nonce uint64, to netip.AddrPort, now time.Time) {
 	a := m
 	a.Type, a.Status, a.Nonce, a.Lease = wire.TypeAck, status, nonce, true
 	if l.cfg.PodName != "" {
 		a.Pod = l.cfg.PodName
 	}
-	b, err := wire.Encode(a)
+	b, err := l.seal(a, m.Kid, now)
 	if err != nil {
 		// Cannot happen for a message that decoded; if it does, the
 		// controller's retry and deadline report it.
@@ -440,5 +527,84 @@ func (l *Listener) notify(s State) {
 		default:
 		}
 		l.changes <- s
+	}
+}
+
+// verify authenticates m (decoded from body, with MAC sum) when the
+// listener has keys; nil means go on. A message naming a key the listener
+// lacks, or whose MAC fails, makes it read KeyDir again (rate-limited)
+// first: the controller may have picked up a rotated Secret before this
+// pod's kubelet updated its volume.
+func (l *Listener) verify(m wire.Message, body, sum []byte) error {
+	if l.keys == nil {
+		return nil
+	}
+	now := l.cfg.now()
+	ring := l.keys.Ring(now)
+	if ring.Empty() {
+		return nil // no keys (yet): unauthenticated, as without KeyDir
+	}
+	err := ring.Verify(m, body, sum, now, l.cfg.Freshness)
+	if errors.Is(err, wire.ErrUnknownKey) || errors.Is(err, wire.ErrBadMAC) {
+		if fresh := l.keys.Refresh(now); fresh != ring {
+			err = fresh.Verify(m, body, sum, now, l.cfg.Freshness)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !l.replays.Accept(m.Boot, m.Ctr, now) {
+		return wire.ErrReplayed
+	}
+	return nil
+}
+
+func (l *Listener) countRefusal(err error) {
+	switch {
+	case errors.Is(err, wire.ErrUnauthenticated):
+		l.unauthenticated.Add(1)
+	case errors.Is(err, wire.ErrUnknownKey):
+		l.unknownKey.Add(1)
+	case errors.Is(err, wire.ErrBadMAC):
+		l.badMAC.Add(1)
+	case errors.Is(err, wire.ErrExpired):
+		l.expired.Add(1)
+	default:
+		l.replayed.Add(1)
+	}
+}
+
+// seal encodes an ack, signed with the key kid names (the key of the
+// message it answers, which the controller certainly has) when the
+// listener has keys; unsigned, and without the message's authentication
+// fields, otherwise.
+func (l *Listener) seal(a wire.Message, kid string, now time.Time) ([]byte, error) {
+	a.Kid, a.Boot, a.Ctr, a.TS = "", 0, 0, 0
+	if l.keys == nil {
+		return wire.Encode(a)
+	}
+	key, ok := l.keys.Ring(now).Key(kid)
+	if !ok {
+		// Unauthenticated mode (no keys yet, and kid is ""), or the key
+		// went away since the message was verified: unsigned, which the
+		// controller refuses if it has keys.
+		return wire.Encode(a)
+	}
+	a.Kid, a.Boot, a.Ctr, a.TS = kid, l.boot, l.ctr.Add(1), wire.StampMillis(now)
+	b, err := wire.Encode(a)
+	if err != nil {
+		return nil, err
+	}
+	return wire.Seal(b, key)
+}
+
+// nonZeroRandom is a boot id: random, so that a restarted listener's
+// counters are never taken for replays of its predecessor's, and non-zero
+// (zero means absent on the wire).
+func nonZeroRandom() uint64 {
+	for {
+		if n := rand.Uint64(); n != 0 {
+			return n
+		}
 	}
 }
