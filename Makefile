@@ -33,8 +33,10 @@ lint: ## gofmt, go vet, golangci-lint (.golangci.yml)
 # Each fuzz target searches for FUZZTIME beyond its seed corpus (which plain
 # go test runs every time).
 FUZZTIME ?= 30s
-fuzz: ## fuzz the decision rules (election.Decide) for FUZZTIME (30s) each
+fuzz: ## fuzz the decision rules and the wire decoder for FUZZTIME (30s) each
 	$(GO) test -run '^$$' -fuzz '^FuzzDecide$$' -fuzztime $(FUZZTIME) ./internal/election/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/wire/
+	$(GO) test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./internal/wire/
 
 demo: ## run: local control plane, controller, example app, five failover scenes
 	$(GO) run ./cmd/hapod-tour
