@@ -183,16 +183,26 @@ func TestDeposedLeader(t *testing.T) {
 				}
 			}
 			w.deleteActive()
-			// The first reconcile may end before the pause (a promotion
-			// held for the old active's role lease sends its standby
-			// message in the background); once the lease has run out,
-			// every reconcile refuses.
+			// The first reconciles may end before the pause: a promotion
+			// is held (on the real clock) until the old active's role
+			// lease has run out, and its standby message goes out in the
+			// background. Once the pause has happened, every reconcile
+			// refuses; a fast machine needs more reconciles to get there,
+			// so they are polled with a deadline, not counted.
 			var err error
-			for range 5 {
+			deadline := time.Now().Add(10 * time.Second)
+			for !errors.Is(err, errNotLeader) && time.Now().Before(deadline) {
 				_, err = w.reconcile()
+				if !errors.Is(err, errNotLeader) {
+					time.Sleep(10 * time.Millisecond) // the pace of a requeue
+				}
 			}
 			if !errors.Is(err, errNotLeader) {
 				t.Errorf("reconcile after the lease ran out: %v, want errNotLeader", err)
+			}
+			// And it keeps refusing.
+			if _, err := w.reconcile(); !errors.Is(err, errNotLeader) {
+				t.Errorf("a later reconcile: %v, want errNotLeader", err)
 			}
 			for _, wr := range w.writes.take() {
 				if wr == "patch b role=active epoch=2 err=false" || (!tc.pauseInPatch && wr != "get pod a") {
