@@ -2,9 +2,7 @@ package role
 
 import (
 	"bytes"
-	"errors"
 	"math"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -91,23 +89,17 @@ func (p *authPeer) send(m wire.Message) wire.Message {
 
 func (p *authPeer) readSigned(wait time.Duration) (wire.Message, bool) {
 	p.t.Helper()
-	_ = p.conn.SetReadDeadline(time.Now().Add(wait))
-	buf := make([]byte, wire.MaxSize+1)
-	n, err := p.conn.Read(buf)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	b, ok := readDatagram(p.t, p.conn, wait)
+	if !ok {
 		return wire.Message{}, false
 	}
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	body, sum := wire.Open(buf[:n])
+	body, sum := wire.Open(b)
 	a, err := wire.Decode(body)
 	if err != nil {
 		p.t.Fatal(err)
 	}
 	if !wire.Verify(rolekey.GroupKey(p.masters[a.Kid], a.Group), body, sum) {
-		p.t.Fatalf("ack not signed with the group's subkey: %s", buf[:n])
+		p.t.Fatalf("ack not signed with the group's subkey: %s", b)
 	}
 	return a, true
 }

@@ -154,21 +154,31 @@ func (p *peer) activate(m wire.Message) wire.Message {
 
 func (p *peer) readAck(wait time.Duration) (wire.Message, bool) {
 	p.t.Helper()
-	_ = p.conn.SetReadDeadline(time.Now().Add(wait))
-	buf := make([]byte, wire.MaxSize+1)
-	n, err := p.conn.Read(buf)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	b, ok := readDatagram(p.t, p.conn, wait)
+	if !ok {
 		return wire.Message{}, false
 	}
+	a, err := wire.Decode(b)
 	if err != nil {
-		p.t.Fatal(err)
-	}
-	a, err := wire.Decode(buf[:n])
-	if err != nil {
-		p.t.Fatalf("listener sent an undecodable ack %q: %v", buf[:n], err)
+		p.t.Fatalf("listener sent an undecodable ack %q: %v", b, err)
 	}
 	return a, true
+}
+
+// readDatagram reads one datagram from conn within wait; false if none came.
+func readDatagram(t *testing.T, conn net.Conn, wait time.Duration) ([]byte, bool) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, wire.MaxSize+1)
+	n, err := conn.Read(buf)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[:n], true
 }
 
 func wantStats(t *testing.T, l *Listener, want Stats) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"os/exec"
 	"runtime"
 	"syscall"
@@ -191,7 +192,7 @@ func (l *leaseRun) counters(ctx context.Context) (leaseCounters, error) {
 	if c.ctl, err = cpuSeconds(l.ctl.Pid()); err != nil {
 		return c, err
 	}
-	c.bench, _ = cpuSeconds(selfPID())
+	c.bench, _ = cpuSeconds(os.Getpid())
 	if l.e.APIServerPID != 0 {
 		c.apisv, _ = cpuSeconds(l.e.APIServerPID)
 	}

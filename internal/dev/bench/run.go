@@ -383,8 +383,6 @@ func load1() (float64, bool) {
 	return v, err == nil
 }
 
-func selfPID() int { return os.Getpid() }
-
 // loadavg is the 1, 5 and 15 minute load averages.
 func loadavg() string {
 	b, err := os.ReadFile("/proc/loadavg")
