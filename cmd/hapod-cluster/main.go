@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netns"
 )
 
 const usage = `usage: hapod-cluster <command> [flags]
@@ -33,8 +34,12 @@ const usage = `usage: hapod-cluster <command> [flags]
 commands:
   build            build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
                    into .cache/cluster/bin (cold: about 8 minutes; cached: under a second)
-  up [-detach]     build if needed and start a local cluster; without -detach it stays in the
-                   foreground until SIGINT/SIGTERM, with -detach it runs in the background
+  up [-detach] [-real-nodes N]
+                   build if needed and start a local cluster; without -detach it stays in the
+                   foreground until SIGINT/SIGTERM, with -detach it runs in the background;
+                   -real-nodes N adds N real nodes inside a network namespace of their own
+                   (reach the API server there: nsenter --net=/run/netns/$(cat
+                   .cache/cluster/current/netns) kubectl ...)
   down             stop the cluster started by up
   env              print 'export KUBECONFIG=...' for the running cluster
 
@@ -67,15 +72,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	cacheDir := fs.String("cache", "", "cluster cache directory (default .cache/cluster under the repository root)")
 	verbose := fs.Bool("v", false, "log debug detail")
+	var realNode *bool
 	var detach *bool
+	realNodes := new(int)
 	var timeout *time.Duration
 	switch cmd {
 	case "up":
 		detach = fs.Bool("detach", false, "start the cluster in the background and return once it is up")
+		realNodes = fs.Int("real-nodes", 0, "also start this many real nodes (kubelet, containerd, runc, CNI, kube-proxy) inside a network namespace of their own; needs root")
 		timeout = fs.Duration("timeout", 2*time.Minute, "how long the control plane may take to become healthy (the build is not counted)")
 	case "down":
 		timeout = fs.Duration("timeout", time.Minute, "how long to wait for the cluster to stop before killing it")
-	case "build", "env":
+	case "build":
+		realNode = fs.Bool("real-node", true, "also build a real node's kubelet, kube-proxy, containerd and CNI plugins")
+	case "env":
 	case "help", "-h", "-help", "--help":
 		return errUsage
 	default:
@@ -104,19 +114,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	switch cmd {
 	case "build":
-		bins, err := localcluster.Build(ctx, localcluster.BuildOptions{CacheDir: dir, Logger: log})
+		bins, err := localcluster.Build(ctx, localcluster.BuildOptions{CacheDir: dir, Logger: log, RealNode: *realNode})
 		if err != nil {
 			return err
 		}
-		for _, b := range []string{bins.Etcd, bins.KubeAPIServer, bins.KubeControllerManager, bins.KubeScheduler, bins.Kwok} {
-			fmt.Fprintln(stdout, b)
+		for _, b := range append([]string{bins.Etcd, bins.KubeAPIServer, bins.KubeControllerManager, bins.KubeScheduler, bins.Kwok,
+			bins.Kubelet, bins.KubeProxy, bins.Containerd, bins.ContainerdShim, bins.Ctr}, bins.CNIBinDirs...) {
+			if b != "" {
+				fmt.Fprintln(stdout, b)
+			}
 		}
 		return nil
 	case "up":
+		o := upOptions{timeout: *timeout, verbose: *verbose, realNodes: *realNodes}
 		if *detach {
-			return upDetached(ctx, cur, *timeout, *verbose, log, stdout)
+			return upDetached(ctx, cur, o, log, stdout)
 		}
-		return up(ctx, cur, *timeout, log, stdout)
+		if _, inside := netns.Inside(); o.realNodes > 0 && !inside {
+			// Real nodes live in a network namespace of their own: run
+			// this same command inside one, which is removed afterwards
+			// with everything the nodes left.
+			code, err := netns.Run(os.Args)
+			if err == nil && code != 0 {
+				err = fmt.Errorf("the cluster in its network namespace exited with status %d", code)
+			}
+			return err
+		}
+		return up(ctx, cur, o, log, stdout)
 	case "down":
 		return down(cur, *timeout, log, stdout)
 	case "env":

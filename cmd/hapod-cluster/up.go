@@ -16,6 +16,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netns"
 	"github.com/hapod/hapod/internal/dev/poll"
 )
 
@@ -89,8 +90,15 @@ func (c current) refuseIfRunning() error {
 	return nil
 }
 
+// upOptions are up's flags.
+type upOptions struct {
+	timeout   time.Duration
+	verbose   bool
+	realNodes int
+}
+
 // up starts a cluster and keeps it until ctx ends (SIGINT/SIGTERM) or a component dies.
-func up(ctx context.Context, cur current, timeout time.Duration, log *slog.Logger, stdout io.Writer) (err error) {
+func up(ctx context.Context, cur current, o upOptions, log *slog.Logger, stdout io.Writer) (err error) {
 	if err := cur.refuseIfRunning(); err != nil {
 		return err
 	}
@@ -114,7 +122,15 @@ func up(ctx context.Context, cur current, timeout time.Duration, log *slog.Logge
 		}
 	}()
 
-	cl, err := localcluster.Start(ctx, localcluster.Options{CacheDir: cur.dir, Timeout: timeout, Logger: log})
+	var nodes []string // kwok's defaults
+	if o.realNodes > 0 {
+		nodes = []string{} // real nodes only: the scheduler must not place pods on kwok
+		ns, _ := netns.Inside()
+		if err := writeFileAtomic(cur.path("netns"), []byte(ns+"\n")); err != nil {
+			return err
+		}
+	}
+	cl, err := localcluster.Start(ctx, localcluster.Options{CacheDir: cur.dir, Timeout: o.timeout, Logger: log, RealNodes: o.realNodes, NodePodCIDRs: nodes})
 	if err != nil {
 		if ctx.Err() != nil {
 			return errors.New("interrupted while starting the cluster")
@@ -160,14 +176,15 @@ func up(ctx context.Context, cur current, timeout time.Duration, log *slog.Logge
 // upDetached builds in the foreground (so its progress is seen), then starts 'up' again
 // as a background process in its own session, with its output in current/up.log, and
 // returns when that process has written the kubeconfig or has failed.
-func upDetached(ctx context.Context, cur current, timeout time.Duration, verbose bool, log *slog.Logger, stdout io.Writer) error {
+func upDetached(ctx context.Context, cur current, o upOptions, log *slog.Logger, stdout io.Writer) error {
+	timeout := o.timeout
 	if err := cur.refuseIfRunning(); err != nil {
 		return err
 	}
 	if err := cur.clear(10 * time.Second); err != nil {
 		return fmt.Errorf("clean up after an earlier cluster: %w", err)
 	}
-	if _, err := localcluster.Build(ctx, localcluster.BuildOptions{CacheDir: cur.dir, Logger: log}); err != nil {
+	if _, err := localcluster.Build(ctx, localcluster.BuildOptions{CacheDir: cur.dir, Logger: log, RealNode: o.realNodes > 0}); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Join(cur.dir, "current"), 0o755); err != nil {
@@ -183,8 +200,8 @@ func upDetached(ctx context.Context, cur current, timeout time.Duration, verbose
 		return err
 	}
 	defer func() { _ = logFile.Close() }()
-	args := []string{"up", "-cache", cur.dir, "-timeout", timeout.String()}
-	if verbose {
+	args := []string{"up", "-cache", cur.dir, "-timeout", timeout.String(), "-real-nodes", strconv.Itoa(o.realNodes)}
+	if o.verbose {
 		args = append(args, "-v")
 	}
 	cmd := exec.Command(self, args...)
@@ -202,7 +219,9 @@ func upDetached(ctx context.Context, cur current, timeout time.Duration, verbose
 			return false, poll.Stop(fmt.Errorf("the background cluster exited (%w); %s says:\n%s", err, logPath, child.Tail(logPath, 30)))
 		default:
 		}
-		if o, ok := cur.readOwner(); !ok || o.pid != cmd.Process.Pid {
+		// The owner is the background process, or with real nodes its
+		// child inside their network namespace (clear removed any older one).
+		if o, ok := cur.readOwner(); !ok || !o.alive() {
 			return false, nil
 		}
 		_, err := os.Stat(cur.path("kubeconfig"))

@@ -174,6 +174,13 @@ func (a *app) becomeReady() error {
 func (a *app) shutdown(ctx context.Context) error {
 	a.stopping.Store(true)
 	a.log.Info("Shutting down", "pod", a.pod)
+	// From now on GET / answers 503 whatever the role: say so to whoever
+	// follows the records (a killed app says nothing; its death is the end).
+	if a.records != nil {
+		if err := a.records.Write(rolerecord.Change{At: time.Now(), Pod: a.pod, Role: rolerecord.Stopped}); err != nil {
+			a.log.Warn("Role record not written", "file", a.opts.roleRecords, "err", err)
+		}
+	}
 	// ctx is usually done by now; the wait needs its own bound.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()

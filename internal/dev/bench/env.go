@@ -49,6 +49,9 @@ type Env struct {
 	// 0, have their CPU time reported next to the controller's during mass
 	// failovers.
 	APIServerPID, EtcdPID, KCMPID int
+	// RealNodes: the cluster has real nodes (and runs inside their network
+	// namespace), so the real-node scenario can run.
+	RealNodes bool
 	// WorkDir receives logs and profiles.
 	WorkDir string
 	Log     *slog.Logger

@@ -52,8 +52,13 @@ type Options struct {
 	// core kept busy, counting false failovers (scenario "soak"; make soak).
 	Soak       time.Duration
 	SoakGroups int
+	// RealNodeSamples is how many failovers (or restarts) each row of the
+	// real-node scenario takes; it runs only on a cluster with real nodes
+	// (Env.RealNodes).
+	RealNodeSamples int
 	// Scenarios, if not empty, limits the run to these of "one",
-	// "election", "nostandby", "lease", "renewals", "scale" and "soak".
+	// "election", "nostandby", "lease", "renewals", "scale", "soak" and
+	// "realnode".
 	Scenarios []string
 }
 
@@ -84,6 +89,7 @@ func Full() Options {
 		RenewalGroups:      1000,
 		RenewalSteady:      10 * time.Second,
 		SoakGroups:         1000,
+		RealNodeSamples:    50,
 	}
 }
 
@@ -100,6 +106,7 @@ func Short() Options {
 	o.LeaseKills = 10
 	o.RenewalGroups = 200
 	o.RenewalSteady = 5 * time.Second
+	o.RealNodeSamples = 5
 	return o
 }
 
@@ -137,6 +144,8 @@ type Results struct {
 	Renewals  *RenewalResult  `json:"renewals,omitempty"`
 	Scale     []ScaleResult   `json:"scale"`
 	Soak      *SoakResult     `json:"soak,omitempty"`
+	// RealNode is the scenario on real nodes, end to end.
+	RealNode *RealNodeResult `json:"realNode,omitempty"`
 	// Unasked are failovers the bench did not cause, by scenario: an
 	// active's role lease lapsed while it was healthy (a starved machine).
 	// Their groups are left out of the samples.
@@ -262,6 +271,19 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 			if n := res.FalseFailovers(); n > 0 {
 				fail("soak", fmt.Errorf("%d false failovers (leases lapsed, promotions) among healthy groups", n))
 			}
+		}
+	}
+	if e.RealNodes && o.RealNodeSamples > 0 && o.runs("realnode") {
+		e.Log.Info("real nodes: real containers, kubelet, containerd, kube-proxy", "samples per row", o.RealNodeSamples)
+		res, err := e.realNodes(ctx, o)
+		if err != nil {
+			fail("real node", err)
+		}
+		if res != nil && len(res.Rows) > 0 {
+			r.RealNode = res
+		}
+		if res != nil && res.Overlaps > 0 {
+			fail("real node", fmt.Errorf("%d moments two apps held active at once", res.Overlaps))
 		}
 	}
 	r.Machine.LoadAfter = loadavg()

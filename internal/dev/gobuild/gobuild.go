@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 )
@@ -17,6 +18,10 @@ import (
 // after its package's directory, without -race: they are the programs under
 // study, not the code under test.
 func Build(ctx context.Context, dir, outDir string, pkgs ...string) error {
+	return build(ctx, dir, outDir, nil, pkgs...)
+}
+
+func build(ctx context.Context, dir, outDir string, env []string, pkgs ...string) error {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		return errors.New("the go command is not in PATH")
@@ -24,10 +29,19 @@ func Build(ctx context.Context, dir, outDir string, pkgs ...string) error {
 	args := append([]string{"build", "-o", outDir + string(filepath.Separator)}, pkgs...)
 	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = dir
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("go build %v: %w\n%s", pkgs, err, out.String())
 	}
 	return nil
+}
+
+// Static is Build with cgo off, so the binaries are static and run in a
+// container image that holds nothing else (the real nodes' images).
+func Static(ctx context.Context, dir, outDir string, pkgs ...string) error {
+	return build(ctx, dir, outDir, []string{"CGO_ENABLED=0"}, pkgs...)
 }

@@ -30,11 +30,17 @@ type Versions struct {
 	Etcd string
 	// Kwok is the sigs.k8s.io/kwok version, e.g. "v0.8.0".
 	Kwok string
+	// Containerd is the github.com/containerd/containerd/v2 version of a real
+	// node's runtime (containerd, its runc shim, ctr), e.g. "v2.4.2".
+	Containerd string
+	// CNIPlugins is the github.com/containernetworking/plugins version of a real
+	// node's pod network (bridge, host-local, loopback, portmap), e.g. "v1.10.0".
+	CNIPlugins string
 }
 
 // DefaultVersions returns the versions hapod is tested with.
 func DefaultVersions() Versions {
-	return Versions{Kubernetes: "v1.37.2", Etcd: "v3.6.16", Kwok: "v0.8.0"}
+	return Versions{Kubernetes: "v1.37.2", Etcd: "v3.6.16", Kwok: "v0.8.0", Containerd: "v2.4.2", CNIPlugins: "v1.10.0"}
 }
 
 func (v Versions) withDefaults() Versions {
@@ -48,6 +54,12 @@ func (v Versions) withDefaults() Versions {
 	if v.Kwok == "" {
 		v.Kwok = d.Kwok
 	}
+	if v.Containerd == "" {
+		v.Containerd = d.Containerd
+	}
+	if v.CNIPlugins == "" {
+		v.CNIPlugins = d.CNIPlugins
+	}
 	return v
 }
 
@@ -58,7 +70,18 @@ type Binaries struct {
 	KubeControllerManager string
 	KubeScheduler         string
 	Kwok                  string
+
+	// A real node's binaries, set when built with BuildOptions.RealNode.
+	Kubelet, KubeProxy         string
+	Containerd, ContainerdShim string
+	Ctr                        string
+	// CNIBinDirs hold one CNI plugin each (the cache keeps a directory per
+	// binary); containerd searches them all.
+	CNIBinDirs []string
 }
+
+// HasRealNode reports whether b holds a real node's binaries.
+func (b Binaries) HasRealNode() bool { return b.Kubelet != "" && b.Containerd != "" }
 
 // BuildOptions configures [Build].
 type BuildOptions struct {
@@ -69,6 +92,10 @@ type BuildOptions struct {
 	Versions Versions
 	// Logger receives progress; nil means slog.Default().
 	Logger *slog.Logger
+	// RealNode also builds what a real node runs: kubelet and kube-proxy (with
+	// the control plane, sharing its build), containerd with its runc shim and
+	// ctr, and the CNI plugins.
+	RealNode bool
 }
 
 // The names of the binaries, which are also the component names in the cache layout.
@@ -78,25 +105,48 @@ const (
 	kcmBin       = "kube-controller-manager"
 	schedulerBin = "kube-scheduler"
 	kwokBin      = "kwok"
+	kubeletBin   = "kubelet"
+	proxyBin     = "kube-proxy"
+	ctrdBin      = "containerd"
+	shimBin      = "containerd-shim-runc-v2"
+	ctrBin       = "ctr"
 )
 
+// cniPlugins are the CNI plugins a real node's pod network uses (package
+// paths under github.com/containernetworking/plugins/plugins).
+var cniPlugins = []string{"main/bridge", "main/loopback", "ipam/host-local", "meta/portmap"}
+
 // coldBuildNote is logged with every build so nobody wonders why it takes so long.
-const coldBuildNote = "a cold build takes about 8 minutes on 2 cores (kube-apiserver and kube-controller-manager dominate); with a warm Go build cache about 20 seconds"
+const coldBuildNote = "a cold build takes about 15 minutes on 2 cores (the kubernetes binaries dominate; a real node adds about 5); with a warm Go build cache about 20 seconds"
 
 // buildGroup is one go invocation that produces one or more binaries at one version.
 type buildGroup struct {
 	name     string // for logs and the build directory
 	version  string
 	binaries []string
-	build    func(ctx context.Context, b *builder, version, outDir string) error
+	build    func(ctx context.Context, b *builder, g buildGroup, outDir string) error
 }
 
-func buildGroups(v Versions) []buildGroup {
-	return []buildGroup{
+func buildGroups(v Versions, realNode bool) []buildGroup {
+	k8s := []string{apiserverBin, kcmBin, schedulerBin}
+	if realNode {
+		k8s = append(k8s, kubeletBin, proxyBin)
+	}
+	groups := []buildGroup{
 		{name: "etcd", version: v.Etcd, binaries: []string{etcdBin}, build: buildEtcd},
-		{name: "kubernetes", version: v.Kubernetes, binaries: []string{apiserverBin, kcmBin, schedulerBin}, build: buildKubernetes},
+		{name: "kubernetes", version: v.Kubernetes, binaries: k8s, build: buildKubernetes},
 		{name: "kwok", version: v.Kwok, binaries: []string{kwokBin}, build: buildKwok},
 	}
+	if realNode {
+		var cni []string
+		for _, p := range cniPlugins {
+			cni = append(cni, filepath.Base(p))
+		}
+		groups = append(groups,
+			buildGroup{name: "containerd", version: v.Containerd, binaries: []string{ctrdBin, shimBin, ctrBin}, build: buildContainerd},
+			buildGroup{name: "cni-plugins", version: v.CNIPlugins, binaries: cni, build: buildCNIPlugins})
+	}
+	return groups
 }
 
 // binaryPath is where the cache keeps binary name at version.
@@ -104,14 +154,25 @@ func binaryPath(cacheDir, name, version string) string {
 	return filepath.Join(cacheDir, "bin", name+"-"+version, name)
 }
 
-func binariesIn(cacheDir string, v Versions) Binaries {
-	return Binaries{
+func binariesIn(cacheDir string, v Versions, realNode bool) Binaries {
+	b := Binaries{
 		Etcd:                  binaryPath(cacheDir, etcdBin, v.Etcd),
 		KubeAPIServer:         binaryPath(cacheDir, apiserverBin, v.Kubernetes),
 		KubeControllerManager: binaryPath(cacheDir, kcmBin, v.Kubernetes),
 		KubeScheduler:         binaryPath(cacheDir, schedulerBin, v.Kubernetes),
 		Kwok:                  binaryPath(cacheDir, kwokBin, v.Kwok),
 	}
+	if realNode {
+		b.Kubelet = binaryPath(cacheDir, kubeletBin, v.Kubernetes)
+		b.KubeProxy = binaryPath(cacheDir, proxyBin, v.Kubernetes)
+		b.Containerd = binaryPath(cacheDir, ctrdBin, v.Containerd)
+		b.ContainerdShim = binaryPath(cacheDir, shimBin, v.Containerd)
+		b.Ctr = binaryPath(cacheDir, ctrBin, v.Containerd)
+		for _, p := range cniPlugins {
+			b.CNIBinDirs = append(b.CNIBinDirs, filepath.Dir(binaryPath(cacheDir, filepath.Base(p), v.CNIPlugins)))
+		}
+	}
+	return b
 }
 
 // Build makes sure every component binary is in the cache at its pinned version and
@@ -140,7 +201,7 @@ func Build(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	defer unlock()
 
 	b := &builder{cacheDir: cacheDir, log: log}
-	for _, g := range buildGroups(v) {
+	for _, g := range buildGroups(v, opts.RealNode) {
 		reason := verifyGroup(cacheDir, g)
 		if reason == nil {
 			log.Debug("cluster binaries cached", "component", g.name, "version", g.version)
@@ -155,7 +216,7 @@ func Build(ctx context.Context, opts BuildOptions) (Binaries, error) {
 		log.Info("built cluster binaries", "component", g.name, "version", g.version,
 			"took", time.Since(start).Round(100*time.Millisecond).String())
 	}
-	return binariesIn(cacheDir, v), nil
+	return binariesIn(cacheDir, v, opts.RealNode), nil
 }
 
 // verifyGroup returns nil if every binary of g is in the cache with a valid stamp, else
@@ -201,7 +262,7 @@ func (b *builder) buildGroup(ctx context.Context, g buildGroup) (err error) {
 	}
 	defer func() { _ = os.RemoveAll(out) }()
 
-	if err := g.build(ctx, b, g.version, out); err != nil {
+	if err := g.build(ctx, b, g, out); err != nil {
 		return fmt.Errorf("build %s %s: %w", g.name, g.version, err)
 	}
 	for _, name := range g.binaries {
@@ -271,7 +332,8 @@ func (b *builder) moduleDir(name, version, goMod string) (string, error) {
 
 // buildEtcd: etcd's own go.mod has replace directives, so `go install` cannot build it;
 // a throwaway module that requires the server module can.
-func buildEtcd(ctx context.Context, b *builder, version, out string) error {
+func buildEtcd(ctx context.Context, b *builder, g buildGroup, out string) error {
+	version := g.version
 	dir, err := b.moduleDir("etcd", version, "module hapod.local/clusterbuild/etcd\n\ngo 1.26.0\n")
 	if err != nil {
 		return err
@@ -286,7 +348,8 @@ func buildEtcd(ctx context.Context, b *builder, version, out string) error {
 
 // buildKubernetes: k8s.io/kubernetes replaces every staging module k8s.io/X with a local
 // directory, so a throwaway module points each of them at its published v0.N.P version.
-func buildKubernetes(ctx context.Context, b *builder, version, out string) error {
+func buildKubernetes(ctx context.Context, b *builder, g buildGroup, out string) error {
+	version := g.version
 	minor, staging, err := stagingVersion(version)
 	if err != nil {
 		return err
@@ -330,8 +393,12 @@ func buildKubernetes(ctx context.Context, b *builder, version, out string) error
 			"-X", p+".gitMinor="+minor,
 			"-X", p+".gitTreeState=clean")
 	}
-	_, err = b.goCmd(ctx, dir, nil, "build", "-trimpath", "-ldflags", strings.Join(ldflags, " "), "-o", out+string(filepath.Separator),
-		"k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler")
+	// One go build for all of them: they share most packages.
+	args := []string{"build", "-trimpath", "-ldflags", strings.Join(ldflags, " "), "-o", out + string(filepath.Separator)}
+	for _, name := range g.binaries {
+		args = append(args, "k8s.io/kubernetes/cmd/"+name)
+	}
+	_, err = b.goCmd(ctx, dir, nil, args...)
 	return err
 }
 
@@ -344,6 +411,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 `
 
@@ -379,13 +448,40 @@ func stagingVersion(version string) (minor, staging string, err error) {
 }
 
 // buildKwok: kwok's go.mod has no replace directives, so `go install` builds it.
-func buildKwok(ctx context.Context, b *builder, version, out string) error {
-	dir, err := b.moduleDir("kwok", version, "module hapod.local/clusterbuild/kwok\n\ngo 1.26.0\n")
+func buildKwok(ctx context.Context, b *builder, g buildGroup, out string) error {
+	return b.goInstall(ctx, g, out, nil, "-s -w", "sigs.k8s.io/kwok/cmd/kwok")
+}
+
+// buildContainerd: containerd v2's go.mod has no replace directives either. The
+// tags leave out snapshotters that need cgo or kernel features a dev node does
+// not use.
+func buildContainerd(ctx context.Context, b *builder, g buildGroup, out string) error {
+	const mod = "github.com/containerd/containerd/v2"
+	ld := "-s -w -X " + mod + "/version.Version=" + g.version + " -X " + mod + "/version.Revision=modproxy"
+	return b.goInstall(ctx, g, out, []string{"-tags", "no_btrfs no_devmapper no_zfs"}, ld,
+		mod+"/cmd/containerd", mod+"/cmd/containerd-shim-runc-v2", mod+"/cmd/ctr")
+}
+
+func buildCNIPlugins(ctx context.Context, b *builder, g buildGroup, out string) error {
+	var pkgs []string
+	for _, p := range cniPlugins {
+		pkgs = append(pkgs, "github.com/containernetworking/plugins/plugins/"+p)
+	}
+	return b.goInstall(ctx, g, out, nil, "-s -w", pkgs...)
+}
+
+// goInstall runs go install pkg@version for each package into out, from a
+// throwaway module (so the repository's go.mod is not consulted).
+func (b *builder) goInstall(ctx context.Context, g buildGroup, out string, flags []string, ldflags string, pkgs ...string) error {
+	dir, err := b.moduleDir(g.name, g.version, "module hapod.local/clusterbuild/"+g.name+"\n\ngo 1.26.0\n")
 	if err != nil {
 		return err
 	}
-	_, err = b.goCmd(ctx, dir, []string{"GOBIN=" + out},
-		"install", "-trimpath", "-ldflags", "-s -w", "sigs.k8s.io/kwok/cmd/kwok@"+version)
+	args := append([]string{"install", "-trimpath", "-ldflags", ldflags}, flags...)
+	for _, p := range pkgs {
+		args = append(args, p+"@"+g.version)
+	}
+	_, err = b.goCmd(ctx, dir, []string{"GOBIN=" + out}, args...)
 	return err
 }
 

@@ -119,18 +119,21 @@ func TestInstallReplacesCorruptEntry(t *testing.T) {
 func TestBuildReusesVerifiedCache(t *testing.T) {
 	cache := t.TempDir()
 	v := DefaultVersions()
-	for _, g := range buildGroups(v) {
+	for _, g := range buildGroups(v, true) {
 		for _, name := range g.binaries {
 			fakeBinary(t, cache, name, g.version, name)
 		}
 	}
 	t.Setenv("PATH", "")
-	bins, err := Build(t.Context(), BuildOptions{CacheDir: cache})
+	bins, err := Build(t.Context(), BuildOptions{CacheDir: cache, RealNode: true})
 	if err != nil {
 		t.Fatalf("Build with a verified cache: %v", err)
 	}
 	if want := binaryPath(cache, "kube-apiserver", v.Kubernetes); bins.KubeAPIServer != want {
 		t.Fatalf("KubeAPIServer = %s, want %s", bins.KubeAPIServer, want)
+	}
+	if want := binaryPath(cache, "kubelet", v.Kubernetes); bins.Kubelet != want || len(bins.CNIBinDirs) != len(cniPlugins) {
+		t.Fatalf("Kubelet = %s (want %s), CNIBinDirs = %v", bins.Kubelet, want, bins.CNIBinDirs)
 	}
 	// Corrupt one: now Build must try to build (and fails, for lack of go).
 	appendTo(t, bins.Kwok, "x")

@@ -82,6 +82,21 @@ type Options struct {
 	KeepRunDir bool
 	// Logger receives progress; nil means slog.Default().
 	Logger *slog.Logger
+
+	// RealNodes starts this many real nodes (real-node-1, ...: kubelet,
+	// containerd, runc, CNI bridge) and one kube-proxy, after the kwok nodes.
+	// Only inside a network namespace that netns.Run made; Build must have
+	// built the real-node binaries (BuildOptions.RealNode, which Start sets
+	// when it builds).
+	RealNodes int
+	// NodeMonitorGrace, if not 0, is kube-controller-manager's
+	// --node-monitor-grace-period (default 50 s): how long a node may go
+	// without a heartbeat before it is marked not Ready. Real nodes renew
+	// their lease every 2 s; with it set, kwok's nodes do too. At least 3 s;
+	// RealNodeMonitorGrace suits a test of a lost node.
+	NodeMonitorGrace time.Duration
+	// Images are imported into every real node (besides the pause image).
+	Images []Image
 }
 
 // Cluster is a running control plane. Its methods are safe for concurrent use.
@@ -96,9 +111,10 @@ type Cluster struct {
 	bins       Binaries
 	ports      ports
 
-	mu    sync.Mutex // guards procs and state
-	procs []*process
-	state State
+	mu        sync.Mutex // guards procs, state and realNodes
+	procs     []*process
+	state     State
+	realNodes []*RealNode
 
 	stopping atomic.Bool
 	failed   chan struct{} // closed when a component exits while not stopping
@@ -131,7 +147,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	var bins Binaries
 	if opts.Binaries != nil {
 		bins = *opts.Binaries
-	} else if bins, err = Build(ctx, BuildOptions{CacheDir: cacheDir, Versions: opts.Versions, Logger: log}); err != nil {
+	} else if bins, err = Build(ctx, BuildOptions{CacheDir: cacheDir, Versions: opts.Versions, Logger: log, RealNode: opts.RealNodes > 0}); err != nil {
 		return nil, err
 	}
 	if opts.Timeout == 0 {
@@ -199,15 +215,21 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		return c, err
 	}
 	log.Debug("component healthy", "component", "kube-apiserver", "after", time.Since(began).String())
-	if err := c.startControllers(ctx, pk); err != nil {
+	if err := c.startControllers(ctx, pk, opts.NodeMonitorGrace); err != nil {
 		return c, err
 	}
 	log.Debug("components healthy", "after", time.Since(began).String())
 	if err := c.createNodes(ctx, opts.NodePodCIDRs); err != nil {
 		return c, err
 	}
+	if opts.RealNodes > 0 {
+		if err := c.startRealNodes(ctx, opts.RealNodes, opts.Images); err != nil {
+			return c, err
+		}
+		log.Debug("real nodes Ready", "nodes", opts.RealNodes, "after", time.Since(began).String())
+	}
 	log.Info("local cluster up", "kubeconfig", c.kubeconfig, "apiserver", c.restConfig.Host,
-		"nodes", len(opts.NodePodCIDRs), "took", time.Since(began).Round(10*time.Millisecond).String())
+		"nodes", len(opts.NodePodCIDRs), "realNodes", opts.RealNodes, "took", time.Since(began).Round(10*time.Millisecond).String())
 	return c, nil
 }
 
@@ -315,9 +337,17 @@ func (c *Cluster) startAPIServer(ctx context.Context, pk *pki, etcdURL string) e
 // startControllers starts kube-controller-manager, kube-scheduler and kwok, which
 // only need the API server, and waits until the first two are healthy (kwok's health
 // is that it makes nodes Ready: createNodes waits for that).
-func (c *Cluster) startControllers(ctx context.Context, pk *pki) error {
+func (c *Cluster) startControllers(ctx context.Context, pk *pki, grace time.Duration) error {
 	pkiPath := pk.path
-	kcm, err := c.startProcess("kube-controller-manager", c.bins.KubeControllerManager, nil,
+	var nodeMonitor []string
+	kwokLease := "40"
+	if grace > 0 {
+		nodeMonitor = []string{"--node-monitor-grace-period", grace.String(), "--node-monitor-period", "1s"}
+		// kwok's nodes must renew as often as the real ones, or the short
+		// grace period takes them for lost.
+		kwokLease = strconv.Itoa(int(realNodeLease / time.Second))
+	}
+	kcm, err := c.startProcess("kube-controller-manager", c.bins.KubeControllerManager, nil, append([]string{
 		"--kubeconfig", c.kubeconfig,
 		"--authentication-kubeconfig", c.kubeconfig, "--authorization-kubeconfig", c.kubeconfig,
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.kcm),
@@ -329,7 +359,7 @@ func (c *Cluster) startControllers(ctx context.Context, pk *pki) error {
 		"--root-ca-file", pkiPath("ca.crt"),
 		"--cluster-signing-cert-file", pkiPath("ca.crt"), "--cluster-signing-key-file", pkiPath("ca.key"),
 		"--service-cluster-ip-range", serviceCIDR,
-		"--profiling=false")
+		"--profiling=false"}, nodeMonitor...)...)
 	if err != nil {
 		return err
 	}
@@ -351,7 +381,7 @@ func (c *Cluster) startControllers(ctx context.Context, pk *pki) error {
 		// Only annotated nodes (NewNode's): removing the annotation stops
 		// kwok's heartbeats, which is how tests fail a node (FailNode).
 		"--manage-nodes-with-annotation-selector", KwokNodeAnnotation+"=fake",
-		"--node-lease-duration-seconds", "40",
+		"--node-lease-duration-seconds", kwokLease,
 		"--cidr", kwokFallbackCIDR,
 		"--node-ip", nodeIP)
 	if err != nil {
@@ -414,7 +444,7 @@ func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
-		if !c.stopping.Load() {
+		if !c.stopping.Load() && !p.expectExit.Load() {
 			c.failOnce.Do(func() {
 				c.failErr = p.exitError()
 				close(c.failed)

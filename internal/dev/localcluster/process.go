@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,9 @@ type process struct {
 	logPath string
 	done    chan struct{} // closed once the process has exited and been reaped
 	waitErr error         // valid after done is closed
+	// expectExit is set before a test stops the process on purpose (a real
+	// node lost): its exit then does not fail the cluster.
+	expectExit atomic.Bool
 }
 
 func (p *process) exited() bool {

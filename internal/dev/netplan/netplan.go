@@ -24,6 +24,14 @@
 //	198.18.0.0/16             RFC 2544: the bench's one-group scenario
 //	198.19.0.0/17             RFC 2544: the bench's leader-election baseline
 //	198.19.128.0/17           RFC 2544: the bench's no-standby baseline
+//
+// Inside a real-node network namespace only (netns.Run makes it; nothing in
+// it leads out, and it is deleted after the run): private ranges, as a real
+// cluster has them, that never appear on the host's own interfaces:
+//
+//	10.250.0.0/24             real nodes' InternalIPs (10.250.0.<n>), on a bridge without ports
+//	10.244.0.0/16             real nodes' pods: 10.244.<n>.0/24 on node n's CNI bridge
+//	10.96.0.0/16              Service cluster IPs, which kube-proxy programs there
 package netplan
 
 import "net/netip"
@@ -60,6 +68,24 @@ var (
 	BenchElection  = netip.MustParsePrefix("198.19.0.0/17")
 	BenchNoStandby = netip.MustParsePrefix("198.19.128.0/17")
 )
+
+// Real-node ranges (inside a real-node network namespace only).
+var (
+	// RealNodeIPs holds the real nodes' InternalIPs.
+	RealNodeIPs = netip.MustParsePrefix("10.250.0.0/24")
+	// RealNodePodsAll holds every real node's pod CIDR.
+	RealNodePodsAll = netip.MustParsePrefix("10.244.0.0/16")
+)
+
+// RealNodeIP is real node n's InternalIP (n from 1 to 254).
+func RealNodeIP(n int) netip.Addr {
+	a := RealNodeIPs.Addr().As4()
+	a[3] = byte(n)
+	return netip.AddrFrom4(a)
+}
+
+// RealNodePods is real node n's pod CIDR.
+func RealNodePods(n int) netip.Prefix { return Subnet24(RealNodePodsAll, n) }
 
 // Lane returns the /16 lane of BenchLanes with index i (0 to 63).
 func Lane(i int) netip.Prefix {

@@ -24,7 +24,16 @@ func TestPlan(t *testing.T) {
 			t.Errorf("%s is loopback: the API server refuses it in EndpointSlices", p)
 		}
 	}
-	all := append(loopback, api...)
+	realNode := []netip.Prefix{RealNodeIPs, RealNodePodsAll}
+	for _, p := range realNode {
+		if !p.Addr().IsPrivate() {
+			t.Errorf("%s is not a private range", p)
+		}
+	}
+	if !RealNodeIPs.Contains(RealNodeIP(2)) || !RealNodePodsAll.Contains(RealNodePods(2).Addr()) || RealNodePods(1).Overlaps(RealNodePods(2)) {
+		t.Errorf("real node addresses out of their ranges: %s, %s, %s", RealNodeIP(2), RealNodePods(1), RealNodePods(2))
+	}
+	all := append(append(loopback, api...), realNode...)
 	for i, a := range all {
 		for _, b := range all[i+1:] {
 			if a.Overlaps(b) {

@@ -22,6 +22,10 @@ type Change struct {
 	Group string    `json:"group,omitempty"`
 }
 
+// Stopped is the Role of the line an app writes when it begins to shut
+// down: from then on it acts on no role (hapod-demo answers 503).
+const Stopped = "stopped"
+
 // Writer appends Changes, one line each, safe for concurrent use.
 type Writer struct {
 	mu sync.Mutex

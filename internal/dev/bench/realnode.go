@@ -1,0 +1,483 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
+	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/observe"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/dev/realpod"
+)
+
+// Rows of the real-node scenario: real containers on a real kubelet,
+// containerd and kube-proxy; each row's clock starts at its trigger.
+const (
+	// RealKill: SIGKILL of the active's critical process; hapod with its
+	// default flags, so its role lease and the kubelet's report race.
+	RealKill = "hapod: critical process SIGKILLed"
+	// RealKillAPI: the same with a role lease too long to matter (renew
+	// 10 s): hapod learns of the death from the kubelet's report only.
+	RealKillAPI = "hapod, API detection only: critical process SIGKILLed"
+	// RealDelete: the active pod deleted (default grace: the app gets
+	// SIGTERM and runs on during its termination).
+	RealDelete = "hapod: active pod deleted"
+	// RealRestart: no hapod, one pod behind the Service: SIGKILL of its
+	// process and the kubelet's restart in place, what "Kubernetes will
+	// restart it" gives.
+	RealRestart = "baseline, no hapod: the kubelet restarts the container in place"
+	// RealNoStandby: no hapod, one pod deleted, its ReplicaSet's
+	// replacement started and initialised.
+	RealNoStandby = "baseline, no standby: pod deleted, the ReplicaSet's replacement"
+)
+
+// Stages of a real-node failover.
+const (
+	StageTerminated = "terminated in the API"                // the kubelet's report of the death
+	StageAppActive  = "new active's app has the role"        // its own record, from inside its container
+	StageLabelSeen  = "label seen on a watch"                // the bench's watch
+	StageSlice      = "EndpointSlice = new pod"              // ready addresses are exactly its
+	StageClusterIP  = "first answer via ClusterIP, new pod"  // through kube-proxy's rules: the user's view
+	StageFailedReqs = "requests failed or refused meanwhile" // a count, not a time
+)
+
+// RealNodeResult is the real-node scenario.
+type RealNodeResult struct {
+	Rows []TriggerResult `json:"rows"`
+	// Overlaps are moments two apps held active at once, from their own
+	// records: must be 0.
+	Overlaps int `json:"overlaps"`
+	// Reasons are the controller's failover reasons per row.
+	Reasons map[string]map[string]int `json:"reasons"`
+}
+
+// realNodeRun is one row's group: namespace, Service, ReplicaSet,
+// observer, prober and (for hapod's rows) the controller.
+type realNodeRun struct {
+	e       *Env
+	name    string
+	ns      string
+	records string
+	obs     *observe.Observer[struct{}]
+	prober  *prober
+	ctl     *ctrlproc.Controller
+	samples map[string][]time.Duration
+	reasons map[string]int
+	failed  []float64
+	killed  map[string][]time.Time // pod -> when the bench killed its app
+	cleanup []func()
+}
+
+// realNodes runs every row of the real-node scenario, n samples each.
+func (e *Env) realNodes(ctx context.Context, o Options) (*RealNodeResult, error) {
+	res := &RealNodeResult{Reasons: map[string]map[string]int{}}
+	for _, row := range []string{RealKill, RealKillAPI, RealDelete, RealRestart, RealNoStandby} {
+		e.Log.Info("real node", "row", row, "samples", o.RealNodeSamples)
+		r, err := e.realNodeRow(ctx, o, row)
+		if r != nil {
+			res.Overlaps += r.overlaps()
+			r.tearDown()
+		}
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", row, err)
+		}
+		res.Rows = append(res.Rows, r.result(row))
+		res.Reasons[row] = r.reasons
+	}
+	return res, nil
+}
+
+func (e *Env) realNodeRow(ctx context.Context, o Options, row string) (*realNodeRun, error) {
+	hapod := row == RealKill || row == RealKillAPI || row == RealDelete
+	r := &realNodeRun{e: e, name: "real", samples: map[string][]time.Duration{}, reasons: map[string]int{}, killed: map[string][]time.Time{}}
+	ns, del, err := e.namespace(ctx, "bench-real")
+	if err != nil {
+		return nil, err
+	}
+	r.ns = ns
+	r.cleanup = append(r.cleanup, del)
+	if r.records, err = realpod.RecordsDir(ns); err != nil {
+		return r, err
+	}
+	labels := map[string]string{"app": r.name}
+	svcSel := map[string]string{"app": r.name}
+	replicas := int32(1)
+	if hapod {
+		labels[benchLabel], labels[roleLabel] = "true", standbyRole
+		svcSel[roleLabel] = activeRole
+		replicas = 2
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: r.name},
+		Spec:       corev1.ServiceSpec{Selector: svcSel, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	created, err := e.cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{FieldManager: fieldManager})
+	if err != nil {
+		return r, err
+	}
+	r.obs, err = observe.Start[struct{}](ctx, e.cs, observe.Config{
+		Namespace: ns, PodSelector: "app=" + r.name, Service: r.name, RoleLabel: roleLabel, ActiveValue: activeRole,
+	})
+	if err != nil {
+		return r, err
+	}
+	r.cleanup = append(r.cleanup, r.obs.Stop)
+	r.prober = startProber(ctx, "http://"+created.Spec.ClusterIP+"/")
+	r.cleanup = append(r.cleanup, r.prober.stop)
+	if hapod {
+		args := []string{
+			"-selector", benchLabel + "=true", "-group-label", "app",
+			"-notify-cidrs", netplan.RealNodePodsAll.String(), "-notify-bind-address", "0.0.0.0:0",
+		}
+		if row == RealKillAPI {
+			args = append(args, "-lease-renew", "10s", "-lease-ttl", "40s")
+		}
+		r.ctl, err = ctrlproc.Start(ctx, ctrlproc.Options{
+			Bin: e.ControllerBin, Kubeconfig: e.Kubeconfig, Namespaces: ns, Args: args,
+			LogPath: filepath.Join(e.WorkDir, "controller-real-"+strconv.Itoa(len(row))+".log"),
+		})
+		if err != nil {
+			return r, err
+		}
+		r.cleanup = append(r.cleanup, r.ctl.Stop)
+	}
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: r.name},
+		Spec: appsv1.ReplicaSetSpec{
+			Replicas: ptr.To(replicas),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": r.name}},
+			Template: realpod.Template(realpod.Options{
+				Labels: labels, Records: r.records, InitDelay: o.InitDelay,
+				// hapod's rows as deploy/example ships; the restart baseline
+				// needs the kubelet's restart.
+				CriticalNever: hapod,
+				Spread:        map[string]string{"app": r.name},
+			}),
+		},
+	}
+	if _, err := e.cs.AppsV1().ReplicaSets(ns).Create(ctx, rs, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+		return r, err
+	}
+	for i := range o.RealNodeSamples {
+		if err := r.sample(ctx, row); err != nil {
+			return r, fmt.Errorf("sample %d: %w", i+1, err)
+		}
+	}
+	return r, nil
+}
+
+func (r *realNodeRun) tearDown() {
+	for i := len(r.cleanup) - 1; i >= 0; i-- {
+		r.cleanup[i]()
+	}
+}
+
+// steady waits for the row's steady state and returns the pod serving the
+// Service (and, for hapod, the standby): for hapod one active whose app is
+// active at the label's epoch and one Ready standby whose app is standby; for
+// a baseline its one pod Ready. Either way the ClusterIP answers from it.
+func (r *realNodeRun) steady(ctx context.Context, hapod bool) (serving, standby *observe.Pod[struct{}], err error) {
+	err = r.obs.WaitFor(ctx, 2*time.Minute, "steady state", func() (bool, string) {
+		serving, standby = nil, nil
+		apps := realpod.Latest(r.records)
+		for _, p := range r.obs.LiveLocked() {
+			if !p.Ready || p.IP == "" {
+				continue
+			}
+			app := apps[p.Name]
+			switch {
+			case !hapod:
+				serving = p
+			case p.Role == activeRole && app.Role == activeRole && app.Epoch == p.Epoch:
+				serving = p
+			case p.Role == standbyRole && app.Role == standbyRole:
+				standby = p
+			}
+		}
+		if serving == nil || (hapod && standby == nil) {
+			return false, "no steady pair yet"
+		}
+		return r.obs.LastSliceLocked().ListsOnly(serving.IP), "EndpointSlice not on the serving pod yet"
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	// And kube-proxy routes to it: a fresh answer from that pod.
+	since := time.Now()
+	err = poll.Until(ctx, time.Minute, func() (bool, error) {
+		_, ok := r.prober.firstFrom(serving.Name, since)
+		return ok, nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("the ClusterIP does not answer from %s: %w", serving.Name, err)
+	}
+	s := serving.Clone()
+	var sb *observe.Pod[struct{}]
+	if standby != nil {
+		c := standby.Clone()
+		sb = &c
+	}
+	return &s, sb, nil
+}
+
+// sample takes one failover (or restart) of row and records its stages.
+func (r *realNodeRun) sample(ctx context.Context, row string) error {
+	hapod := r.ctl != nil
+	old, standby, err := r.steady(ctx, hapod)
+	if err != nil {
+		return err
+	}
+	// Settle: the last replacement's probes and writes quiet down (a pace,
+	// the steady state was reached).
+	if err := poll.Pause(ctx, 500*time.Millisecond); err != nil {
+		return err
+	}
+	var t0 time.Time
+	kill := row != RealDelete && row != RealNoStandby
+	if kill {
+		if t0, _, err = realpod.Kill(old.Object, realpod.Critical); err != nil {
+			return err
+		}
+		r.killed[old.Name] = append(r.killed[old.Name], t0)
+	} else {
+		t0 = time.Now()
+		if err := r.e.cs.CoreV1().Pods(r.ns).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+			return err
+		}
+	}
+	// Who serves next: hapod's standby, or for a baseline the same pod
+	// (restarted) or its replacement.
+	var next string
+	var terminated time.Time
+	err = r.obs.WaitFor(ctx, time.Minute, "failover", func() (bool, string) {
+		if kill && terminated.IsZero() {
+			if p := r.obs.PodLocked(old.UID); p != nil && deathReported(p.Object) {
+				terminated = p.Updated
+			}
+		}
+		switch {
+		case hapod:
+			next = standby.Name
+			p := r.obs.PodByNameLocked(next)
+			if p == nil || p.LabelledAfter(activeRole, t0).IsZero() {
+				return false, "standby not labelled active yet"
+			}
+			return r.obs.LastSliceLocked().ListsOnly(p.IP), "EndpointSlice not on the new active yet"
+		case row == RealRestart:
+			next = old.Name
+			p := r.obs.PodLocked(old.UID)
+			if p == nil || terminated.IsZero() || !p.Ready {
+				return false, "not restarted and Ready yet"
+			}
+			return r.obs.LastSliceLocked().ListsOnly(p.IP), "EndpointSlice not on the restarted pod yet"
+		default:
+			for _, p := range r.obs.LiveLocked() {
+				if p.UID != old.UID && p.Ready && r.obs.LastSliceLocked().ListsOnly(p.IP) {
+					next = p.Name
+					return true, ""
+				}
+			}
+			return false, "no Ready replacement in the EndpointSlice yet"
+		}
+	})
+	if err != nil {
+		return err
+	}
+	answered := poll.Until(ctx, time.Minute, func() (bool, error) {
+		_, ok := r.prober.firstFrom(next, t0)
+		return ok, nil
+	})
+	if answered != nil {
+		return fmt.Errorf("no answer via the ClusterIP from %s: %w", next, answered)
+	}
+	at, _ := r.prober.firstFrom(next, t0)
+	r.add(StageClusterIP, at.Sub(t0))
+	r.failed = append(r.failed, float64(r.prober.failedBetween(t0, at)))
+	if kill && !terminated.IsZero() {
+		r.add(StageTerminated, terminated.Sub(t0))
+	}
+	var slice time.Time
+	r.obs.Read(func() {
+		for _, s := range r.obs.SlicesSinceLocked(t0) {
+			if s.At.After(t0) && slice.IsZero() {
+				if p := r.obs.PodByNameLocked(next); p != nil && s.ListsOnly(p.IP) {
+					slice = s.At
+				}
+			}
+		}
+	})
+	if !slice.IsZero() {
+		r.add(StageSlice, slice.Sub(t0))
+	}
+	if hapod {
+		if p, ok := r.obs.PodByName(next); ok {
+			r.add(StageLabelSeen, p.LabelledAfter(activeRole, t0).Sub(t0))
+		}
+		for _, c := range realpod.Records(r.records)[next] {
+			if c.Role == activeRole && c.At.After(t0) {
+				r.add(StageAppActive, c.At.Sub(t0))
+				break
+			}
+		}
+		if rec, ok := r.ctl.Promotion(next); ok {
+			r.reasons[rec.Reason]++
+		}
+	}
+	return nil
+}
+
+// deathReported: the kubelet has reported the critical container's death
+// (terminated, or restarted since).
+func deathReported(p *corev1.Pod) bool {
+	if p == nil {
+		return false
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.Name == realpod.Critical && (cs.State.Terminated != nil || cs.RestartCount > 0) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *realNodeRun) add(stage string, d time.Duration) {
+	r.samples[stage] = append(r.samples[stage], d)
+}
+
+func (r *realNodeRun) result(row string) TriggerResult {
+	tr := TriggerResult{Trigger: row}
+	for _, st := range []string{StageTerminated, StageAppActive, StageLabelSeen, StageSlice, StageClusterIP} {
+		if ds := r.samples[st]; len(ds) > 0 {
+			tr.Stages = append(tr.Stages, newSeries(st, durationsMs(ds)))
+		}
+	}
+	tr.Stages = append(tr.Stages, Series{Name: StageFailedReqs, Summary: summarise(r.failed), Ms: r.failed})
+	return tr
+}
+
+// overlaps counts moments two apps held active at once, and epochs told
+// to two apps, from the apps' records and the kills (realpod.Overlaps).
+func (r *realNodeRun) overlaps() int {
+	if r.records == "" {
+		return 0
+	}
+	o, same := realpod.Overlaps(realpod.Records(r.records), r.killed, time.Now())
+	for _, x := range o {
+		r.e.Log.Error("two apps active at once", "overlap", x.String())
+	}
+	for _, x := range same {
+		r.e.Log.Error("one epoch, two apps", "what", x)
+	}
+	return len(o) + len(same)
+}
+
+// prober sends GET to a URL every 2 ms, a new connection each time (a
+// kept-alive one would survive the rule change through conntrack and hide
+// it), and keeps who answered.
+type prober struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	hits   []hit
+}
+
+type hit struct {
+	at  time.Time // when the request was sent
+	pod string    // who answered 200; "" for a failure or a 503
+}
+
+func startProber(ctx context.Context, url string) *prober {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &prober{cancel: cancel, done: make(chan struct{})}
+	hc := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	go func() {
+		defer close(p.done)
+		t := time.NewTicker(2 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			at := time.Now()
+			pod := probeOnce(ctx, hc, url)
+			p.mu.Lock()
+			p.hits = append(p.hits, hit{at: at, pod: pod})
+			// Keep the last minute or so: a sample never needs more.
+			if len(p.hits) > 60000 {
+				p.hits = slices.Clone(p.hits[len(p.hits)-30000:])
+			}
+			p.mu.Unlock()
+		}
+	}()
+	return p
+}
+
+func probeOnce(ctx context.Context, hc *http.Client, url string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	var st struct {
+		Pod string `json:"pod"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&st); err != nil {
+		return ""
+	}
+	return st.Pod
+}
+
+func (p *prober) stop() {
+	p.cancel()
+	<-p.done
+}
+
+// firstFrom is when the first request sent after since was answered by pod.
+func (p *prober) firstFrom(pod string, since time.Time) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, h := range p.hits {
+		if h.at.After(since) && h.pod == pod {
+			return h.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// failedBetween counts the requests sent in [from, to) that no pod answered
+// with 200.
+func (p *prober) failedBetween(from, to time.Time) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, h := range p.hits {
+		if !h.at.Before(from) && h.at.Before(to) && h.pod == "" {
+			n++
+		}
+	}
+	return n
+}
