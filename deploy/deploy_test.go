@@ -29,11 +29,13 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
+	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/bintest"
 	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/internal/dev/manifest"
+	"github.com/hapod/hapod/internal/election"
 )
 
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
@@ -250,6 +252,20 @@ func TestExampleInvariants(t *testing.T) {
 	app := critical[0]
 	if app.Name != "app" || !strings.Contains(app.Image, "hapod-demo") {
 		t.Errorf("critical container %s image %s, want app running hapod-demo", app.Name, app.Image)
+	}
+	// The kubelet leaves the dead critical container dead for hapod to
+	// replace the pod (no CriticalRestartPolicy Event), and still restarts
+	// the sidecar in place: restartPolicy Never on the container, the
+	// pod-level default (Always) for the rest.
+	spec := &rs.Spec.Template.Spec
+	if rp := app.RestartPolicy; rp == nil || *rp != corev1.ContainerRestartPolicyNever || election.RestartsInPlace(spec, &app) {
+		t.Errorf("critical container app: restartPolicy %q, restartPolicyRules %v; want Never and no rules", ptr.Deref(rp, ""), app.RestartPolicyRules)
+	}
+	if spec.RestartPolicy != "" && spec.RestartPolicy != corev1.RestartPolicyAlways {
+		t.Errorf("pod restartPolicy %q, want the default (Always): a ReplicaSet requires it, and the sidecar is restarted in place", spec.RestartPolicy)
+	}
+	if side := other[0]; !election.RestartsInPlace(spec, &side) {
+		t.Errorf("non-critical container %s is not restarted in place by the kubelet (restartPolicy %q)", side.Name, ptr.Deref(side.RestartPolicy, ""))
 	}
 	for env, field := range map[string]string{"POD_NAME": "metadata.name", "POD_UID": "metadata.uid"} {
 		if got := fieldRef(app, env); got != field {

@@ -10,7 +10,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
+	"github.com/hapod/hapod/internal/controller"
 	"github.com/hapod/hapod/internal/dev/clustertest"
 	"github.com/hapod/hapod/pkg/role"
 )
@@ -169,6 +171,63 @@ func TestNonCriticalContainerChangesNothing(t *testing.T) {
 	if n := testutil.ToFloat64(r.metrics.CriticalDeletions); n != 0 {
 		t.Errorf("critical deletions = %v, want 0", n)
 	}
+}
+
+// A critical container without restartPolicy Never (the kubelet may
+// restart it in place) gets its pod exactly one CriticalRestartPolicy
+// Warning, however many reconciles see it; a pod whose critical container
+// has restartPolicy Never, as deploy/example ships it, gets none. Bare
+// pods, so that each can have its own spec: hapod-0, with Never, is the
+// oldest (or wins the tie by name) and so the first active.
+func TestCriticalRestartPolicyWarnsOncePerPod(t *testing.T) {
+	e := newEnv(t)
+	e.neverTwoActive("hapod")
+	const never, lacking = "hapod-0", "hapod-1"
+	for _, name := range []string{never, lacking} {
+		tmpl := e.podTemplate("hapod")
+		pod := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
+		pod.Name = name
+		if name == never {
+			pod.Spec.Containers[0].RestartPolicy = ptr.To(corev1.ContainerRestartPolicyNever)
+		}
+		if _, err := e.cs.CoreV1().Pods(e.ns).Create(t.Context(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls := e.listeners(e.runningPods("hapod", 2))
+	e.startController()
+	act := e.active("hapod")
+	if act.Name != never {
+		t.Fatalf("%s is active, want %s (the oldest)", act.Name, never)
+	}
+	waitRole(t, ls[never], role.Active, 1)
+	e.hasEvent(lacking, controller.ReasonCriticalRestartPolicy)
+
+	// More reconciles that see both pods: a standby's sidecar restarting,
+	// then a failover to the pod that lacks Never (its Promoted Event is
+	// written by a reconcile that assessed it again).
+	for _, p := range e.pods("hapod") {
+		if p.Name == lacking {
+			e.crashAndRestart(p, "sidecar")
+		}
+	}
+	e.deletePod(never, ls)
+	next := e.active("hapod", never)
+	waitRole(t, ls[lacking], role.Active, epochOf(next))
+	e.hasEvent(lacking, controller.ReasonPromoted)
+
+	// A repeat would be written at once, as a series of count 2; watch a
+	// while for one.
+	stays(t, time.Second, func() error {
+		perPod := e.eventCounts(controller.ReasonCriticalRestartPolicy)
+		if n := perPod[never]; n != 0 {
+			return fmt.Errorf("%d %s Events about %s, whose critical container has restartPolicy Never", n, controller.ReasonCriticalRestartPolicy, never)
+		}
+		if n := perPod[lacking]; n != 1 {
+			return fmt.Errorf("%d %s Events about %s, want 1", n, controller.ReasonCriticalRestartPolicy, lacking)
+		}
+		return nil
+	})
 }
 
 // A controller restarted mid-life keeps the active and its epoch, and the

@@ -404,20 +404,7 @@ func TestUnreadableCriticalityWarns(t *testing.T) {
 	if n := testutil.ToFloat64(r.metrics.CriticalDeletions); n != 0 {
 		t.Errorf("critical deletions = %v, want 0", n)
 	}
-	evs, err := e.cs.EventsV1().Events(e.ns).List(t.Context(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	perPod := map[string]int32{}
-	for _, ev := range evs.Items {
-		if ev.Reason == controller.ReasonUnreadableCriticality {
-			n := int32(1)
-			if ev.Series != nil {
-				n = ev.Series.Count
-			}
-			perPod[ev.Regarding.Name] += n
-		}
-	}
+	perPod := e.eventCounts(controller.ReasonUnreadableCriticality)
 	if len(perPod) != 2 {
 		t.Errorf("%s Events about %d pods, want 2: %v", controller.ReasonUnreadableCriticality, len(perPod), perPod)
 	}

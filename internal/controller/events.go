@@ -25,6 +25,12 @@ const (
 	// read; it is treated as non-critical. A literal env entry (the value,
 	// or "" for non-critical) silences it.
 	ReasonUnreadableCriticality = "UnreadableCriticality"
+	// ReasonCriticalRestartPolicy: a critical container may be restarted in
+	// place by the kubelet when it dies (its restartPolicy, or else the
+	// pod's, is not Never, or a restartPolicyRules entry restarts it), so
+	// it may run again before hapod has failed the pod over and deleted
+	// it. Setting restartPolicy: Never on the container silences it.
+	ReasonCriticalRestartPolicy = "CriticalRestartPolicy"
 	// ReasonEpochsExhausted: the group's next promotion would need an epoch
 	// beyond what its Lease can record (2^31-1); epochs never wrap, so no
 	// pod is promoted.

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -282,7 +283,13 @@ func testPod(name string, uid types.UID, created time.Time, addr net.Addr) *core
 			// in the fake client, as graceful termination does.
 			Finalizers: []string{"test.hapod.io/keep"},
 		},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Env: []corev1.EnvVar{{Name: "pwcriticality", Value: "critical"}}}}},
+		// restartPolicy Never, as deploy/example ships it: the kubelet
+		// leaves a dead critical container dead (no CriticalRestartPolicy
+		// warning).
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "app", Env: []corev1.EnvVar{{Name: "pwcriticality", Value: "critical"}},
+			RestartPolicy: ptr.To(corev1.ContainerRestartPolicyNever),
+		}}},
 		Status: corev1.PodStatus{
 			Phase: corev1.PodRunning, PodIP: "127.0.0.1",
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(created)}},
@@ -592,4 +599,34 @@ func TestForceDeletedActiveIsFenced(t *testing.T) {
 		t.Errorf("failover wrote %q, want %q", got, want)
 	}
 	w.history.Check(t)
+}
+
+// A critical container the kubelet may restart in place is warned about
+// once per pod, however many reconciles see it (an election, a failover);
+// a pod whose critical container has restartPolicy Never gets no warning.
+func TestCriticalRestartPolicyWarnsOnce(t *testing.T) {
+	w := newFakeWorld(t, []string{"a", "b"}, nil)
+	b := w.pod("b")
+	b.Spec.Containers[0].RestartPolicy = nil // the pod-level default, Always
+	if err := w.c.Update(t.Context(), b); err != nil {
+		t.Fatal(err)
+	}
+	w.elect()
+	for range 3 {
+		if _, err := w.reconcile(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.deleteActive()
+	w.settle("b promoted", func() bool { return w.labelled("b", "active", 2) && w.holds("b", role.Active, 2) })
+	var got []string
+	for _, ev := range w.events.list() {
+		if strings.Fields(ev)[1] == ReasonCriticalRestartPolicy {
+			got = append(got, ev)
+		}
+	}
+	if len(got) != 1 || !strings.HasPrefix(got[0], "Warning "+ReasonCriticalRestartPolicy+" b: ") ||
+		!strings.Contains(got[0], "[app]") || !strings.Contains(got[0], "restartPolicy: Never") {
+		t.Errorf("%s Events %q, want one Warning about b naming container app and restartPolicy: Never", ReasonCriticalRestartPolicy, got)
+	}
 }

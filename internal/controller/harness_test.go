@@ -446,6 +446,27 @@ func (e *env) hasEvent(podName, reason string) {
 	})
 }
 
+// eventCounts counts the Events with this reason per pod, a series
+// (the recorder's aggregation of repeats) by its count.
+func (e *env) eventCounts(reason string) map[string]int32 {
+	e.t.Helper()
+	evs, err := e.cs.EventsV1().Events(e.ns).List(e.t.Context(), metav1.ListOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	perPod := map[string]int32{}
+	for _, ev := range evs.Items {
+		if ev.Reason == reason {
+			n := int32(1)
+			if ev.Series != nil {
+				n = ev.Series.Count
+			}
+			perPod[ev.Regarding.Name] += n
+		}
+	}
+	return perPod
+}
+
 // stays checks, for a bounded time, that cond keeps holding: used where
 // the assertion is that nothing happens.
 func stays(t testing.TB, d time.Duration, cond func() error) {

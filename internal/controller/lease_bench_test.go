@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/clustertest"
@@ -152,6 +153,9 @@ func BenchmarkLeaseRenewals(b *testing.B) {
 			tmpl := e.podTemplate(group)
 			tmpl.Labels["hapod.io/test"] = "true"
 			tmpl.Spec.NodeName = nodes[i/perNode]
+			// As deploy/example ships it: no CriticalRestartPolicy Event
+			// write per pod during the measurement.
+			tmpl.Spec.Containers[0].RestartPolicy = ptr.To(corev1.ContainerRestartPolicyNever)
 			pod := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
 			pod.Name = group + "-0"
 			if _, err := e.cs.CoreV1().Pods(e.ns).Create(b.Context(), pod, metav1.CreateOptions{}); err != nil {

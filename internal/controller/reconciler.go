@@ -345,6 +345,12 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 				"containers %v may set %s through valueFrom or envFrom, which the controller cannot read; treated as non-critical (set it as a literal value)",
 				st.UnreadableCriticality, r.Config.CriticalEnv)
 		}
+		if w := (warning{pod.UID, ReasonCriticalRestartPolicy}); len(st.RestartsInPlace) > 0 && !g.warned[w] {
+			g.warned[w] = true
+			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonCriticalRestartPolicy, "Assess",
+				"critical containers %v may be restarted in place by the kubelet when they die, before hapod fails the pod over and deletes it; set restartPolicy: Never on them",
+				st.RestartsInPlace)
+		}
 		m := member{pod: pod, Member: election.Member{
 			Name: pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
 			Role: pod.Labels[r.Config.RoleLabel], Epoch: podEpoch(pod), Status: st,

@@ -90,6 +90,11 @@ type Status struct {
 	// does not read). They are treated as non-critical, because a wrong
 	// "critical" deletes pods, and the controller warns about them once.
 	UnreadableCriticality []string
+	// RestartsInPlace lists critical containers that the kubelet may
+	// restart in place when they die (see RestartsInPlace): hapod still
+	// fails the pod over and deletes it, but the container may run again
+	// meanwhile. The controller warns about them once.
+	RestartsInPlace []string
 }
 
 // Assess judges one pod. node may be nil when the pod is not scheduled or
@@ -99,6 +104,11 @@ func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Sta
 	var s Status
 	cr := criticalContainers(pod, opts.Criticality)
 	s.UnknownCriticality, s.UnreadableCriticality = cr.unknown, cr.unreadable
+	for i := range pod.Spec.Containers {
+		if ctr := &pod.Spec.Containers[i]; cr.critical[ctr.Name] && RestartsInPlace(&pod.Spec, ctr) {
+			s.RestartsInPlace = append(s.RestartsInPlace, ctr.Name)
+		}
+	}
 	recent := opts.RecentDeath
 	if recent <= 0 {
 		recent = DefaultRecentDeath
@@ -156,6 +166,29 @@ func criticalContainers(pod *corev1.Pod, c Criticality) criticality {
 		cr.judge(&pod.Spec.Containers[i], c)
 	}
 	return cr
+}
+
+// RestartsInPlace reports whether the kubelet may restart the regular
+// container ctr of a pod with this spec in place after it exits. It leaves
+// a dead container dead only when the container's own restartPolicy
+// (container restart rules, KEP-5307, beta and on by default since
+// Kubernetes 1.35), or else the pod's, is Never, and no restartPolicyRules
+// entry restarts it on some exit codes. A ReplicaSet's pods must have the
+// pod-level policy Always, so for them only the container's Never counts.
+//
+// Native sidecars (init containers with restartPolicy Always) are not
+// asked about: they are restarted in place by definition, and Never would
+// make them ordinary init containers.
+func RestartsInPlace(spec *corev1.PodSpec, ctr *corev1.Container) bool {
+	if len(ctr.RestartPolicyRules) > 0 {
+		// Every rule's action (Restart, RestartAllContainers) restarts in
+		// place on the exits it matches.
+		return true
+	}
+	if ctr.RestartPolicy != nil {
+		return *ctr.RestartPolicy != corev1.ContainerRestartPolicyNever
+	}
+	return spec.RestartPolicy != corev1.RestartPolicyNever // "" is Always
 }
 
 func isSidecar(ctr *corev1.Container) bool {

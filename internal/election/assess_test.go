@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 )
 
 var (
@@ -295,6 +296,99 @@ func TestAssessCriticalityMarkers(t *testing.T) {
 			s := Assess(tc.pod, nil, t0.Add(time.Minute), opts)
 			if s.Doomed != tc.wantDoomed || s.Eligible != tc.wantEligible || !slices.Equal(s.UnreadableCriticality, tc.wantUnreadable) {
 				t.Fatalf("Assess = %+v; want doomed %v eligible %v unreadable %v", s, tc.wantDoomed, tc.wantEligible, tc.wantUnreadable)
+			}
+		})
+	}
+}
+
+// Whether the kubelet may restart a dead container in place, or leaves it
+// dead for hapod to replace the pod (container restart rules, KEP-5307).
+func TestRestartsInPlace(t *testing.T) {
+	restartOn := func(action corev1.ContainerRestartRuleAction, op corev1.ContainerRestartRuleOnExitCodesOperator, codes ...int32) []corev1.ContainerRestartRule {
+		return []corev1.ContainerRestartRule{{Action: action, ExitCodes: &corev1.ContainerRestartRuleOnExitCodes{Operator: op, Values: codes}}}
+	}
+	tests := []struct {
+		name      string
+		podPolicy corev1.RestartPolicy
+		ctr       corev1.Container
+		want      bool
+	}{
+		// A ReplicaSet's pod as most are written: the pod's default
+		// (Always) applies, and the kubelet restarts the container.
+		{name: "no policy, pod default", ctr: corev1.Container{Name: "app"}, want: true},
+		{name: "no policy, pod Always", podPolicy: corev1.RestartPolicyAlways, ctr: corev1.Container{Name: "app"}, want: true},
+		// OnFailure restarts a SIGKILLed (exit 137) or crashed container.
+		{name: "no policy, pod OnFailure", podPolicy: corev1.RestartPolicyOnFailure, ctr: corev1.Container{Name: "app"}, want: true},
+		// A bare pod may say Never for all its containers.
+		{name: "no policy, pod Never", podPolicy: corev1.RestartPolicyNever, ctr: corev1.Container{Name: "app"}, want: false},
+		// The example's critical container: dead stays dead, whatever the
+		// pod's policy (which a ReplicaSet requires to be Always).
+		{name: "Never, pod default", ctr: corev1.Container{Name: "app", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyNever)}, want: false},
+		{name: "Never, pod Always", podPolicy: corev1.RestartPolicyAlways, ctr: corev1.Container{Name: "app", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyNever)}, want: false},
+		// The container's own policy overrides the pod's.
+		{name: "Always, pod Never", podPolicy: corev1.RestartPolicyNever, ctr: corev1.Container{Name: "app", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways)}, want: true},
+		{name: "OnFailure, pod default", ctr: corev1.Container{Name: "app", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyOnFailure)}, want: true},
+		// A rule restarts in place on the exits it matches, even with Never.
+		{name: "Never with a Restart rule", ctr: corev1.Container{Name: "app", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyNever),
+			RestartPolicyRules: restartOn(corev1.ContainerRestartRuleActionRestart, corev1.ContainerRestartRuleOnExitCodesOpIn, 42)}, want: true},
+		{name: "Never with a RestartAllContainers rule", ctr: corev1.Container{Name: "app", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyNever),
+			RestartPolicyRules: restartOn(corev1.ContainerRestartRuleActionRestartAllContainers, corev1.ContainerRestartRuleOnExitCodesOpNotIn, 0)}, want: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := &corev1.PodSpec{RestartPolicy: tc.podPolicy, Containers: []corev1.Container{tc.ctr}}
+			if got := RestartsInPlace(spec, &spec.Containers[0]); got != tc.want {
+				t.Errorf("RestartsInPlace = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// Which containers Assess reports as restarted in place: critical regular
+// containers only.
+func TestAssessRestartsInPlace(t *testing.T) {
+	never := func(container string) podOpt {
+		return func(p *corev1.Pod) {
+			for i := range p.Spec.Containers {
+				if p.Spec.Containers[i].Name == container {
+					p.Spec.Containers[i].RestartPolicy = ptr.To(corev1.ContainerRestartPolicyNever)
+				}
+			}
+		}
+	}
+	secondCritical := func(p *corev1.Pod) {
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "worker", Env: []corev1.EnvVar{{Name: "pwcriticality", Value: "critical"}}})
+		p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: "worker", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}},
+		})
+	}
+	critical := corev1.EnvVar{Name: "pwcriticality", Value: "critical"}
+	tests := []struct {
+		name string
+		pod  *corev1.Pod
+		want []string
+	}{
+		// The pod-level default: the critical container is reported, the
+		// non-critical sidecar is not (its in-place restarts are wanted).
+		{name: "pod default", pod: newPod(), want: []string{"app"}},
+		// As deploy/example ships it.
+		{name: "critical container Never", pod: newPod(never("app"))},
+		{name: "every critical container, in order", pod: newPod(secondCritical), want: []string{"app", "worker"}},
+		{name: "one of two critical containers Never", pod: newPod(secondCritical, never("app")), want: []string{"worker"}},
+		// Not critical: the kubelet's business.
+		{name: "unknown criticality", pod: newPod(criticalValue("yes"))},
+		{name: "empty criticality", pod: newPod(criticalValue(""))},
+		// A critical native sidecar is restarted in place by definition;
+		// Never would make it an ordinary init container, so no warning.
+		{name: "critical native sidecar", pod: newPod(never("app"), sidecarInit(critical))},
+		// Reported whatever state the pod is in: it is about the spec.
+		{name: "critical container dead", pod: newPod(terminated("app", 137)), want: []string{"app"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := Assess(tc.pod, nil, t0.Add(time.Minute), opts)
+			if !slices.Equal(s.RestartsInPlace, tc.want) {
+				t.Errorf("RestartsInPlace = %q, want %q", s.RestartsInPlace, tc.want)
 			}
 		})
 	}

@@ -176,8 +176,10 @@ type podSpec struct {
 	roleAddr          netip.AddrPort // if valid, the hapod.io/role-address annotation
 }
 
-// newPod is the seed's pod: a critical app container and a non-critical
-// sidecar, labelled standby until the controller decides, on a fixed node.
+// newPod is the seed's pod: a critical app container (restartPolicy Never,
+// as deploy/example ships it, so no pod costs a CriticalRestartPolicy
+// Event write) and a non-critical sidecar, labelled standby until the
+// controller decides, on a fixed node.
 func newPod(s podSpec) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
@@ -188,7 +190,8 @@ func newPod(s podSpec) *corev1.Pod {
 		Spec: corev1.PodSpec{
 			NodeName: s.node,
 			Containers: []corev1.Container{
-				{Name: appContainer, Image: "hapod-demo", Env: []corev1.EnvVar{{Name: criticalEnv, Value: "critical"}}},
+				{Name: appContainer, Image: "hapod-demo", Env: []corev1.EnvVar{{Name: criticalEnv, Value: "critical"}},
+					RestartPolicy: new(corev1.ContainerRestartPolicyNever)},
 				{Name: "sidecar", Image: "sidecar"},
 			},
 		},
