@@ -4,7 +4,7 @@ GO ?= go
 export GOTOOLCHAIN := local
 GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all help build unit test lint fuzz demo bench soak cluster cluster-down cluster-env
+.PHONY: all help build unit test lint fuzz demo bench bench-real soak cluster cluster-down cluster-env
 
 all: build
 
@@ -20,7 +20,7 @@ unit: ## fast tests, no cluster (go test -short): under a minute warm
 # Tests that need a cluster start one per test binary (clustertest.Main), or share the
 # one named by HAPOD_KUBECONFIG. The build goes first so it is not counted against a
 # test binary's timeout.
-test: ## every test with -race, against a real control plane (built first: ~8 min cold)
+test: ## every test with -race, against a real control plane and real nodes (built first: ~20 min cold)
 	$(GO) run ./cmd/hapod-cluster build
 	$(GO) test -race -count=1 -v ./...
 
@@ -41,14 +41,21 @@ fuzz: ## fuzz the decision rules and the wire decoder for FUZZTIME (30s) each
 demo: ## run: local control plane, controller, example app, five failover scenes
 	$(GO) run ./cmd/hapod-tour
 
-bench: ## failover latency against the baselines, kill -9 via the role lease, renewal cost, scale (~6 min; BENCH_FLAGS=-short ~2 min)
+bench: ## failover latency against the baselines, kill -9 via the role lease, renewal cost, scale, and end to end on real nodes (~35 min; BENCH_FLAGS=-short ~4 min)
 	$(GO) run ./cmd/hapod-bench $(BENCH_FLAGS)
+
+bench-real: ## only the end-to-end rows on real nodes (~25 min), into bench/results/realnode
+	$(GO) run ./cmd/hapod-bench -only realnode -out bench/results/realnode $(BENCH_FLAGS)
 
 soak: ## 10 min, every core busy: no healthy group may fail over (bench/results/soak)
 	$(GO) run ./cmd/hapod-bench -only soak -soak 10m -out bench/results/soak
 
-cluster: ## start a local control plane in the background (.cache/cluster/current/)
-	$(GO) run ./cmd/hapod-cluster up -detach
+# REAL_NODES=2 adds real nodes (kubelet, containerd, kube-proxy) inside a network
+# namespace of their own; reach the API server there with
+# nsenter --net=/run/netns/$$(cat .cache/cluster/current/netns) ...
+REAL_NODES ?= 0
+cluster: ## start a local control plane in the background (.cache/cluster/current/); REAL_NODES=2 adds real nodes
+	$(GO) run ./cmd/hapod-cluster up -detach -real-nodes $(REAL_NODES)
 
 cluster-down: ## stop it
 	$(GO) run ./cmd/hapod-cluster down

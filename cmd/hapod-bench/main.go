@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,6 +32,8 @@ import (
 	"github.com/hapod/hapod/internal/dev/bench"
 	"github.com/hapod/hapod/internal/dev/gobuild"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netns"
+	"github.com/hapod/hapod/internal/dev/realpod"
 )
 
 func main() {
@@ -56,7 +59,8 @@ type flags struct {
 	keepLogs   bool
 	from       string
 	soak       time.Duration
-	soakGroups int
+	soakGroups  int
+	realSamples int
 }
 
 func parseFlags(args []string) (*flags, bench.Options, error) {
@@ -75,9 +79,10 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	fs.IntVar(&f.burst, "kube-api-burst", 0, "controller -kube-api-burst (default 4000)")
 	fs.BoolVar(&f.keepLogs, "keep-cluster-logs", false, "leave the local cluster's run directory (component logs) in place after the run")
 	fs.StringVar(&f.from, "from", "", "measure nothing: render the results.json of an earlier run into -out")
-	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, lease, renewals, scale, soak (default all; soak only with -soak)")
+	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, lease, renewals, scale, soak, realnode (default all; soak only with -soak)")
 	fs.DurationVar(&f.soak, "soak", 0, "hold healthy groups this long with every core kept busy and count false failovers (make soak: 10m)")
 	fs.IntVar(&f.soakGroups, "soak-groups", 0, "groups of two pods in the soak (default 1000)")
+	fs.IntVar(&f.realSamples, "real-samples", 0, "failovers per row of the real-node scenario (default 50, 5 with -short)")
 	if err := fs.Parse(args); err != nil {
 		return nil, bench.Options{}, err
 	}
@@ -113,7 +118,7 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	for _, s := range strings.Split(f.only, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case "":
-		case "one", "election", "nostandby", "lease", "renewals", "scale", "soak":
+		case "one", "election", "nostandby", "lease", "renewals", "scale", "soak", "realnode":
 			o.Scenarios = append(o.Scenarios, s)
 		default:
 			return nil, o, fmt.Errorf("-only: unknown scenario %q", s)
@@ -125,6 +130,9 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	o.Soak = f.soak
 	if f.soakGroups > 0 {
 		o.SoakGroups = f.soakGroups
+	}
+	if f.realSamples > 0 {
+		o.RealNodeSamples = f.realSamples
 	}
 	if f.workers > 0 {
 		o.Workers = f.workers
@@ -150,6 +158,22 @@ func run() error {
 	if f.from != "" {
 		return render(f.from, f.out)
 	}
+	// The real-node scenario needs real nodes, which live only in a network
+	// namespace of their own: run this same command inside one (it is
+	// removed afterwards with everything the nodes left).
+	realNodes := f.kubeconfig == "" && o.RealNodeSamples > 0 && (len(o.Scenarios) == 0 || slices.Contains(o.Scenarios, "realnode"))
+	if _, inside := netns.Inside(); realNodes && !inside {
+		if os.Geteuid() != 0 {
+			log.Warn("not root: the real-node scenario is skipped (real nodes need network namespaces, cgroups and mounts)")
+		} else {
+			code, err := netns.Run(os.Args)
+			if err == nil && code != 0 {
+				err = fmt.Errorf("the bench in its network namespace exited with status %d", code)
+			}
+			return err
+		}
+	}
+	_, realNodes = netns.Inside()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -179,7 +203,17 @@ func run() error {
 		return err
 	}
 	env := &bench.Env{ControllerBin: filepath.Join(binDir, "hapod-controller"), DemoBin: filepath.Join(binDir, "hapod-demo"), WorkDir: work, Log: log}
-	cluster, stopCluster, err := useCluster(ctx, env, f)
+	var images []localcluster.Image
+	if realNodes {
+		// The real nodes' image of the demo app: static, packed by the cluster.
+		static := filepath.Join(binDir, "static")
+		if err := gobuild.Static(ctx, root, static, "./cmd/hapod-demo"); err != nil {
+			return err
+		}
+		images = []localcluster.Image{{Ref: realpod.DemoImage, Binary: filepath.Join(static, "hapod-demo")}}
+		env.RealNodes = true
+	}
+	cluster, stopCluster, err := useCluster(ctx, env, f, images)
 	if err != nil {
 		return err
 	}
@@ -205,7 +239,7 @@ func run() error {
 // plane it starts (with its components' pids, whose CPU time is reported) and
 // the returned function stops. It returns the cluster's description for the
 // report.
-func useCluster(ctx context.Context, env *bench.Env, f *flags) (string, func(), error) {
+func useCluster(ctx context.Context, env *bench.Env, f *flags, images []localcluster.Image) (string, func(), error) {
 	log := env.Log
 	if f.kubeconfig != "" {
 		rc, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
@@ -218,8 +252,14 @@ func useCluster(ctx context.Context, env *bench.Env, f *flags) (string, func(), 
 	v := localcluster.DefaultVersions()
 	cluster := fmt.Sprintf("local control plane on 127.0.0.1 started by the bench: etcd %s; kube-apiserver, kube-controller-manager, kube-scheduler %s; kwok %s playing the kubelets.",
 		v.Etcd, v.Kubernetes, v.Kwok)
+	nodes := 0
+	if env.RealNodes {
+		nodes = 2
+		cluster += fmt.Sprintf(" Two real nodes in a network namespace of the bench's own: kubelet and kube-proxy (nftables) %s, containerd %s, runc (Debian), CNI plugins %s (bridge, host-local).",
+			v.Kubernetes, v.Containerd, v.CNIPlugins)
+	}
 	began := time.Now()
-	c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs})
+	c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs, RealNodes: nodes, Images: images})
 	if err != nil {
 		return "", nil, err
 	}

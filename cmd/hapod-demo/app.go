@@ -249,7 +249,7 @@ func (a *app) handleRoot(w http.ResponseWriter, _ *http.Request) {
 		st.Role, st.Since = string(role.Standby), a.started
 	}
 	code := http.StatusServiceUnavailable
-	if s.Role == role.Active && a.ready.Load() && !a.stopping.Load() {
+	if (s.Role == role.Active || a.opts.alwaysActive) && a.ready.Load() && !a.stopping.Load() {
 		code = http.StatusOK
 		st.Served = a.served.Add(1)
 	} else {

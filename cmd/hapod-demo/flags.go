@@ -26,19 +26,23 @@ type options struct {
 	// roleKeyDir and roleGroup are role.Config's KeyDir and Group.
 	roleKeyDir string
 	roleGroup  string
+	// alwaysActive serves as active without any controller: the baselines
+	// that measure Kubernetes without hapod.
+	alwaysActive bool
 }
 
 // envFallback names the environment variable each flag falls back to.
 var envFallback = map[string]string{
-	"http-addr":    "HTTP_ADDR",
-	"role-addr":    "ROLE_ADDR",
-	"pod-name":     "POD_NAME",
-	"pod-uid":      "POD_UID",
-	"init-delay":   "INIT_DELAY",
-	"ready-file":   "READY_FILE",
-	"role-records": "ROLE_RECORDS",
-	"role-key-dir": "ROLE_KEY_DIR",
-	"role-group":   "ROLE_GROUP",
+	"http-addr":     "HTTP_ADDR",
+	"role-addr":     "ROLE_ADDR",
+	"pod-name":      "POD_NAME",
+	"pod-uid":       "POD_UID",
+	"init-delay":    "INIT_DELAY",
+	"ready-file":    "READY_FILE",
+	"role-records":  "ROLE_RECORDS",
+	"role-key-dir":  "ROLE_KEY_DIR",
+	"role-group":    "ROLE_GROUP",
+	"always-active": "ALWAYS_ACTIVE",
 }
 
 // usageError is a mistake on the command line or in the environment; the
@@ -60,6 +64,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.readyFile, "ready-file", "", "file to create once ready and remove on exit (optional)")
 	fs.StringVar(&o.roleKeyDir, "role-key-dir", "", "directory of this group's role-message keys (a mounted Secret, from hapod-controller -print-group-keys); empty: unauthenticated")
 	fs.StringVar(&o.roleGroup, "role-group", "", "this pod's group, namespace/name: role messages for another group are refused (optional)")
+	fs.BoolVar(&o.alwaysActive, "always-active", false, "answer GET / as active whatever the role: for measuring Kubernetes without hapod (no standby, restarts in place)")
 	fs.StringVar(&o.roleRecords, "role-records", "", "file to append one JSON line to per role change: at, pod, role, epoch, group (optional)")
 	return fs
 }

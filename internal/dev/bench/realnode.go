@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -166,6 +167,7 @@ func (e *Env) realNodeRow(ctx context.Context, o Options, row string) (*realNode
 				// hapod's rows as deploy/example ships; the restart baseline
 				// needs the kubelet's restart.
 				CriticalNever: hapod,
+				AlwaysActive:  !hapod,
 				Spread:        map[string]string{"app": r.name},
 			}),
 		},
@@ -192,30 +194,15 @@ func (r *realNodeRun) tearDown() {
 // active at the label's epoch and one Ready standby whose app is standby; for
 // a baseline its one pod Ready. Either way the ClusterIP answers from it.
 func (r *realNodeRun) steady(ctx context.Context, hapod bool) (serving, standby *observe.Pod[struct{}], err error) {
-	err = r.obs.WaitFor(ctx, 2*time.Minute, "steady state", func() (bool, string) {
-		serving, standby = nil, nil
-		apps := realpod.Latest(r.records)
-		for _, p := range r.obs.LiveLocked() {
-			if !p.Ready || p.IP == "" {
-				continue
-			}
-			app := apps[p.Name]
-			switch {
-			case !hapod:
-				serving = p
-			case p.Role == activeRole && app.Role == activeRole && app.Epoch == p.Epoch:
-				serving = p
-			case p.Role == standbyRole && app.Role == standbyRole:
-				standby = p
-			}
-		}
-		if serving == nil || (hapod && standby == nil) {
-			return false, "no steady pair yet"
-		}
-		return r.obs.LastSliceLocked().ListsOnly(serving.IP), "EndpointSlice not on the serving pod yet"
+	// Polled, not waited for on the observer: the apps' records are files,
+	// whose changes the observer does not see.
+	why := ""
+	err = poll.Until(ctx, 2*time.Minute, func() (ok bool, _ error) {
+		r.obs.Read(func() { ok, why = r.steadyLocked(hapod, &serving, &standby) })
+		return ok, nil
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("steady state: %w (%s)", err, why)
 	}
 	// And kube-proxy routes to it: a fresh answer from that pod.
 	since := time.Now()
@@ -233,6 +220,34 @@ func (r *realNodeRun) steady(ctx context.Context, hapod bool) (serving, standby 
 		sb = &c
 	}
 	return &s, sb, nil
+}
+
+// steadyLocked is steady's condition, inside the observer's lock.
+func (r *realNodeRun) steadyLocked(hapod bool, serving, standby **observe.Pod[struct{}]) (bool, string) {
+	*serving, *standby = nil, nil
+	apps := realpod.Latest(r.records)
+	for _, p := range r.obs.LiveLocked() {
+		if !p.Ready || p.IP == "" {
+			continue
+		}
+		app := apps[p.Name]
+		switch {
+		case !hapod:
+			*serving = p
+		case p.Role == activeRole && app.Role == activeRole && app.Epoch == p.Epoch:
+			*serving = p
+		case p.Role == standbyRole && app.Role == standbyRole:
+			*standby = p
+		}
+	}
+	if *serving == nil || (hapod && *standby == nil) {
+		why := "no steady pair yet:"
+		for _, p := range r.obs.LiveLocked() {
+			why += fmt.Sprintf(" %s(label %s@%d ready=%v app %s@%d)", p.Name, p.Role, p.Epoch, p.Ready, apps[p.Name].Role, apps[p.Name].Epoch)
+		}
+		return false, why
+	}
+	return r.obs.LastSliceLocked().ListsOnly((*serving).IP), "EndpointSlice not on the serving pod yet"
 }
 
 // sample takes one failover (or restart) of row and records its stages.
@@ -264,9 +279,10 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 	// (restarted) or its replacement.
 	var next string
 	var terminated time.Time
+	restarts := restartCount(old.Object)
 	err = r.obs.WaitFor(ctx, time.Minute, "failover", func() (bool, string) {
 		if kill && terminated.IsZero() {
-			if p := r.obs.PodLocked(old.UID); p != nil && deathReported(p.Object) {
+			if p := r.obs.PodLocked(old.UID); p != nil && deathReported(p.Object, restarts) {
 				terminated = p.Updated
 			}
 		}
@@ -307,6 +323,7 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 	}
 	at, _ := r.prober.firstFrom(next, t0)
 	r.add(StageClusterIP, at.Sub(t0))
+	r.e.Log.Info("real node sample", "row", row, "requests", r.prober.timeline(t0.Add(-10*time.Millisecond), at.Add(10*time.Millisecond)))
 	r.failed = append(r.failed, float64(r.prober.failedBetween(t0, at)))
 	if kill && !terminated.IsZero() {
 		r.add(StageTerminated, terminated.Sub(t0))
@@ -341,18 +358,27 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 	return nil
 }
 
-// deathReported: the kubelet has reported the critical container's death
-// (terminated, or restarted since).
-func deathReported(p *corev1.Pod) bool {
+// deathReported: the kubelet has reported the critical container's death:
+// terminated, or restarted since it had restarts restarts.
+func deathReported(p *corev1.Pod, restarts int32) bool {
 	if p == nil {
 		return false
 	}
 	for _, cs := range p.Status.ContainerStatuses {
-		if cs.Name == realpod.Critical && (cs.State.Terminated != nil || cs.RestartCount > 0) {
+		if cs.Name == realpod.Critical && (cs.State.Terminated != nil || cs.RestartCount > restarts) {
 			return true
 		}
 	}
 	return false
+}
+
+func restartCount(p *corev1.Pod) int32 {
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.Name == realpod.Critical {
+			return cs.RestartCount
+		}
+	}
+	return 0
 }
 
 func (r *realNodeRun) add(stage string, d time.Duration) {
@@ -399,6 +425,7 @@ type prober struct {
 type hit struct {
 	at  time.Time // when the request was sent
 	pod string    // who answered 200; "" for a failure or a 503
+	err string    // why not: the error or the status
 }
 
 func startProber(ctx context.Context, url string) *prober {
@@ -416,9 +443,9 @@ func startProber(ctx context.Context, url string) *prober {
 			case <-t.C:
 			}
 			at := time.Now()
-			pod := probeOnce(ctx, hc, url)
+			pod, why := probeOnce(ctx, hc, url)
 			p.mu.Lock()
-			p.hits = append(p.hits, hit{at: at, pod: pod})
+			p.hits = append(p.hits, hit{at: at, pod: pod, err: why})
 			// Keep the last minute or so: a sample never needs more.
 			if len(p.hits) > 60000 {
 				p.hits = slices.Clone(p.hits[len(p.hits)-30000:])
@@ -429,26 +456,58 @@ func startProber(ctx context.Context, url string) *prober {
 	return p
 }
 
-func probeOnce(ctx context.Context, hc *http.Client, url string) string {
+// probeOnce returns the pod that answered 200, or why none did.
+func probeOnce(ctx context.Context, hc *http.Client, url string) (pod, why string) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return ""
+		return "", err.Error()
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return ""
+		return "", err.Error()
 	}
 	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return ""
-	}
 	var st struct {
 		Pod string `json:"pod"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&st); err != nil {
-		return ""
+		return "", err.Error()
 	}
-	return st.Pod
+	if resp.StatusCode != http.StatusOK {
+		return "", resp.Status + " from " + st.Pod
+	}
+	return st.Pod, ""
+}
+
+// timeline describes the hits in [from, to) as runs of the same answer,
+// for the log.
+func (p *prober) timeline(from, to time.Time) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var b strings.Builder
+	last, n := "", 0
+	var since time.Time
+	flush := func() {
+		if n > 0 {
+			fmt.Fprintf(&b, "[+%s %dx %s] ", since.Sub(from).Round(time.Millisecond), n, last)
+		}
+	}
+	for _, h := range p.hits {
+		if h.at.Before(from) || !h.at.Before(to) {
+			continue
+		}
+		what := h.pod
+		if what == "" {
+			what = h.err
+		}
+		if what != last {
+			flush()
+			last, n, since = what, 0, h.at
+		}
+		n++
+	}
+	flush()
+	return b.String()
 }
 
 func (p *prober) stop() {

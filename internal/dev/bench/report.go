@@ -75,6 +75,7 @@ func (r *Results) Markdown(w io.Writer) {
 	r.mdLease(p)
 	r.mdScale(p)
 	r.mdSoak(p)
+	r.mdRealNode(p)
 	p("## Distribution\n\n![CDF of failover latency per system](cdf.svg)\n\n")
 	p("## How it was measured\n\n")
 	for _, n := range notes(r) {
@@ -329,7 +330,7 @@ func (r *Results) cdfLines() []cdfLine {
 	for i, b := range r.Baselines {
 		lines = append(lines, cdfLine{label: b.System + ": " + b.Measure, ms: b.Series.Ms, color: colors[i%len(colors)]})
 	}
-	return lines
+	return append(lines, r.realNodeCDF()...)
 }
 
 // CDF writes an SVG chart of the cumulative distribution of failover

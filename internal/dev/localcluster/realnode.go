@@ -48,6 +48,10 @@ type Image struct {
 	Binary string
 }
 
+// RealNodeLabel marks the real nodes (value "true"), so pods meant for
+// real containers can select them in a cluster that has kwok nodes too.
+const RealNodeLabel = "hapod.io/real-node"
+
 // PauseImage is the sandbox image of every real node (containerd's
 // pinned_images.sandbox), built from internal/dev/pause.
 const PauseImage = "localhost/hapod/pause:dev"
@@ -206,6 +210,7 @@ func (c *Cluster) startRealNode(ctx context.Context, ns string, i int, images []
 		"--cert-dir", filepath.Join(node.dir, "kubelet", "pki"),
 		"--hostname-override", node.Name,
 		"--node-ip", node.IP.String(),
+		"--node-labels", RealNodeLabel+"=true",
 		"--v=1")
 	return node, err
 }
@@ -404,9 +409,13 @@ conntrack:
   tcpCloseWaitTimeout: 0s
   udpTimeout: 0s
   udpStreamTimeout: 0s
+# Kubernetes' default, written out: a failover is two EndpointSlice changes
+# (the old active out, then the new one in), and a change that comes less
+# than minSyncPeriod after the last sync waits for the rest of it. (0s would
+# read as unset and default to 1s all the same.)
 nftables:
   syncPeriod: 30s
-  minSyncPeriod: 0s
+  minSyncPeriod: 1s
 `
 	if err := os.WriteFile(cfg, []byte(content), 0o600); err != nil {
 		return err

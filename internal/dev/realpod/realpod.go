@@ -56,6 +56,9 @@ type Options struct {
 	CriticalNever bool
 	// InitDelay is the app's slow start (hapod-demo -init-delay).
 	InitDelay time.Duration
+	// AlwaysActive: the app serves as active with no controller (hapod-demo
+	// -always-active), for the baselines without hapod.
+	AlwaysActive bool
 	// Spread, if set, is the label set the pods spread over the nodes by
 	// (one per node where possible).
 	Spread map[string]string
@@ -82,10 +85,15 @@ func Template(o Options) corev1.PodTemplateSpec {
 		Resources:    corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m")}},
 		VolumeMounts: []corev1.VolumeMount{{Name: "records", MountPath: recordsMount}},
 	}
+	if o.AlwaysActive {
+		app.Env = append(app.Env, corev1.EnvVar{Name: "ALWAYS_ACTIVE", Value: "true"})
+	}
 	if o.CriticalNever {
 		app.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyNever)
 	}
 	spec := corev1.PodSpec{
+		// Only a real node runs these images (a cluster may have kwok nodes too).
+		NodeSelector:                  map[string]string{localcluster.RealNodeLabel: "true"},
 		EnableServiceLinks:            ptr.To(false),
 		AutomountServiceAccountToken:  ptr.To(false),
 		TerminationGracePeriodSeconds: ptr.To[int64](5),
