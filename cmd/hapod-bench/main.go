@@ -44,21 +44,21 @@ func main() {
 }
 
 type flags struct {
-	short      bool
-	out        string
-	work       string
-	kubeconfig string
-	profile    bool
-	failovers  int
-	groups     string
-	mass       string
-	workers    int
-	qps        float64
-	burst      int
-	only       string
-	keepLogs   bool
-	from       string
-	soak       time.Duration
+	short       bool
+	out         string
+	work        string
+	kubeconfig  string
+	profile     bool
+	failovers   int
+	groups      string
+	mass        string
+	workers     int
+	qps         float64
+	burst       int
+	only        string
+	keepLogs    bool
+	from        string
+	soak        time.Duration
 	soakGroups  int
 	realSamples int
 }
