@@ -17,7 +17,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -357,50 +356,11 @@ func (e *env) waitEndpoints(service string, ips ...string) {
 	})
 }
 
-// neverTwoActive watches the group's pods for the rest of the test and
-// fails it if two pods are ever labelled active at the same resourceVersion
-// of the watch stream: the product's central promise.
+// neverTwoActive fails the test if two of the group's pods are ever
+// labelled active at the same resourceVersion (clustertest.NeverTwoActive).
 func (e *env) neverTwoActive(group string) {
-	t := e.t
-	t.Helper()
-	w, err := e.cs.CoreV1().Pods(e.ns).Watch(t.Context(), metav1.ListOptions{
-		LabelSelector: labels.Set{"app": group}.String(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	var violation error
-	go func() {
-		defer close(done)
-		active := map[string]bool{}
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			switch ev.Type {
-			case watch.Deleted:
-				delete(active, p.Name)
-			case watch.Added, watch.Modified:
-				if p.Labels["role"] == "active" {
-					active[p.Name] = true
-				} else {
-					delete(active, p.Name)
-				}
-			}
-			if len(active) > 1 && violation == nil {
-				violation = fmt.Errorf("two pods labelled active at resourceVersion %s: %v", p.ResourceVersion, active)
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		w.Stop()
-		<-done
-		if violation != nil {
-			t.Error(violation)
-		}
-	})
+	e.t.Helper()
+	clustertest.NeverTwoActive(e.t, e.cs, e.ns, labels.Set{"app": group}.String(), "role", "active")
 }
 
 // leaseEpoch reads the group's epoch Lease.

@@ -57,7 +57,15 @@ func TestKeyRotationUnderRunningGroup(t *testing.T) {
 	renewals := func(what string, n uint64) {
 		t.Helper()
 		target := active.Stats().Renewed + n
-		clusterPoll(t, func() bool { return active.Stats().Renewed >= target })
+		deadline := time.Now().Add(20 * time.Second)
+		for active.Stats().Renewed < target {
+			if time.Now().After(deadline) {
+				// Say what stopped the renewals: a refusal, a lapse, a failover.
+				t.Fatalf("%s: %d renewals within 20s, want %d more; active holds %+v, its stats %+v; events %v",
+					what, active.Stats().Renewed, n, active.State(), active.Stats(), w.events.list())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		if !w.labelled("a", "active", 1) || !w.holds("a", role.Active, 1) {
 			t.Fatalf("%s: the active changed: a holds %+v", what, active.State())
 		}

@@ -12,7 +12,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -83,7 +82,7 @@ func newGroup(t *testing.T, o groupOptions) *group {
 		}
 	})
 	g.ctrl = ctrl
-	g.neverTwoLabelled()
+	clustertest.NeverTwoActive(t, cs, ns, appLabel+"="+groupName, roleLabel, active)
 	t.Cleanup(g.checkApps)
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Name: groupName},
@@ -197,43 +196,6 @@ func (g *group) checkApps() {
 	for _, s := range sameEpoch {
 		g.t.Error(s)
 	}
-}
-
-// neverTwoLabelled watches the group's pods for the rest of the test and
-// fails it if two pods are ever labelled active at the same resourceVersion.
-func (g *group) neverTwoLabelled() {
-	t := g.t
-	w, err := g.cs.CoreV1().Pods(g.ns).Watch(t.Context(), metav1.ListOptions{LabelSelector: appLabel + "=" + groupName})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	var violation error
-	go func() {
-		defer close(done)
-		labelled := map[string]bool{}
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			if ev.Type == watch.Deleted || p.Labels[roleLabel] != active {
-				delete(labelled, p.Name)
-			} else {
-				labelled[p.Name] = true
-			}
-			if len(labelled) > 1 && violation == nil {
-				violation = fmt.Errorf("two pods labelled active at resourceVersion %s: %v", p.ResourceVersion, labelled)
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		w.Stop()
-		<-done
-		if violation != nil {
-			t.Error(violation)
-		}
-	})
 }
 
 // kill SIGKILLs every process of a container, waits until they are gone,

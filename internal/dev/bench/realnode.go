@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -211,7 +212,8 @@ func (r *realNodeRun) steady(ctx context.Context, hapod bool) (serving, standby 
 		return ok, nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("the ClusterIP does not answer from %s: %w", serving.Name, err)
+		return nil, nil, fmt.Errorf("the ClusterIP does not answer from %s: %w; the last second's answers: %s",
+			serving.Name, err, r.prober.timeline(time.Now().Add(-time.Second), time.Now()))
 	}
 	s := serving.Clone()
 	var sb *observe.Pod[struct{}]
@@ -431,7 +433,18 @@ type hit struct {
 func startProber(ctx context.Context, url string) *prober {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &prober{cancel: cancel, done: make(chan struct{})}
-	hc := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	// Each connection is closed with a reset (linger 0) rather than left in
+	// TIME_WAIT: at 500 requests/s to one address the ephemeral ports
+	// would run out within a minute.
+	dialer := &net.Dialer{Timeout: 300 * time.Millisecond}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		return c, err
+	}
+	hc := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil, DialContext: dial}}
 	go func() {
 		defer close(p.done)
 		t := time.NewTicker(2 * time.Millisecond)

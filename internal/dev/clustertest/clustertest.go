@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -306,4 +307,43 @@ func objectName(prefix, testName string) string {
 		suffix[i] = alphabet[rand.IntN(len(alphabet))]
 	}
 	return prefix + s + "-" + string(suffix)
+}
+
+// NeverTwoActive watches the pods that selector selects in namespace ns for
+// the rest of the test and fails it if two are ever labelled label=value at
+// the same resourceVersion of the watch stream: hapod's central promise,
+// on the labels.
+func NeverTwoActive(t testing.TB, cs kubernetes.Interface, ns, selector, label, value string) {
+	t.Helper()
+	w, err := cs.CoreV1().Pods(ns).Watch(t.Context(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var violation error
+	go func() {
+		defer close(done)
+		active := map[string]bool{}
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			if ev.Type == watch.Deleted || p.Labels[label] != value {
+				delete(active, p.Name)
+			} else {
+				active[p.Name] = true
+			}
+			if len(active) > 1 && violation == nil {
+				violation = fmt.Errorf("two pods labelled %s=%s at resourceVersion %s: %v", label, value, p.ResourceVersion, active)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		w.Stop()
+		<-done
+		if violation != nil {
+			t.Error(violation)
+		}
+	})
 }

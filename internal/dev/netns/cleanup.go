@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/poll"
 )
 
@@ -31,7 +32,7 @@ func killAll(ctx context.Context, name string) error {
 		left = left[:0]
 		seen := map[int]bool{}
 		add := func(pid int) {
-			if pid != self && !seen[pid] && !zombie(pid) {
+			if pid != self && !seen[pid] && !child.Exited(pid) {
 				seen[pid] = true
 				left = append(left, pid)
 			}
@@ -74,18 +75,6 @@ func allPIDs() []int {
 		}
 	}
 	return pids
-}
-
-// zombie reports whether pid has exited and waits for its parent to reap it
-// (or is gone): killing it again does nothing.
-func zombie(pid int) bool {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X'
 }
 
 func readPIDs(path string) []int {

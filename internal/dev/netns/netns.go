@@ -122,10 +122,14 @@ func Run(argv []string) (int, error) {
 	defer signal.Stop(sigs)
 	done := make(chan struct{})
 	go func() {
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
 		for {
 			select {
 			case s := <-sigs:
 				_ = cmd.Process.Signal(s)
+			case <-tick.C:
+				reapOrphans(cmd.Process.Pid)
 			case <-done:
 				return
 			}
@@ -154,6 +158,28 @@ func reap() {
 		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
 		if pid <= 0 || err != nil {
 			return
+		}
+	}
+}
+
+// reapOrphans collects the exited children of this process other than
+// except (the command, which cmd.Wait collects): the shims of dead
+// containers, adopted as a subreaper, would stay zombies until the end.
+func reapOrphans(except int) {
+	self := strconv.Itoa(os.Getpid())
+	for _, pid := range allPIDs() {
+		if pid == except || !child.Exited(pid) {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			continue
+		}
+		st := string(data)
+		i := strings.LastIndexByte(st, ')')
+		if f := strings.Fields(st[i+1:]); len(f) > 1 && f[1] == self {
+			var ws syscall.WaitStatus
+			_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/hapod/hapod/internal/dev/child"
 )
 
 // Run gives the command a namespace with only lo, passes its exit status
@@ -59,7 +61,7 @@ exit 3`
 		t.Errorf("state directory %s still exists (%v)", StateDir(name), err)
 	}
 	p, _ := strconv.Atoi(pid)
-	if err := syscall.Kill(p, 0); err == nil && !zombie(p) {
+	if err := syscall.Kill(p, 0); err == nil && !child.Exited(p) {
 		t.Errorf("the command's background process %d outlived the namespace", p)
 	}
 	// The host's own interfaces never saw the address.

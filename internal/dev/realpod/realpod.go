@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/netns"
 	"github.com/hapod/hapod/internal/dev/rolerecord"
@@ -207,21 +208,11 @@ func Kill(pod *corev1.Pod, container string) (time.Time, []int, error) {
 // Dead reports whether every pid has exited.
 func Dead(pids []int) bool {
 	for _, pid := range pids {
-		if syscall.Kill(pid, 0) == nil && !zombie(pid) {
+		if syscall.Kill(pid, 0) == nil && !child.Exited(pid) {
 			return false
 		}
 	}
 	return true
-}
-
-func zombie(pid int) bool {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
 }
 
 // Overlap is a moment two apps held active at once.
