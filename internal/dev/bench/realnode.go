@@ -85,6 +85,21 @@ type realNodeRun struct {
 	cleanup []func()
 }
 
+// runRealNodes runs the real-node scenario into r.
+func (e *Env) runRealNodes(ctx context.Context, o Options, r *Results, fail func(string, error)) {
+	e.Log.Info("real nodes: real containers, kubelet, containerd, kube-proxy", "samples per row", o.RealNodeSamples)
+	res, err := e.realNodes(ctx, o)
+	if err != nil {
+		fail("real node", err)
+	}
+	if res != nil && len(res.Rows) > 0 {
+		r.RealNode = res
+	}
+	if res != nil && res.Overlaps > 0 {
+		fail("real node", fmt.Errorf("%d moments two apps held active at once", res.Overlaps))
+	}
+}
+
 // realNodes runs every row of the real-node scenario, n samples each.
 func (e *Env) realNodes(ctx context.Context, o Options) (*RealNodeResult, error) {
 	res := &RealNodeResult{Reasons: map[string]map[string]int{}}
@@ -277,10 +292,34 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 			return err
 		}
 	}
-	// Who serves next: hapod's standby, or for a baseline the same pod
-	// (restarted) or its replacement.
-	var next string
-	var terminated time.Time
+	next, terminated, err := r.waitNext(ctx, row, kill, t0, old, standby)
+	if err != nil {
+		return err
+	}
+	answered := poll.Until(ctx, time.Minute, func() (bool, error) {
+		_, ok := r.prober.firstFrom(next, t0)
+		return ok, nil
+	})
+	if answered != nil {
+		return fmt.Errorf("no answer via the ClusterIP from %s: %w", next, answered)
+	}
+	at, _ := r.prober.firstFrom(next, t0)
+	r.add(StageClusterIP, at.Sub(t0))
+	r.e.Log.Info("real node sample", "row", row, "requests", r.prober.timeline(t0.Add(-10*time.Millisecond), at.Add(10*time.Millisecond)))
+	r.failed = append(r.failed, float64(r.prober.failedBetween(t0, at)))
+	if kill && !terminated.IsZero() {
+		r.add(StageTerminated, terminated.Sub(t0))
+	}
+	r.recordStages(next, t0)
+	return nil
+}
+
+// waitNext waits until the pod that serves next (hapod's standby, or for a
+// baseline the restarted pod or its replacement) is in the EndpointSlice
+// alone, and returns it with when the kubelet's report of the death was
+// seen (zero if none was).
+func (r *realNodeRun) waitNext(ctx context.Context, row string, kill bool, t0 time.Time, old, standby *observe.Pod[struct{}]) (next string, terminated time.Time, err error) {
+	hapod := r.ctl != nil
 	restarts := restartCount(old.Object)
 	err = r.obs.WaitFor(ctx, time.Minute, "failover", func() (bool, string) {
 		if kill && terminated.IsZero() {
@@ -313,23 +352,12 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 			return false, "no Ready replacement in the EndpointSlice yet"
 		}
 	})
-	if err != nil {
-		return err
-	}
-	answered := poll.Until(ctx, time.Minute, func() (bool, error) {
-		_, ok := r.prober.firstFrom(next, t0)
-		return ok, nil
-	})
-	if answered != nil {
-		return fmt.Errorf("no answer via the ClusterIP from %s: %w", next, answered)
-	}
-	at, _ := r.prober.firstFrom(next, t0)
-	r.add(StageClusterIP, at.Sub(t0))
-	r.e.Log.Info("real node sample", "row", row, "requests", r.prober.timeline(t0.Add(-10*time.Millisecond), at.Add(10*time.Millisecond)))
-	r.failed = append(r.failed, float64(r.prober.failedBetween(t0, at)))
-	if kill && !terminated.IsZero() {
-		r.add(StageTerminated, terminated.Sub(t0))
-	}
+	return next, terminated, err
+}
+
+// recordStages adds the EndpointSlice, label and app stages of the
+// failover that began at t0 and ended with next serving.
+func (r *realNodeRun) recordStages(next string, t0 time.Time) {
 	var slice time.Time
 	r.obs.Read(func() {
 		for _, s := range r.obs.SlicesSinceLocked(t0) {
@@ -343,7 +371,7 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 	if !slice.IsZero() {
 		r.add(StageSlice, slice.Sub(t0))
 	}
-	if hapod {
+	if r.ctl != nil {
 		if p, ok := r.obs.PodByName(next); ok {
 			r.add(StageLabelSeen, p.LabelledAfter(activeRole, t0).Sub(t0))
 		}
@@ -357,7 +385,6 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 			r.reasons[rec.Reason]++
 		}
 	}
-	return nil
 }
 
 // deathReported: the kubelet has reported the critical container's death:

@@ -274,17 +274,7 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 		}
 	}
 	if e.RealNodes && o.RealNodeSamples > 0 && o.runs("realnode") {
-		e.Log.Info("real nodes: real containers, kubelet, containerd, kube-proxy", "samples per row", o.RealNodeSamples)
-		res, err := e.realNodes(ctx, o)
-		if err != nil {
-			fail("real node", err)
-		}
-		if res != nil && len(res.Rows) > 0 {
-			r.RealNode = res
-		}
-		if res != nil && res.Overlaps > 0 {
-			fail("real node", fmt.Errorf("%d moments two apps held active at once", res.Overlaps))
-		}
+		e.runRealNodes(ctx, o, r, fail)
 	}
 	r.Machine.LoadAfter = loadavg()
 	r.Seconds = time.Since(r.Started).Seconds()
