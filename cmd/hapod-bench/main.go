@@ -61,6 +61,7 @@ type flags struct {
 	soak        time.Duration
 	soakGroups  int
 	realSamples int
+	minSync     time.Duration
 }
 
 func parseFlags(args []string) (*flags, bench.Options, error) {
@@ -82,6 +83,7 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run, of one, election, nostandby, lease, renewals, scale, soak, realnode (default all; soak only with -soak)")
 	fs.DurationVar(&f.soak, "soak", 0, "hold healthy groups this long with every core kept busy and count false failovers (make soak: 10m)")
 	fs.IntVar(&f.soakGroups, "soak-groups", 0, "groups of two pods in the soak (default 1000)")
+	fs.DurationVar(&f.minSync, "kube-proxy-min-sync", 0, "kube-proxy's minSyncPeriod on the real nodes (default its own, 1s)")
 	fs.IntVar(&f.realSamples, "real-samples", 0, "failovers per row of the real-node scenario (default 50, 5 with -short)")
 	if err := fs.Parse(args); err != nil {
 		return nil, bench.Options{}, err
@@ -255,11 +257,15 @@ func useCluster(ctx context.Context, env *bench.Env, f *flags, images []localclu
 	nodes := 0
 	if env.RealNodes {
 		nodes = 2
-		cluster += fmt.Sprintf(" Two real nodes in a network namespace of the bench's own: kubelet and kube-proxy (nftables) %s, containerd %s, runc (Debian), CNI plugins %s (bridge, host-local).",
-			v.Kubernetes, v.Containerd, v.CNIPlugins)
+		minSync := "1s, its default"
+		if f.minSync > 0 {
+			minSync = f.minSync.String()
+		}
+		cluster += fmt.Sprintf(" Two real nodes in a network namespace of the bench's own: kubelet and kube-proxy (nftables, minSyncPeriod %s) %s, containerd %s, runc (Debian), CNI plugins %s (bridge, host-local).",
+			minSync, v.Kubernetes, v.Containerd, v.CNIPlugins)
 	}
 	began := time.Now()
-	c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs, RealNodes: nodes, Images: images})
+	c, err := localcluster.Start(ctx, localcluster.Options{Logger: log, NodePodCIDRs: []string{}, KeepRunDir: f.keepLogs, RealNodes: nodes, Images: images, KubeProxyMinSync: f.minSync})
 	if err != nil {
 		return "", nil, err
 	}

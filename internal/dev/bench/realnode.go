@@ -244,7 +244,9 @@ func (r *realNodeRun) steadyLocked(hapod bool, serving, standby **observe.Pod[st
 	*serving, *standby = nil, nil
 	apps := realpod.Latest(r.records)
 	for _, p := range r.obs.LiveLocked() {
-		if !p.Ready || p.IP == "" {
+		// A pod the bench killed may still look Ready until the kubelet
+		// reports it (and hapod's rows never restart it): not a candidate.
+		if !p.Ready || p.IP == "" || (r.ctl != nil && len(r.killed[p.Name]) > 0) || realpod.ContainerID(p.Object, realpod.Critical) == "" {
 			continue
 		}
 		app := apps[p.Name]

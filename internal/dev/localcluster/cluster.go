@@ -97,6 +97,9 @@ type Options struct {
 	NodeMonitorGrace time.Duration
 	// Images are imported into every real node (besides the pause image).
 	Images []Image
+	// KubeProxyMinSync is kube-proxy's minSyncPeriod; 0 means its default,
+	// 1 s.
+	KubeProxyMinSync time.Duration
 }
 
 // Cluster is a running control plane. Its methods are safe for concurrent use.
@@ -223,7 +226,7 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		return c, err
 	}
 	if opts.RealNodes > 0 {
-		if err := c.startRealNodes(ctx, opts.RealNodes, opts.Images); err != nil {
+		if err := c.startRealNodes(ctx, opts.RealNodes, opts.Images, opts.KubeProxyMinSync); err != nil {
 			return c, err
 		}
 		log.Debug("real nodes Ready", "nodes", opts.RealNodes, "after", time.Since(began).String())

@@ -62,12 +62,12 @@ const PauseImage = "localhost/hapod/pause:dev"
 const realNodeMaxRestartPeriod = "1s"
 
 // realNodeLease is the node lease duration of a real node (and, with
-// Options.NodeMonitorGrace, of kwok's); they renew it every quarter of that,
-// so RealNodeMonitorGrace is three renewals: a lost node is noticed in
-// seconds, not 50.
+// Options.NodeMonitorGrace, of kwok's); they renew it every quarter of that
+// (2 s), so RealNodeMonitorGrace lets four renewals in a row be late on a
+// loaded machine before a node counts as lost: seconds, not 50.
 const (
 	realNodeLease        = 8 * time.Second
-	RealNodeMonitorGrace = 6 * time.Second
+	RealNodeMonitorGrace = 10 * time.Second
 )
 
 // nodeBridge carries the real nodes' IPs: the kubelet refuses a loopback node
@@ -79,7 +79,7 @@ const nodeBridge = "hpnodes"
 // startRealNodes starts n real nodes and kube-proxy in the network namespace
 // this process runs in, which netns.Run must have made: the nodes' addresses,
 // bridges and rules must exist nowhere else.
-func (c *Cluster) startRealNodes(ctx context.Context, n int, images []Image) error {
+func (c *Cluster) startRealNodes(ctx context.Context, n int, images []Image, minSync time.Duration) error {
 	ns, ok := netns.Inside()
 	if !ok {
 		return fmt.Errorf("real nodes run only inside a network namespace of the project's own (netns.Run); this process is not in one")
@@ -125,7 +125,7 @@ func (c *Cluster) startRealNodes(ctx context.Context, n int, images []Image) err
 		}
 	}
 	// kube-proxy waits for its node to exist: start it once they are Ready.
-	return c.startKubeProxy(ctx, ns)
+	return c.startKubeProxy(ctx, ns, minSync)
 }
 
 // setUpNodeNetwork puts the node IPs on nodeBridge and routes the service
@@ -386,7 +386,10 @@ imageGCLowThresholdPercent: 99
 // startKubeProxy starts one kube-proxy for the namespace (its rules serve
 // every node in it), in nftables mode: in the probe it reached a label change
 // with max 108 ms against iptables' 366 ms.
-func (c *Cluster) startKubeProxy(ctx context.Context, ns string) error {
+func (c *Cluster) startKubeProxy(ctx context.Context, ns string, minSync time.Duration) error {
+	if minSync == 0 {
+		minSync = time.Second
+	}
 	cfg := filepath.Join(netns.StateDir(ns), "kube-proxy.yaml")
 	first := c.realNodes[0]
 	content := `apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -409,13 +412,13 @@ conntrack:
   tcpCloseWaitTimeout: 0s
   udpTimeout: 0s
   udpStreamTimeout: 0s
-# Kubernetes' default, written out: a failover is two EndpointSlice changes
-# (the old active out, then the new one in), and a change that comes less
-# than minSyncPeriod after the last sync waits for the rest of it. (0s would
-# read as unset and default to 1s all the same.)
+# Kubernetes' default (1s) unless asked, written out: a failover is two
+# EndpointSlice changes (the old active out, then the new one in), and a
+# change that comes less than minSyncPeriod after the last sync waits for
+# the rest of it. (0s would read as unset and default to 1s all the same.)
 nftables:
   syncPeriod: 30s
-  minSyncPeriod: 1s
+  minSyncPeriod: ` + minSync.String() + `
 `
 	if err := os.WriteFile(cfg, []byte(content), 0o600); err != nil {
 		return err
