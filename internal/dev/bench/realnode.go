@@ -209,12 +209,24 @@ func (r *realNodeRun) tearDown() {
 // Service (and, for hapod, the standby): for hapod one active whose app is
 // active at the label's epoch and one Ready standby whose app is standby; for
 // a baseline its one pod Ready. Either way the ClusterIP answers from it.
-func (r *realNodeRun) steady(ctx context.Context, hapod bool) (serving, standby *observe.Pod[struct{}], err error) {
+func (r *realNodeRun) steady(ctx context.Context, hapod bool) (*observe.Pod[struct{}], *observe.Pod[struct{}], error) {
 	// Polled, not waited for on the observer: the apps' records are files,
-	// whose changes the observer does not see.
+	// whose changes the observer does not see. The pods are copied inside
+	// the observer's lock: its watch goroutines update them.
 	why := ""
-	err = poll.Until(ctx, 2*time.Minute, func() (ok bool, _ error) {
-		r.obs.Read(func() { ok, why = r.steadyLocked(hapod, &serving, &standby) })
+	var serving, standby *observe.Pod[struct{}]
+	err := poll.Until(ctx, 2*time.Minute, func() (ok bool, _ error) {
+		r.obs.Read(func() {
+			var sv, sb *observe.Pod[struct{}]
+			if ok, why = r.steadyLocked(hapod, &sv, &sb); ok {
+				c := sv.Clone()
+				serving = &c
+				if sb != nil {
+					d := sb.Clone()
+					standby = &d
+				}
+			}
+		})
 		return ok, nil
 	})
 	if err != nil {
@@ -230,13 +242,7 @@ func (r *realNodeRun) steady(ctx context.Context, hapod bool) (serving, standby 
 		return nil, nil, fmt.Errorf("the ClusterIP does not answer from %s: %w; the last second's answers: %s",
 			serving.Name, err, r.prober.timeline(time.Now().Add(-time.Second), time.Now()))
 	}
-	s := serving.Clone()
-	var sb *observe.Pod[struct{}]
-	if standby != nil {
-		c := standby.Clone()
-		sb = &c
-	}
-	return &s, sb, nil
+	return serving, standby, nil
 }
 
 // steadyLocked is steady's condition, inside the observer's lock.
