@@ -37,6 +37,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/gobuild"
 	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/netns"
 	"github.com/hapod/hapod/internal/dev/tour"
 )
 
@@ -62,6 +63,7 @@ const (
 type flags struct {
 	kubeconfig       string
 	initDelay, grace time.Duration
+	kwok             bool
 }
 
 // parseFlags reads args; a usage error is printed and returns exitUsage, -h exitOK.
@@ -69,7 +71,8 @@ func parseFlags(args []string, stderr io.Writer) (flags, int, bool) {
 	var f flags
 	fs := flag.NewFlagSet("hapod-tour", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "use the cluster of this kubeconfig instead of the local control plane")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "play on kwok in the cluster of this kubeconfig instead of a local cluster")
+	fs.BoolVar(&f.kwok, "kwok", false, "play on kwok's simulated node even where real nodes can run")
 	fs.DurationVar(&f.initDelay, "init-delay", time.Second, "the demo app's slow start before it is ready")
 	fs.DurationVar(&f.grace, "not-ready-grace", 3*time.Second, "the controller's -not-ready-grace")
 	if err := fs.Parse(args); err != nil {
@@ -110,6 +113,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	say := func(format string, a ...any) { fmt.Fprintf(stdout, "• "+format+"\n", a...) }
+	if !f.kwok && f.kubeconfig == "" {
+		code, played := playReal(ctx, root, f, say, stdout, stderr)
+		if played {
+			return code
+		}
+	}
 	say("hapod tour: the controller, the seed's example and real demo processes on a local Kubernetes control plane")
 
 	binDir := filepath.Join(root, ".cache", "tour-bin")
@@ -158,6 +167,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "\nevery scene behaved as expected")
 	return exitOK
+}
+
+// playReal plays the tour on real nodes where it can (played), re-executing
+// this command inside a network namespace of its own first; where it cannot
+// it says why, for the caller to play on kwok.
+func playReal(ctx context.Context, root string, f flags, say func(string, ...any), stdout, stderr io.Writer) (code int, played bool) {
+	if why := cannotRunReal(); why != "" {
+		say("%s: playing on kwok's simulated node instead (the timelines then stop at the EndpointSlice)", why)
+		return 0, false
+	}
+	if _, inside := netns.Inside(); !inside {
+		code, err := netns.Run(os.Args)
+		if err != nil {
+			fmt.Fprintln(stderr, "hapod-tour:", err)
+			return exitFailed, true
+		}
+		return code, true
+	}
+	say("hapod tour on real nodes: the controller, the seed's example as real containers, the load through the Service's ClusterIP")
+	code, fallback := runReal(ctx, root, f, say, stdout, stderr)
+	if fallback {
+		say("playing on kwok's simulated node instead (the timelines then stop at the EndpointSlice)")
+		return 0, false
+	}
+	return code, true
 }
 
 // cluster returns the kubeconfig of the cluster to play on: the one given, the one

@@ -2,16 +2,9 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"path/filepath"
-	"slices"
 	"strconv"
-	"strings"
-	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -20,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/hapod/hapod/internal/dev/clusterip"
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/netplan"
 	"github.com/hapod/hapod/internal/dev/observe"
@@ -76,7 +70,7 @@ type realNodeRun struct {
 	ns      string
 	records string
 	obs     *observe.Observer[struct{}]
-	prober  *prober
+	prober  *clusterip.Prober
 	ctl     *ctrlproc.Controller
 	samples map[string][]time.Duration
 	reasons map[string]int
@@ -154,8 +148,8 @@ func (e *Env) realNodeRow(ctx context.Context, o Options, row string) (*realNode
 		return r, err
 	}
 	r.cleanup = append(r.cleanup, r.obs.Stop)
-	r.prober = startProber(ctx, "http://"+created.Spec.ClusterIP+"/")
-	r.cleanup = append(r.cleanup, r.prober.stop)
+	r.prober = clusterip.Start(ctx, "http://"+created.Spec.ClusterIP+"/", 2*time.Millisecond)
+	r.cleanup = append(r.cleanup, r.prober.Stop)
 	if hapod {
 		args := []string{
 			"-selector", benchLabel + "=true", "-group-label", "app",
@@ -235,12 +229,12 @@ func (r *realNodeRun) steady(ctx context.Context, hapod bool) (*observe.Pod[stru
 	// And kube-proxy routes to it: a fresh answer from that pod.
 	since := time.Now()
 	err = poll.Until(ctx, time.Minute, func() (bool, error) {
-		_, ok := r.prober.firstFrom(serving.Name, since)
+		_, ok := r.prober.FirstFrom(serving.Name, since)
 		return ok, nil
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("the ClusterIP does not answer from %s: %w; the last second's answers: %s",
-			serving.Name, err, r.prober.timeline(time.Now().Add(-time.Second), time.Now()))
+			serving.Name, err, r.prober.Timeline(time.Now().Add(-time.Second), time.Now()))
 	}
 	return serving, standby, nil
 }
@@ -305,16 +299,16 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 		return err
 	}
 	answered := poll.Until(ctx, time.Minute, func() (bool, error) {
-		_, ok := r.prober.firstFrom(next, t0)
+		_, ok := r.prober.FirstFrom(next, t0)
 		return ok, nil
 	})
 	if answered != nil {
 		return fmt.Errorf("no answer via the ClusterIP from %s: %w", next, answered)
 	}
-	at, _ := r.prober.firstFrom(next, t0)
+	at, _ := r.prober.FirstFrom(next, t0)
 	r.add(StageClusterIP, at.Sub(t0))
-	r.e.Log.Info("real node sample", "row", row, "requests", r.prober.timeline(t0.Add(-10*time.Millisecond), at.Add(10*time.Millisecond)))
-	r.failed = append(r.failed, float64(r.prober.failedBetween(t0, at)))
+	r.e.Log.Info("real node sample", "row", row, "requests", r.prober.Timeline(t0.Add(-10*time.Millisecond), at.Add(10*time.Millisecond)))
+	r.failed = append(r.failed, float64(r.prober.FailedBetween(t0, at)))
 	if kill && !terminated.IsZero() {
 		r.add(StageTerminated, terminated.Sub(t0))
 	}
@@ -447,144 +441,4 @@ func (r *realNodeRun) overlaps() int {
 		r.e.Log.Error("one epoch, two apps", "what", x)
 	}
 	return len(o) + len(same)
-}
-
-// prober sends GET to a URL every 2 ms, a new connection each time (a
-// kept-alive one would survive the rule change through conntrack and hide
-// it), and keeps who answered.
-type prober struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	mu     sync.Mutex
-	hits   []hit
-}
-
-type hit struct {
-	at  time.Time // when the request was sent
-	pod string    // who answered 200; "" for a failure or a 503
-	err string    // why not: the error or the status
-}
-
-func startProber(ctx context.Context, url string) *prober {
-	ctx, cancel := context.WithCancel(ctx)
-	p := &prober{cancel: cancel, done: make(chan struct{})}
-	// Each connection is closed with a reset (linger 0) rather than left in
-	// TIME_WAIT: at 500 requests/s to one address the ephemeral ports
-	// would run out within a minute.
-	dialer := &net.Dialer{Timeout: 300 * time.Millisecond}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dialer.DialContext(ctx, network, addr)
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-		return c, err
-	}
-	hc := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil, DialContext: dial}}
-	go func() {
-		defer close(p.done)
-		t := time.NewTicker(2 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			at := time.Now()
-			pod, why := probeOnce(ctx, hc, url)
-			p.mu.Lock()
-			p.hits = append(p.hits, hit{at: at, pod: pod, err: why})
-			// Keep the last minute or so: a sample never needs more.
-			if len(p.hits) > 60000 {
-				p.hits = slices.Clone(p.hits[len(p.hits)-30000:])
-			}
-			p.mu.Unlock()
-		}
-	}()
-	return p
-}
-
-// probeOnce returns the pod that answered 200, or why none did.
-func probeOnce(ctx context.Context, hc *http.Client, url string) (pod, why string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err.Error()
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", err.Error()
-	}
-	defer func() { _ = resp.Body.Close() }()
-	var st struct {
-		Pod string `json:"pod"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&st); err != nil {
-		return "", err.Error()
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", resp.Status + " from " + st.Pod
-	}
-	return st.Pod, ""
-}
-
-// timeline describes the hits in [from, to) as runs of the same answer,
-// for the log.
-func (p *prober) timeline(from, to time.Time) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var b strings.Builder
-	last, n := "", 0
-	var since time.Time
-	flush := func() {
-		if n > 0 {
-			fmt.Fprintf(&b, "[+%s %dx %s] ", since.Sub(from).Round(time.Millisecond), n, last)
-		}
-	}
-	for _, h := range p.hits {
-		if h.at.Before(from) || !h.at.Before(to) {
-			continue
-		}
-		what := h.pod
-		if what == "" {
-			what = h.err
-		}
-		if what != last {
-			flush()
-			last, n, since = what, 0, h.at
-		}
-		n++
-	}
-	flush()
-	return b.String()
-}
-
-func (p *prober) stop() {
-	p.cancel()
-	<-p.done
-}
-
-// firstFrom is when the first request sent after since was answered by pod.
-func (p *prober) firstFrom(pod string, since time.Time) (time.Time, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, h := range p.hits {
-		if h.at.After(since) && h.pod == pod {
-			return h.at, true
-		}
-	}
-	return time.Time{}, false
-}
-
-// failedBetween counts the requests sent in [from, to) that no pod answered
-// with 200.
-func (p *prober) failedBetween(from, to time.Time) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, h := range p.hits {
-		if !h.at.Before(from) && h.at.Before(to) && h.pod == "" {
-			n++
-		}
-	}
-	return n
 }

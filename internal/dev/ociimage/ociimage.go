@@ -56,7 +56,10 @@ func Write(path, ref, binary string) error {
 	cf = cf.DeepCopy()
 	// ctr imports only images of the machine's platform unless told otherwise.
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config = v1.Config{Entrypoint: []string{"/" + base}}
+	// A numeric non-root user, as the Dockerfile's distroless images have: a
+	// pod with runAsNonRoot (deploy/example) refuses an image that runs as
+	// root, and the kubelet can check only a numeric one.
+	cf.Config = v1.Config{Entrypoint: []string{"/" + base}, User: "65532:65532"}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return err
 	}

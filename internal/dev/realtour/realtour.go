@@ -1,0 +1,280 @@
+package realtour
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/dev/clusterip"
+	"github.com/hapod/hapod/internal/dev/ctrlproc"
+	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/nftwatch"
+	"github.com/hapod/hapod/internal/dev/observe"
+	"github.com/hapod/hapod/internal/dev/poll"
+	"github.com/hapod/hapod/internal/dev/realpod"
+	"github.com/hapod/hapod/internal/dev/tour"
+)
+
+// FieldManager is the tour's field manager and user agent.
+const FieldManager = "hapod-realtour"
+
+// Options configures Run.
+type Options struct {
+	// Kubeconfig of a cluster with real nodes (localcluster.Options.RealNodes),
+	// run from inside their network namespace (required).
+	Kubeconfig string
+	// ExampleDir holds the example's manifests (deploy/example; required).
+	ExampleDir string
+	// ControllerBin is the built hapod-controller (required).
+	ControllerBin string
+	// LogDir receives the controller's log, its records and nft's output
+	// (required).
+	LogDir string
+	// Records is the host directory the apps write their role records to
+	// (realpod.RecordsDir; required).
+	Records string
+	// Namespace is created for the example and deleted at the end
+	// (default hapod-demo).
+	Namespace string
+	// InitDelay is the app's slow start (default 1s).
+	InitDelay time.Duration
+	// ControllerArgs are more flags for the controller.
+	ControllerArgs []string
+	// SceneTimeout bounds each wait of a scene (default 90s).
+	SceneTimeout time.Duration
+	// Out receives the progress and each scene's timeline; nil discards them.
+	Out io.Writer
+}
+
+// run is one tour.
+type run struct {
+	o      Options
+	cs     kubernetes.Interface
+	cfg    config.Config
+	plan   *plan
+	obs    *observe.Observer[struct{}]
+	nft    *nftwatch.Watch
+	load   *clusterip.Prober
+	ctrl   *ctrlproc.Controller
+	labels *labelCheck
+	// killed is when the tour killed each pod's app: a dead app writes
+	// nothing, so its death ends its role (realpod.Overlaps).
+	killed map[string][]time.Time
+}
+
+func (r *run) say(format string, args ...any) { fmt.Fprintf(r.o.Out, "• "+format+"\n", args...) }
+
+// Run plays the tour and returns each scene's outcome. An error means the
+// tour could not be set up (or was interrupted). Whatever it started is
+// stopped and its namespace deleted before it returns.
+func Run(ctx context.Context, o Options) (res *Result, err error) {
+	if o.Kubeconfig == "" || o.ExampleDir == "" || o.ControllerBin == "" || o.LogDir == "" || o.Records == "" {
+		return nil, errors.New("realtour: Kubeconfig, ExampleDir, ControllerBin, LogDir and Records are required")
+	}
+	if o.Namespace == "" {
+		o.Namespace = tour.DefaultNamespace
+	}
+	if o.InitDelay == 0 {
+		o.InitDelay = time.Second
+	}
+	if o.SceneTimeout == 0 {
+		o.SceneTimeout = 90 * time.Second
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	r := &run{o: o, cfg: config.Default(), killed: map[string][]time.Time{}}
+	res = &Result{LogDir: o.LogDir}
+	ex, err := tour.LoadExample(o.ExampleDir)
+	if err != nil {
+		return res, err
+	}
+	if r.plan, err = forRealNodes(ex, o.Namespace, o.Records, o.InitDelay, r.cfg); err != nil {
+		return res, err
+	}
+	if err := os.MkdirAll(o.LogDir, 0o755); err != nil {
+		return res, err
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	if err != nil {
+		return res, fmt.Errorf("kubeconfig %s: %w", o.Kubeconfig, err)
+	}
+	rc.QPS, rc.Burst, rc.UserAgent = 100, 200, FieldManager
+	if r.cs, err = kubernetes.NewForConfig(rc); err != nil {
+		return res, err
+	}
+	defer func() {
+		if cerr := r.cleanup(context.WithoutCancel(ctx)); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := r.setUp(ctx); err != nil {
+		return res, err
+	}
+	res.Scenes = r.play(ctx)
+	if ctx.Err() != nil {
+		return res, fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	return res, nil
+}
+
+// setUp creates the namespace, starts the watches, nft's monitor and the
+// controller. The example is applied by the first scene.
+func (r *run) setUp(ctx context.Context) error {
+	ns := r.o.Namespace
+	nss := r.cs.CoreV1().Namespaces()
+	if _, err := nss.Get(ctx, ns, metav1.GetOptions{}); err == nil {
+		r.say("namespace %s is left from an earlier run: deleting it", ns)
+		if err := r.deleteNamespace(ctx); err != nil {
+			return err
+		}
+	}
+	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": FieldManager}}}
+	if _, err := nss.Create(ctx, nsObj, metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	// Pods are refused until the namespace's default ServiceAccount exists.
+	if err := poll.Until(ctx, 30*time.Second, func() (bool, error) {
+		_, err := r.cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	}); err != nil {
+		return fmt.Errorf("namespace %s: no default ServiceAccount: %w", ns, err)
+	}
+	sel := metav1.FormatLabelSelector(r.plan.rs.Spec.Selector)
+	r.labels = &labelCheck{label: r.cfg.RoleLabel, value: r.cfg.ActiveValue, active: map[string]bool{}}
+	var err error
+	r.obs, err = observe.Start[struct{}](ctx, r.cs, observe.Config{
+		Namespace: ns, PodSelector: sel, Service: r.plan.svc.Name, EventsFrom: controller.FieldOwner,
+		RoleLabel: r.cfg.RoleLabel, ActiveValue: r.cfg.ActiveValue, OnPod: r.labels.see,
+	})
+	if err != nil {
+		return err
+	}
+	if r.nft, err = nftwatch.Start(ctx); err != nil {
+		return err
+	}
+	logPath := filepath.Join(r.o.LogDir, "controller.log")
+	args := append([]string{
+		// Role messages go to the real pods' IPs on the CNI bridges, and
+		// nowhere else.
+		"-notify-cidrs", netplan.RealNodePodsAll.String(), "-notify-bind-address", "0.0.0.0:0",
+	}, r.o.ControllerArgs...)
+	if r.ctrl, err = ctrlproc.Start(ctx, ctrlproc.Options{
+		Bin: r.o.ControllerBin, Kubeconfig: r.o.Kubeconfig, Namespaces: ns, LogPath: logPath, Args: args,
+	}); err != nil {
+		return err
+	}
+	r.say("hapod-controller running (-namespaces %s %s); its log: %s", ns, strings.Join(args, " "), logPath)
+	return nil
+}
+
+// cleanup stops the controller first (so it does not react to the
+// teardown), then the load, nft and the watches, and deletes the namespace.
+func (r *run) cleanup(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if r.ctrl != nil {
+		r.ctrl.Stop()
+	}
+	if r.load != nil {
+		r.load.Stop()
+	}
+	if r.nft != nil {
+		r.nft.Stop()
+		r.writeNftLog()
+	}
+	if r.obs != nil {
+		r.obs.Stop()
+	}
+	if r.cs == nil {
+		return nil
+	}
+	if err := r.deleteNamespace(ctx); err != nil {
+		return err
+	}
+	r.say("cleaned up: controller stopped, namespace %s and its pods deleted", r.o.Namespace)
+	return nil
+}
+
+// writeNftLog keeps what nft printed, for the reader who wants to see the
+// rules kube-proxy wrote.
+func (r *run) writeNftLog() {
+	f, err := os.Create(filepath.Join(r.o.LogDir, "nft-monitor.log"))
+	if err != nil {
+		return
+	}
+	defer func() { _ = f.Close() }()
+	for _, l := range r.nft.Lines() {
+		fmt.Fprintf(f, "%s %s\n", l.At.Format(time.RFC3339Nano), l.Text)
+	}
+}
+
+func (r *run) deleteNamespace(ctx context.Context) error {
+	nss := r.cs.CoreV1().Namespaces()
+	if err := nss.Delete(ctx, r.o.Namespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete namespace %s: %w", r.o.Namespace, err)
+	}
+	return poll.Until(ctx, 2*time.Minute, func() (bool, error) {
+		_, err := nss.Get(ctx, r.o.Namespace, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+}
+
+// labelCheck follows the pods' labels on the observer's watch (one event at
+// a time, in order) and keeps the first moment two pods were labelled
+// active.
+type labelCheck struct {
+	label, value string
+
+	mu        sync.Mutex
+	active    map[string]bool
+	violation string
+}
+
+func (c *labelCheck) see(p *corev1.Pod, deleted bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if deleted || p.Labels[c.label] != c.value {
+		delete(c.active, p.Name)
+	} else {
+		c.active[p.Name] = true
+	}
+	if len(c.active) > 1 && c.violation == "" {
+		c.violation = fmt.Sprintf("two pods labelled %s=%s at resourceVersion %s: %v", c.label, c.value, p.ResourceVersion, c.active)
+	}
+}
+
+func (c *labelCheck) Violation() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.violation
+}
+
+// checkSingleActive adds a problem to s for two pods labelled active or two
+// apps holding the role at once (from their own records) so far.
+func (r *run) checkSingleActive(s *Scene) {
+	if v := r.labels.Violation(); v != "" {
+		s.problem("%s", v)
+	}
+	overlaps, same := realpod.Overlaps(realpod.Records(r.o.Records), r.killed, time.Now())
+	for _, o := range overlaps {
+		s.problem("%s", o.String())
+	}
+	for _, x := range same {
+		s.problem("%s", x)
+	}
+}
