@@ -38,7 +38,7 @@ func TestBenchRealNodeRows(t *testing.T) {
 		for _, s := range row.Stages {
 			st[s.Name] = s
 		}
-		want := []string{bench.StageSlice, bench.StageClusterIP}
+		want := []string{bench.StageSlice, bench.StageRule, bench.StageClusterIP}
 		switch row.Trigger {
 		case bench.RealKill, bench.RealKillAPI, bench.RealDelete:
 			want = append(want, bench.StageAppActive, bench.StageLabelSeen)

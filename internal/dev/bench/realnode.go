@@ -16,6 +16,7 @@ import (
 	"github.com/hapod/hapod/internal/dev/clusterip"
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/nftwatch"
 	"github.com/hapod/hapod/internal/dev/observe"
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/dev/realpod"
@@ -48,6 +49,7 @@ const (
 	StageAppActive  = "new active's app has the role"        // its own record, from inside its container
 	StageLabelSeen  = "label seen on a watch"                // the bench's watch
 	StageSlice      = "EndpointSlice = new pod"              // ready addresses are exactly its
+	StageRule       = "kube-proxy rule to new pod"           // nft monitor: the Service's chain sends to it
 	StageClusterIP  = "first answer via ClusterIP, new pod"  // through kube-proxy's rules: the user's view
 	StageFailedReqs = "requests failed or refused meanwhile" // a count, not a time
 )
@@ -71,6 +73,7 @@ type realNodeRun struct {
 	records string
 	obs     *observe.Observer[struct{}]
 	prober  *clusterip.Prober
+	nft     *nftwatch.Watch
 	ctl     *ctrlproc.Controller
 	samples map[string][]time.Duration
 	reasons map[string]int
@@ -150,6 +153,10 @@ func (e *Env) realNodeRow(ctx context.Context, o Options, row string) (*realNode
 	r.cleanup = append(r.cleanup, r.obs.Stop)
 	r.prober = clusterip.Start(ctx, "http://"+created.Spec.ClusterIP+"/", 2*time.Millisecond)
 	r.cleanup = append(r.cleanup, r.prober.Stop)
+	if r.nft, err = nftwatch.Start(ctx); err != nil {
+		return r, err
+	}
+	r.cleanup = append(r.cleanup, r.nft.Stop)
 	if hapod {
 		args := []string{
 			"-selector", benchLabel + "=true", "-group-label", "app",
@@ -373,6 +380,11 @@ func (r *realNodeRun) recordStages(next string, t0 time.Time) {
 	if !slice.IsZero() {
 		r.add(StageSlice, slice.Sub(t0))
 	}
+	if p, ok := r.obs.PodByName(next); ok {
+		if l, ok := r.nft.FirstFunc(t0, func(text string) bool { return nftwatch.SendsServiceTo(text, r.ns, r.name, p.IP) }); ok {
+			r.add(StageRule, l.At.Sub(t0))
+		}
+	}
 	if r.ctl != nil {
 		if p, ok := r.obs.PodByName(next); ok {
 			r.add(StageLabelSeen, p.LabelledAfter(activeRole, t0).Sub(t0))
@@ -418,7 +430,7 @@ func (r *realNodeRun) add(stage string, d time.Duration) {
 
 func (r *realNodeRun) result(row string) TriggerResult {
 	tr := TriggerResult{Trigger: row}
-	for _, st := range []string{StageTerminated, StageAppActive, StageLabelSeen, StageSlice, StageClusterIP} {
+	for _, st := range []string{StageTerminated, StageAppActive, StageLabelSeen, StageSlice, StageRule, StageClusterIP} {
 		if ds := r.samples[st]; len(ds) > 0 {
 			tr.Stages = append(tr.Stages, newSeries(st, durationsMs(ds)))
 		}

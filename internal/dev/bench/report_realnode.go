@@ -12,6 +12,7 @@ func (r *Results) mdRealNode(p printf) {
 	p("Two real nodes (kubelet, containerd, runc, CNI bridge; one kube-proxy in nftables mode) in a network namespace of the bench's own; ")
 	p("the pods are real containers of hapod-demo (init %s) with the pause binary as a non-critical sidecar, the controller the shipped binary. ", r.Settings.InitDelay)
 	p("Each time runs from the trigger: the SIGKILL of the active's critical process (found by its cgroup), or the DELETE request. ")
+	p("\"kube-proxy rule\" is when `nft monitor` in the namespace printed kube-proxy's rule sending the Service to the new pod (stamped when read: it trails the kernel's change by the pipe). ")
 	p("\"First answer via ClusterIP\" is the first of the bench's requests (one every 2 ms, a new connection each, through kube-proxy's rules) answered 200 by the new pod: what a client sees. ")
 	p("hapod's rows run as `deploy/example` ships (the critical container `restartPolicy: Never`); the restart baseline uses the pod's default policy ")
 	p("and this cluster's kubelet `crashLoopBackOff.maxContainerRestartPeriod: 1s` (the default back-off grows from 10 s to 300 s with repeated crashes, so in production it is slower than measured here).\n\n")

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/hapod/hapod/internal/dev/clusterip"
+	"github.com/hapod/hapod/internal/dev/nftwatch"
 	"github.com/hapod/hapod/internal/dev/observe"
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/dev/realpod"
@@ -363,9 +364,9 @@ func (r *run) failoverStages(s *Scene, t0 time.Time, next, old string) {
 }
 
 // ruleTo is when, after t0, kube-proxy added a rule to the Service's chain
-// that sends it to ip (sendsTo).
+// that sends it to ip (nftwatch.SendsServiceTo).
 func (r *run) ruleTo(t0 time.Time, ip string) (time.Time, bool) {
-	l, ok := r.nft.FirstFunc(t0, func(text string) bool { return sendsTo(text, r.o.Namespace, r.plan.svc.Name, ip) })
+	l, ok := r.nft.FirstFunc(t0, func(text string) bool { return nftwatch.SendsServiceTo(text, r.o.Namespace, r.plan.svc.Name, ip) })
 	return l.At, ok
 }
 
@@ -374,29 +375,9 @@ func (r *run) ruleTo(t0 time.Time, ip string) (time.Time, bool) {
 // left the add does not follow).
 func (r *run) ruleGone(t0 time.Time) (time.Time, bool) {
 	l, ok := r.nft.FirstFunc(t0, func(text string) bool {
-		return strings.HasPrefix(text, "delete rule ") && strings.Contains(text, serviceChain(r.o.Namespace, r.plan.svc.Name))
+		return nftwatch.DeletesServiceRule(text, r.o.Namespace, r.plan.svc.Name)
 	})
 	return l.At, ok
-}
-
-// serviceChain is the part of the name of kube-proxy's chain for a
-// Service's port that names the Service: service-<hash>-<ns>/<name>/<proto>/<port>.
-func serviceChain(ns, svc string) string { return "-" + ns + "/" + svc + "/" }
-
-// sendsTo reports whether a line of `nft monitor` adds a rule to the
-// Service's chain that sends it to ip: a dnat straight to ip when it is the
-// only endpoint (kube-proxy 1.37), or a jump to its endpoint chain (named
-// ...__<ip>/<port>) among several.
-func sendsTo(line, ns, svc, ip string) bool {
-	rest, ok := strings.CutPrefix(line, "add rule ")
-	if !ok {
-		return false
-	}
-	f := strings.Fields(rest) // family, table, chain, the rule
-	if len(f) < 4 || !strings.HasPrefix(f[2], "service-") || !strings.Contains(f[2], serviceChain(ns, svc)) {
-		return false
-	}
-	return strings.Contains(rest, "dnat to "+ip+":") || strings.Contains(rest, "__"+ip+"/")
 }
 
 // standbyStage adds when pod's app was told it is standby.
