@@ -209,10 +209,13 @@ func run() error {
 	if realNodes {
 		// The real nodes' image of the demo app: static, packed by the cluster.
 		static := filepath.Join(binDir, "static")
-		if err := gobuild.Static(ctx, root, static, "./cmd/hapod-demo"); err != nil {
+		if err := gobuild.Static(ctx, root, static, "./cmd/hapod-demo", "./cmd/hapod-le-app"); err != nil {
 			return err
 		}
-		images = []localcluster.Image{{Ref: realpod.DemoImage, Binary: filepath.Join(static, "hapod-demo")}}
+		images = []localcluster.Image{
+			{Ref: realpod.DemoImage, Binary: filepath.Join(static, "hapod-demo")},
+			{Ref: realpod.LEAppImage, Binary: filepath.Join(static, "hapod-le-app")},
+		}
 		env.RealNodes = true
 	}
 	cluster, stopCluster, err := useCluster(ctx, env, f, images)
@@ -276,6 +279,13 @@ func useCluster(ctx context.Context, env *bench.Env, f *flags, images []localclu
 	}
 	log.Info("local cluster up", "took", time.Since(began).Round(time.Millisecond).String())
 	env.REST, env.Kubeconfig = c.RESTConfig(), c.Kubeconfig()
+	if env.RealNodes {
+		env.PodKubeconfig = filepath.Join(c.RunDir(), "pod-kubeconfig")
+		if err := c.WritePodKubeconfig(env.PodKubeconfig); err != nil {
+			stop()
+			return "", nil, err
+		}
+	}
 	st, err := localcluster.ReadState(c.RunDir())
 	if err != nil {
 		stop()

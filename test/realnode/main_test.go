@@ -37,11 +37,14 @@ func buildImages(ctx context.Context) ([]localcluster.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := gobuild.Static(ctx, root, binDir, "./cmd/hapod-demo"); err != nil {
+	if err := gobuild.Static(ctx, root, binDir, "./cmd/hapod-demo", "./cmd/hapod-le-app"); err != nil {
 		return nil, err
 	}
 	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller"); err != nil {
 		return nil, err
 	}
-	return []localcluster.Image{{Ref: realpod.DemoImage, Binary: filepath.Join(binDir, "hapod-demo")}}, nil
+	return []localcluster.Image{
+		{Ref: realpod.DemoImage, Binary: filepath.Join(binDir, "hapod-demo")},
+		{Ref: realpod.LEAppImage, Binary: filepath.Join(binDir, "hapod-le-app")},
+	}, nil
 }

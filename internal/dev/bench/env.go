@@ -52,6 +52,10 @@ type Env struct {
 	// RealNodes: the cluster has real nodes (and runs inside their network
 	// namespace), so the real-node scenario can run.
 	RealNodes bool
+	// PodKubeconfig is a kubeconfig that works from inside a pod on a real
+	// node (localcluster.Cluster.WritePodKubeconfig), for the
+	// leader-election baselines' apps.
+	PodKubeconfig string
 	// WorkDir receives logs and profiles.
 	WorkDir string
 	Log     *slog.Logger

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -41,7 +43,17 @@ const (
 	// RealNoStandby: no hapod, one pod deleted, its ReplicaSet's
 	// replacement started and initialised.
 	RealNoStandby = "baseline, no standby: pod deleted, the ReplicaSet's replacement"
+	// RealLEDefault and RealLEAggressive: no hapod, two replicas of an app
+	// that elect their leader with client-go leader election
+	// (cmd/hapod-le-app), the leader labelling its own pod active: SIGKILL
+	// of the leader's process, the kubelet restarting it in place (the
+	// pod's default policy) as a candidate.
+	RealLEDefault    = "baseline, client-go leader election 15s/10s/2s: leader's process SIGKILLed"
+	RealLEAggressive = "baseline, client-go leader election 2s/1s/200ms: leader's process SIGKILLed"
 )
+
+// leTimings are the leader-election rows' timings.
+var leTimings = map[string]Timings{RealLEDefault: DefaultTimings, RealLEAggressive: AggressiveTimings}
 
 // Stages of a real-node failover.
 const (
@@ -67,19 +79,22 @@ type RealNodeResult struct {
 // realNodeRun is one row's group: namespace, Service, ReplicaSet,
 // observer, prober and (for hapod's rows) the controller.
 type realNodeRun struct {
-	e       *Env
-	name    string
-	ns      string
-	records string
-	obs     *observe.Observer[struct{}]
-	prober  *clusterip.Prober
-	nft     *nftwatch.Watch
-	ctl     *ctrlproc.Controller
-	samples map[string][]time.Duration
-	reasons map[string]int
-	failed  []float64
-	killed  map[string][]time.Time // pod -> when the bench killed its app
-	cleanup []func()
+	e *Env
+	// pair: the row keeps an active and a standby (hapod's rows and
+	// leader election's); le: leader election's.
+	pair, le bool
+	name     string
+	ns       string
+	records  string
+	obs      *observe.Observer[struct{}]
+	prober   *clusterip.Prober
+	nft      *nftwatch.Watch
+	ctl      *ctrlproc.Controller
+	samples  map[string][]time.Duration
+	reasons  map[string]int
+	failed   []float64
+	killed   map[string][]time.Time // pod -> when the bench killed its app
+	cleanup  []func()
 }
 
 // runRealNodes runs the real-node scenario into r.
@@ -100,7 +115,7 @@ func (e *Env) runRealNodes(ctx context.Context, o Options, r *Results, fail func
 // realNodes runs every row of the real-node scenario, n samples each.
 func (e *Env) realNodes(ctx context.Context, o Options) (*RealNodeResult, error) {
 	res := &RealNodeResult{Reasons: map[string]map[string]int{}}
-	for _, row := range []string{RealKill, RealKillAPI, RealDelete, RealRestart, RealNoStandby} {
+	for _, row := range []string{RealKill, RealKillAPI, RealDelete, RealRestart, RealNoStandby, RealLEDefault, RealLEAggressive} {
 		e.Log.Info("real node", "row", row, "samples", o.RealNodeSamples)
 		r, err := e.realNodeRow(ctx, o, row)
 		if r != nil {
@@ -118,7 +133,9 @@ func (e *Env) realNodes(ctx context.Context, o Options) (*RealNodeResult, error)
 
 func (e *Env) realNodeRow(ctx context.Context, o Options, row string) (*realNodeRun, error) {
 	hapod := row == RealKill || row == RealKillAPI || row == RealDelete
-	r := &realNodeRun{e: e, name: "real", samples: map[string][]time.Duration{}, reasons: map[string]int{}, killed: map[string][]time.Time{}}
+	le, isLE := leTimings[row]
+	r := &realNodeRun{e: e, name: "real", pair: hapod || isLE, le: isLE,
+		samples: map[string][]time.Duration{}, reasons: map[string]int{}, killed: map[string][]time.Time{}}
 	ns, del, err := e.namespace(ctx, "bench-real")
 	if err != nil {
 		return nil, err
@@ -131,10 +148,13 @@ func (e *Env) realNodeRow(ctx context.Context, o Options, row string) (*realNode
 	labels := map[string]string{"app": r.name}
 	svcSel := map[string]string{"app": r.name}
 	replicas := int32(1)
-	if hapod {
-		labels[benchLabel], labels[roleLabel] = "true", standbyRole
+	if r.pair {
+		labels[roleLabel] = standbyRole
 		svcSel[roleLabel] = activeRole
 		replicas = 2
+	}
+	if hapod {
+		labels[benchLabel] = "true"
 	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: r.name},
@@ -174,19 +194,29 @@ func (e *Env) realNodeRow(ctx context.Context, o Options, row string) (*realNode
 		}
 		r.cleanup = append(r.cleanup, r.ctl.Stop)
 	}
+	po := realpod.Options{
+		Labels: labels, Records: r.records, InitDelay: o.InitDelay,
+		// hapod's rows as deploy/example ships; the baselines need the
+		// kubelet's restart.
+		CriticalNever: hapod,
+		AlwaysActive:  !r.pair,
+		Spread:        map[string]string{"app": r.name},
+	}
+	if isLE {
+		// The app reaches the API server from its container with a
+		// kubeconfig in its records directory.
+		if err := e.copyPodKubeconfig(filepath.Join(r.records, realpod.KubeconfigFile)); err != nil {
+			return r, err
+		}
+		po.LeaderElection = &realpod.LeaderElection{Lease: r.name, Peers: "app=" + r.name,
+			LeaseDuration: le.LeaseDuration, RenewDeadline: le.RenewDeadline, RetryPeriod: le.RetryPeriod}
+	}
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Name: r.name},
 		Spec: appsv1.ReplicaSetSpec{
 			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": r.name}},
-			Template: realpod.Template(realpod.Options{
-				Labels: labels, Records: r.records, InitDelay: o.InitDelay,
-				// hapod's rows as deploy/example ships; the restart baseline
-				// needs the kubelet's restart.
-				CriticalNever: hapod,
-				AlwaysActive:  !hapod,
-				Spread:        map[string]string{"app": r.name},
-			}),
+			Template: realpod.Template(po),
 		},
 	}
 	if _, err := e.cs.AppsV1().ReplicaSets(ns).Create(ctx, rs, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
@@ -210,7 +240,7 @@ func (r *realNodeRun) tearDown() {
 // Service (and, for hapod, the standby): for hapod one active whose app is
 // active at the label's epoch and one Ready standby whose app is standby; for
 // a baseline its one pod Ready. Either way the ClusterIP answers from it.
-func (r *realNodeRun) steady(ctx context.Context, hapod bool) (*observe.Pod[struct{}], *observe.Pod[struct{}], error) {
+func (r *realNodeRun) steady(ctx context.Context) (*observe.Pod[struct{}], *observe.Pod[struct{}], error) {
 	// Polled, not waited for on the observer: the apps' records are files,
 	// whose changes the observer does not see. The pods are copied inside
 	// the observer's lock: its watch goroutines update them.
@@ -219,7 +249,7 @@ func (r *realNodeRun) steady(ctx context.Context, hapod bool) (*observe.Pod[stru
 	err := poll.Until(ctx, 2*time.Minute, func() (ok bool, _ error) {
 		r.obs.Read(func() {
 			var sv, sb *observe.Pod[struct{}]
-			if ok, why = r.steadyLocked(hapod, &sv, &sb); ok {
+			if ok, why = r.steadyLocked(&sv, &sb); ok {
 				c := sv.Clone()
 				serving = &c
 				if sb != nil {
@@ -233,11 +263,22 @@ func (r *realNodeRun) steady(ctx context.Context, hapod bool) (*observe.Pod[stru
 	if err != nil {
 		return nil, nil, fmt.Errorf("steady state: %w (%s)", err, why)
 	}
-	// And kube-proxy routes to it: a fresh answer from that pod.
+	// And kube-proxy routes to it alone: every answer of the last 200 ms
+	// (about 100 requests) came from that pod. (A fresh answer is not
+	// enough: kube-proxy may still send some requests to the pod before.)
 	since := time.Now()
 	err = poll.Until(ctx, time.Minute, func() (bool, error) {
-		_, ok := r.prober.FirstFrom(serving.Name, since)
-		return ok, nil
+		now := time.Now()
+		if now.Sub(since) < 200*time.Millisecond {
+			return false, nil
+		}
+		hits := r.prober.Between(now.Add(-200*time.Millisecond), now)
+		for _, h := range hits {
+			if h.Pod != serving.Name {
+				return false, nil
+			}
+		}
+		return len(hits) > 0, nil
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("the ClusterIP does not answer from %s: %w; the last second's answers: %s",
@@ -247,7 +288,7 @@ func (r *realNodeRun) steady(ctx context.Context, hapod bool) (*observe.Pod[stru
 }
 
 // steadyLocked is steady's condition, inside the observer's lock.
-func (r *realNodeRun) steadyLocked(hapod bool, serving, standby **observe.Pod[struct{}]) (bool, string) {
+func (r *realNodeRun) steadyLocked(serving, standby **observe.Pod[struct{}]) (bool, string) {
 	*serving, *standby = nil, nil
 	apps := realpod.Latest(r.records)
 	for _, p := range r.obs.LiveLocked() {
@@ -258,15 +299,17 @@ func (r *realNodeRun) steadyLocked(hapod bool, serving, standby **observe.Pod[st
 		}
 		app := apps[p.Name]
 		switch {
-		case !hapod:
+		case !r.pair:
 			*serving = p
-		case p.Role == activeRole && app.Role == activeRole && app.Epoch == p.Epoch:
+		// hapod's epoch is on the pod too; leader election's only in the
+		// app's records (the Lease's transitions).
+		case p.Role == activeRole && app.Role == activeRole && (r.le || app.Epoch == p.Epoch):
 			*serving = p
 		case p.Role == standbyRole && app.Role == standbyRole:
 			*standby = p
 		}
 	}
-	if *serving == nil || (hapod && *standby == nil) {
+	if *serving == nil || (r.pair && *standby == nil) {
 		why := "no steady pair yet:"
 		for _, p := range r.obs.LiveLocked() {
 			why += fmt.Sprintf(" %s(label %s@%d ready=%v app %s@%d)", p.Name, p.Role, p.Epoch, p.Ready, apps[p.Name].Role, apps[p.Name].Epoch)
@@ -278,8 +321,7 @@ func (r *realNodeRun) steadyLocked(hapod bool, serving, standby **observe.Pod[st
 
 // sample takes one failover (or restart) of row and records its stages.
 func (r *realNodeRun) sample(ctx context.Context, row string) error {
-	hapod := r.ctl != nil
-	old, standby, err := r.steady(ctx, hapod)
+	old, standby, err := r.steady(ctx)
 	if err != nil {
 		return err
 	}
@@ -328,7 +370,6 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 // alone, and returns it with when the kubelet's report of the death was
 // seen (zero if none was).
 func (r *realNodeRun) waitNext(ctx context.Context, row string, kill bool, t0 time.Time, old, standby *observe.Pod[struct{}]) (next string, terminated time.Time, err error) {
-	hapod := r.ctl != nil
 	restarts := restartCount(old.Object)
 	err = r.obs.WaitFor(ctx, time.Minute, "failover", func() (bool, string) {
 		if kill && terminated.IsZero() {
@@ -337,7 +378,21 @@ func (r *realNodeRun) waitNext(ctx context.Context, row string, kill bool, t0 ti
 			}
 		}
 		switch {
-		case hapod:
+		case r.le:
+			// Whichever candidate takes the Lease: the standby, or the
+			// killed process restarted in place (a new identity).
+			for _, c := range realpod.Records(r.records) {
+				for _, ch := range c {
+					if ch.Role == activeRole && ch.At.After(t0) {
+						if p := r.obs.PodByNameLocked(ch.Pod); p != nil && p.Ready && r.obs.LastSliceLocked().ListsOnly(p.IP) {
+							next = p.Name
+							return true, ""
+						}
+					}
+				}
+			}
+			return false, "no new leader in the EndpointSlice alone yet"
+		case r.pair:
 			next = standby.Name
 			p := r.obs.PodByNameLocked(next)
 			if p == nil || p.LabelledAfter(activeRole, t0).IsZero() {
@@ -385,8 +440,9 @@ func (r *realNodeRun) recordStages(next string, t0 time.Time) {
 			r.add(StageRule, l.At.Sub(t0))
 		}
 	}
-	if r.ctl != nil {
-		if p, ok := r.obs.PodByName(next); ok {
+	if r.pair {
+		// A leader restarted in place keeps its label: no new label to time.
+		if p, ok := r.obs.PodByName(next); ok && !p.LabelledAfter(activeRole, t0).IsZero() {
 			r.add(StageLabelSeen, p.LabelledAfter(activeRole, t0).Sub(t0))
 		}
 		for _, c := range realpod.Records(r.records)[next] {
@@ -395,10 +451,26 @@ func (r *realNodeRun) recordStages(next string, t0 time.Time) {
 				break
 			}
 		}
+		if r.ctl == nil {
+			return
+		}
 		if rec, ok := r.ctl.Promotion(next); ok {
 			r.reasons[rec.Reason]++
 		}
 	}
+}
+
+// copyPodKubeconfig copies the pods' kubeconfig to path, readable by the
+// apps' user.
+func (e *Env) copyPodKubeconfig(path string) error {
+	if e.PodKubeconfig == "" {
+		return errors.New("the leader-election rows need Env.PodKubeconfig (a cluster with real nodes)")
+	}
+	b, err := os.ReadFile(e.PodKubeconfig)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 // deathReported: the kubelet has reported the critical container's death:

@@ -41,7 +41,7 @@ func (r *Results) realNodeCDF() []cdfLine {
 	if r.RealNode == nil {
 		return nil
 	}
-	colors := map[string]string{RealKill: "#1b9e77", RealKillAPI: "#66a61e", RealDelete: "#7570b3", RealRestart: "#d95f02", RealNoStandby: "#e7298a"}
+	colors := map[string]string{RealKill: "#1b9e77", RealKillAPI: "#66a61e", RealDelete: "#7570b3", RealRestart: "#d95f02", RealNoStandby: "#e7298a", RealLEDefault: "#a6761d", RealLEAggressive: "#e6ab02"}
 	var lines []cdfLine
 	for _, row := range r.RealNode.Rows {
 		for _, st := range row.Stages {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -107,4 +108,16 @@ func StopRealNode(t testing.TB, node *localcluster.RealNode) {
 	t.Helper()
 	RealNodes(t)
 	cluster.StopRealNode(node)
+}
+
+// PodKubeconfig writes a kubeconfig that works from inside a pod on a real
+// node (localcluster.Cluster.WritePodKubeconfig) and returns its path.
+func PodKubeconfig(t testing.TB) string {
+	t.Helper()
+	RealNodes(t)
+	path := filepath.Join(t.TempDir(), "pod-kubeconfig")
+	if err := cluster.WritePodKubeconfig(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -118,6 +118,10 @@ type Cluster struct {
 	procs     []*process
 	state     State
 	realNodes []*RealNode
+	// withReal: the cluster has real nodes, so it runs in a network
+	// namespace of its own and the API server also listens on the node
+	// network, for pods (PodKubeconfig).
+	withReal bool
 
 	stopping atomic.Bool
 	failed   chan struct{} // closed when a component exits while not stopping
@@ -192,6 +196,7 @@ func start(ctx context.Context, opts Options, log *slog.Logger, bins Binaries, r
 		log:        log,
 		stopGrace:  opts.StopGrace,
 		keepRunDir: opts.KeepRunDir,
+		withReal:   opts.RealNodes > 0,
 		bins:       bins,
 		failed:     make(chan struct{}),
 	}
@@ -310,7 +315,7 @@ func (c *Cluster) startAPIServer(ctx context.Context, pk *pki, etcdURL string) e
 	pkiPath := pk.path
 	apiserver, err := c.startProcess("kube-apiserver", c.bins.KubeAPIServer, nil,
 		"--etcd-servers", etcdURL,
-		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.ports.apiserver),
+		"--bind-address", c.apiserverBind(), "--secure-port", strconv.Itoa(c.ports.apiserver),
 		"--advertise-address", "127.0.0.1",
 		// The default reconciler refuses a loopback advertise address; nothing needs the
 		// kubernetes Service's endpoints here.
@@ -534,6 +539,29 @@ func adminClient(pk *pki) (*http.Client, error) {
 		Proxy:           nil,
 		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 	}}, nil
+}
+
+// apiserverBind is the API server's bind address: 127.0.0.1, or with real
+// nodes every address of the network namespace they run in (which has no
+// way out): pods reach it on real-node-1's IP (PodKubeconfig).
+func (c *Cluster) apiserverBind() string {
+	if c.withReal {
+		return "0.0.0.0"
+	}
+	return "127.0.0.1"
+}
+
+// WritePodKubeconfig writes to path an admin kubeconfig that works from
+// inside a pod on a real node: the API server at real-node-1's IP, which its
+// serving certificate names. For baselines that talk to the API server from
+// a container (client-go leader election); hapod's apps never do.
+func (c *Cluster) WritePodKubeconfig(path string) error {
+	if !c.withReal {
+		return errors.New("localcluster: pods reach the API server only on a cluster with real nodes")
+	}
+	rc := rest.CopyConfig(c.restConfig)
+	rc.Host = "https://" + netplan.RealNodeIP(1).String() + ":" + strconv.Itoa(c.ports.apiserver)
+	return writeKubeconfig(path, rc)
 }
 
 // writeKubeconfig writes an admin kubeconfig with the certificates embedded, so it can be

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hapod/hapod/internal/dev/netplan"
 )
 
 // pki holds the certificates and keys of one cluster, PEM-encoded, and where they are
@@ -33,7 +35,9 @@ func (p *pki) path(name string) string { return filepath.Join(p.Dir, name) }
 var (
 	apiserverDNSNames = []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 		"kubernetes.default.svc.cluster.local"}
-	apiserverIPs = []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}
+	// real-node-1's IP: pods on real nodes reach the API server there
+	// (Cluster.WritePodKubeconfig).
+	apiserverIPs = []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), netplan.RealNodeIP(1).AsSlice()}
 )
 
 // newPKI generates a CA, a serving certificate for the API server valid for

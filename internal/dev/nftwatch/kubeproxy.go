@@ -7,9 +7,11 @@ import "strings"
 func serviceChain(ns, svc string) string { return "-" + ns + "/" + svc + "/" }
 
 // SendsServiceTo reports whether a line of `nft monitor` adds a rule to the
-// Service's chain that sends it to ip: a dnat straight to ip when it is the
-// only endpoint (kube-proxy 1.37), or a jump to its endpoint chain (named
-// ...__<ip>/<port>) among several.
+// Service's chain that sends it to ip: as kube-proxy 1.37 writes them, a
+// dnat straight to ip when it is the only endpoint, a dnat through a numgen
+// map among several ("map { 0 : <ip> . <port>, ... }"), or (for Services
+// whose endpoints need chains of their own) a jump to its endpoint chain
+// (named ...__<ip>/<port>).
 func SendsServiceTo(line, ns, svc, ip string) bool {
 	rest, ok := strings.CutPrefix(line, "add rule ")
 	if !ok {
@@ -19,7 +21,7 @@ func SendsServiceTo(line, ns, svc, ip string) bool {
 	if len(f) < 4 || !strings.HasPrefix(f[2], "service-") || !strings.Contains(f[2], serviceChain(ns, svc)) {
 		return false
 	}
-	return strings.Contains(rest, "dnat to "+ip+":") || strings.Contains(rest, "__"+ip+"/")
+	return strings.Contains(rest, "dnat to "+ip+":") || strings.Contains(rest, ": "+ip+" . ") || strings.Contains(rest, "__"+ip+"/")
 }
 
 // DeletesServiceRule reports whether a line of `nft monitor` deletes a rule

@@ -12,7 +12,11 @@ func TestSendsServiceTo(t *testing.T) {
 	}{
 		{"one endpoint: a dnat in the service chain",
 			"add rule ip kube-proxy service-7X4PM67H-hapod-demo/hapod/tcp/http meta l4proto tcp dnat to 10.244.2.2:8080", true},
-		{"several endpoints: a jump to the endpoint chain",
+		{"several endpoints: a numgen map",
+			"add rule ip kube-proxy service-BK4XB5SK-hapod-demo/hapod/tcp/ meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.11 . 8080, 1 : 10.244.2.2 . 8080 }", true},
+		{"several endpoints, ip not among them",
+			"add rule ip kube-proxy service-BK4XB5SK-hapod-demo/hapod/tcp/ meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.11 . 8080, 1 : 10.244.2.23 . 8080 }", false},
+		{"endpoint chains: a jump to the endpoint's",
 			"add rule ip kube-proxy service-7X4PM67H-hapod-demo/hapod/tcp/http numgen random mod 2 vmap { 0 : goto endpoint-AB-hapod-demo/hapod/tcp/http__10.244.1.2/8080 , 1 : goto endpoint-CD-hapod-demo/hapod/tcp/http__10.244.2.2/8080 }", true},
 		{"another endpoint",
 			"add rule ip kube-proxy service-7X4PM67H-hapod-demo/hapod/tcp/http meta l4proto tcp dnat to 10.244.1.3:8080", false},

@@ -36,6 +36,13 @@ import (
 // real node); pods name it with imagePullPolicy Never.
 const DemoImage = "localhost/hapod/demo:dev"
 
+// LEAppImage runs cmd/hapod-le-app, the leader-election baseline.
+const LEAppImage = "localhost/hapod/le-app:dev"
+
+// KubeconfigFile is the kubeconfig, in the records directory, that the
+// leader-election baseline's app reads (localcluster.Cluster.WritePodKubeconfig).
+const KubeconfigFile = "kubeconfig"
+
 // The containers of the example's pod.
 const (
 	Critical = "app"     // the demo app, env pwcriticality=critical
@@ -63,6 +70,16 @@ type Options struct {
 	// Spread, if set, is the label set the pods spread over the nodes by
 	// (one per node where possible).
 	Spread map[string]string
+	// LeaderElection, if set, runs the leader-election baseline
+	// (LEAppImage) as the app instead of hapod-demo.
+	LeaderElection *LeaderElection
+}
+
+// LeaderElection configures the leader-election baseline's app.
+type LeaderElection struct {
+	// Lease names the Lease; Peers is the replicas' label selector.
+	Lease, Peers                              string
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 }
 
 // Template is the example's pod (deploy/example) on the real nodes' images.
@@ -85,6 +102,20 @@ func Template(o Options) corev1.PodTemplateSpec {
 		},
 		Resources:    corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m")}},
 		VolumeMounts: []corev1.VolumeMount{{Name: "records", MountPath: recordsMount}},
+	}
+	if le := o.LeaderElection; le != nil {
+		app.Image = LEAppImage
+		app.Ports = app.Ports[:1] // no role messages
+		app.Env = []corev1.EnvVar{
+			env("POD_NAME", "metadata.name"), env("POD_NAMESPACE", "metadata.namespace"),
+			{Name: "KUBECONFIG", Value: recordsMount + "/" + KubeconfigFile},
+			{Name: "LEASE", Value: le.Lease}, {Name: "PEERS", Value: le.Peers},
+			{Name: "LEASE_DURATION", Value: le.LeaseDuration.String()},
+			{Name: "RENEW_DEADLINE", Value: le.RenewDeadline.String()},
+			{Name: "RETRY_PERIOD", Value: le.RetryPeriod.String()},
+			{Name: "INIT_DELAY", Value: o.InitDelay.String()},
+			{Name: "ROLE_RECORDS", Value: recordsMount + "/$(POD_NAME).jsonl"},
+		}
 	}
 	if o.AlwaysActive {
 		app.Env = append(app.Env, corev1.EnvVar{Name: "ALWAYS_ACTIVE", Value: "true"})
