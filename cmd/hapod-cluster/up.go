@@ -49,7 +49,7 @@ func (c current) readOwner() (owner, bool) {
 	return owner{pid: pid, start: start}, true
 }
 
-func (o owner) alive() bool { return localcluster.ProcessAlive(o.pid, o.start) }
+func (o owner) alive() bool { return child.Alive(o.pid, o.start) }
 
 // running returns the owner of a running cluster, if there is one.
 func (c current) running() (owner, bool) {
@@ -108,7 +108,7 @@ func up(ctx context.Context, cur current, o upOptions, log *slog.Logger, stdout 
 	if err := os.MkdirAll(filepath.Join(cur.dir, "current"), 0o755); err != nil {
 		return err
 	}
-	me, err := localcluster.ProcStartTime(os.Getpid())
+	me, err := child.StartTime(os.Getpid())
 	if err != nil {
 		return err
 	}

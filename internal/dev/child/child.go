@@ -1,11 +1,8 @@
 package child
 
 import (
-	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -67,11 +64,6 @@ func Terminate(pid int, done <-chan struct{}, grace time.Duration) bool {
 // Exited reports whether pid has exited: there is no such process, or it is
 // a zombie waiting for its parent to reap it (signals do nothing to it).
 func Exited(pid int) bool {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
-	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X'
+	state, _, err := procStat(pid)
+	return err != nil || state == "Z" || state == "X"
 }

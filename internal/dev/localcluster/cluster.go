@@ -249,7 +249,7 @@ func (c *Cluster) prepareRunDir() error {
 			return fmt.Errorf("create run dir: %w", err)
 		}
 	}
-	ownerStart, err := ProcStartTime(os.Getpid())
+	ownerStart, err := child.StartTime(os.Getpid())
 	if err != nil {
 		return err
 	}

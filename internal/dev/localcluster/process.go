@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -159,43 +158,8 @@ func runs(pid int, exe string) bool {
 	return got == exe || got == exe+" (deleted)"
 }
 
-// ProcStartTime returns field 22 of /proc/<pid>/stat (start time in clock ticks since
-// boot), which with the pid identifies a process.
-func ProcStartTime(pid int) (uint64, error) {
-	_, start, err := procStat(pid)
-	return start, err
-}
-
-// ProcessAlive reports whether the process with this pid and start time (from
-// ProcStartTime) still runs: it exists, is not a zombie, and is not a later process
-// that reuses the pid.
-func ProcessAlive(pid int, startTime uint64) bool {
-	state, start, err := procStat(pid)
-	return err == nil && start == startTime && state != "Z" && state != "X"
-}
-
-// procStat returns the state (field 3) and start time (field 22) of /proc/<pid>/stat.
-func procStat(pid int) (state string, start uint64, err error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return "", 0, err
-	}
-	// The command name (field 2) is in parentheses and may hold spaces.
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return "", 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(s[i+1:]) // fields[0] is field 3
-	if len(fields) < 20 {
-		return "", 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
-	}
-	start, err = strconv.ParseUint(fields[19], 10, 64)
-	return fields[0], start, err
-}
-
 // ownerAlive reports whether the process that wrote s still runs.
-func ownerAlive(s *State) bool { return ProcessAlive(s.OwnerPID, s.OwnerStartTime) }
+func ownerAlive(s *State) bool { return child.Alive(s.OwnerPID, s.OwnerStartTime) }
 
 // removeStaleRunDirs stops and removes run directories under root whose owner process
 // has died (a test binary that crashed or was killed). Pdeathsig has already killed

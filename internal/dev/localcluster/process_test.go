@@ -78,7 +78,7 @@ func TestStopRunDirGuardsPIDReuse(t *testing.T) {
 // is left alone.
 func TestRemoveStaleRunDirs(t *testing.T) {
 	root := t.TempDir()
-	me, err := ProcStartTime(os.Getpid())
+	me, err := child.StartTime(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}

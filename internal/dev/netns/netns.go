@@ -238,23 +238,14 @@ func ownerAlive(name string) bool {
 	return err == nil && procStart(pid) == f[1]
 }
 
-// procStart is field 22 of /proc/<pid>/stat (start time), "" if pid is gone:
-// with the pid it names one process, not whoever reuses the number.
+// procStart is the process's start time as text (child.StartTime), "" if
+// it is gone.
 func procStart(pid int) string {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	start, err := child.StartTime(pid)
 	if err != nil {
 		return ""
 	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
-	if i < 0 {
-		return ""
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return ""
-	}
-	return f[19]
+	return strconv.FormatUint(start, 10)
 }
 
 func inode(path string) (uint64, error) {

@@ -25,6 +25,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/netplan"
@@ -280,7 +281,7 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 const ownerAnnotation = role.TourOwnerAnnotation
 
 func ownerValue() string {
-	start, _ := localcluster.ProcStartTime(os.Getpid())
+	start, _ := child.StartTime(os.Getpid())
 	return strconv.Itoa(os.Getpid()) + " " + strconv.FormatUint(start, 10)
 }
 
@@ -293,7 +294,7 @@ func ownerAlive(owner string) bool {
 	}
 	pid, err1 := strconv.Atoi(f[0])
 	start, err2 := strconv.ParseUint(f[1], 10, 64)
-	return err1 == nil && err2 == nil && pid != os.Getpid() && localcluster.ProcessAlive(pid, start)
+	return err1 == nil && err2 == nil && pid != os.Getpid() && child.Alive(pid, start)
 }
 
 // removeLeftovers deletes the namespace and node of an earlier run that did not clean up

@@ -15,7 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/config"
-	"github.com/hapod/hapod/internal/dev/localcluster"
+	"github.com/hapod/hapod/internal/dev/child"
 )
 
 func TestAddrPool(t *testing.T) {
@@ -281,7 +281,7 @@ func TestExampleRefusals(t *testing.T) {
 
 func TestOwnerAlive(t *testing.T) {
 	parent := os.Getppid()
-	start, err := localcluster.ProcStartTime(parent)
+	start, err := child.StartTime(parent)
 	if err != nil {
 		t.Skipf("no /proc: %v", err)
 	}
