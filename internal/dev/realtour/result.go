@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -14,21 +15,13 @@ import (
 // Result is the outcome of a tour.
 type Result struct {
 	Scenes []*Scene
-	// LogDir holds the controller's log, its failover records and nft's output.
+	// LogDir: the controller's log and records, and nft's output.
 	LogDir string
 }
 
 // OK reports whether every scene ran and behaved as expected.
 func (r *Result) OK() bool {
-	if len(r.Scenes) == 0 {
-		return false
-	}
-	for _, s := range r.Scenes {
-		if !s.OK() {
-			return false
-		}
-	}
-	return true
+	return len(r.Scenes) > 0 && !slices.ContainsFunc(r.Scenes, func(s *Scene) bool { return !s.OK() })
 }
 
 // Scene is the outcome of one scene.
