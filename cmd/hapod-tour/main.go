@@ -1,21 +1,32 @@
-// Command hapod-tour shows hapod doing its whole job on the local control plane: it is
-// what `make demo` runs.
+// Command hapod-tour shows hapod doing its whole job: it is what `make demo`
+// runs.
 //
-// It builds hapod-controller and hapod-demo, starts the local control plane (or reuses
-// the one `make cluster` keeps running), runs the controller as its own process, applies
-// the seed's example (deploy/example) into the namespace hapod-demo, runs a real
-// hapod-demo process for every pod, and plays five scenes: the initial election, the
-// active pod deleted, the active's critical container dying, a sidecar dying (no
-// failover) and the standby's critical container dying (standby replaced, active
-// untouched). Each scene prints a timeline in milliseconds from its trigger; a summary
-// table ends the run. It exits 0 when every scene behaved as expected, 1 otherwise, and
-// 130 when interrupted. Whatever it started is stopped, also on Ctrl-C.
+// Where it can (as root, with runc, nft, ip and nsenter), it runs on real
+// nodes (internal/dev/realtour): it re-executes itself inside a network
+// namespace of its own, starts a local cluster with two real nodes (kubelet,
+// containerd, runc, CNI bridge, kube-proxy), runs the controller as its own
+// process, applies the seed's example (deploy/example) as real containers,
+// sends its load to the Service's ClusterIP and plays five scenes: the
+// initial election, the active's critical process SIGKILLed, the active pod
+// deleted, the active's sidecar SIGKILLed (no failover) and the standby's
+// critical process SIGKILLed (standby replaced, active untouched). Each scene
+// prints a timeline in milliseconds from its trigger, from the kubelet's
+// report to the first request answered through the ClusterIP.
+//
+// Elsewhere, or with -kwok or -kubeconfig, it plays the same scenes on kwok's
+// simulated node (internal/dev/tour), playing the kubelet and kube-proxy
+// itself, and says so.
+//
+// A summary table ends the run. It exits 0 when every scene behaved as
+// expected, 1 otherwise, and 130 when interrupted. Whatever it started is
+// stopped, also on Ctrl-C.
 //
 // Flags:
 //
-//	-kubeconfig FILE     use this cluster instead of the local one
+//	-kwok                play on kwok even where real nodes can run
+//	-kubeconfig FILE     play on kwok in this cluster instead of a local one
 //	-init-delay D        the demo app's slow start (default 1s)
-//	-not-ready-grace D   the controller's -not-ready-grace (default 3s)
+//	-not-ready-grace D   the controller's -not-ready-grace on kwok (default 3s)
 package main
 
 import (
