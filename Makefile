@@ -38,7 +38,7 @@ fuzz: ## fuzz the decision rules and the wire decoder for FUZZTIME (30s) each
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./internal/wire/
 
-demo: ## run: local control plane, controller, example app, five failover scenes
+demo: ## run: two real nodes (as root; kwok otherwise), the controller, the example as real containers, five failover scenes (~35 s built)
 	$(GO) run ./cmd/hapod-tour
 
 bench: ## failover latency against the baselines, kill -9 via the role lease, renewal cost, scale, and end to end on real nodes (~35 min; BENCH_FLAGS=-short ~4 min)
