@@ -23,17 +23,15 @@ import (
 const realNodes = 2
 
 // cannotRunReal says why this machine cannot run real nodes, "" if it can:
-// they need root (network namespaces, cgroups, mounts) and runc, nft, ip
-// and nsenter (.ci/run installs them).
+// the network namespace's needs (netns.Usable), runc for the containers and
+// nft for kube-proxy (.ci/run installs them).
 func cannotRunReal() string {
-	if os.Geteuid() != 0 {
-		return "real nodes need root (network namespaces, cgroups, mounts)"
+	if err := netns.Usable(); err != nil {
+		return err.Error()
 	}
-	for _, tool := range []string{"runc", "nft", "ip", "nsenter"} {
+	for _, tool := range []string{"runc", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			if _, err := os.Stat("/usr/sbin/" + tool); err != nil {
-				return tool + " is not installed (Debian: runc, nftables, iproute2, util-linux; .ci/run installs them)"
-			}
+			return tool + " is not installed (Debian: runc, nftables; .ci/run installs them)"
 		}
 	}
 	return ""

@@ -370,10 +370,10 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 // alone, and returns it with when the kubelet's report of the death was
 // seen (zero if none was).
 func (r *realNodeRun) waitNext(ctx context.Context, row string, kill bool, t0 time.Time, old, standby *observe.Pod[struct{}]) (next string, terminated time.Time, err error) {
-	restarts := restartCount(old.Object)
+	restarts := realpod.RestartCount(old.Object, realpod.Critical)
 	err = r.obs.WaitFor(ctx, time.Minute, "failover", func() (bool, string) {
 		if kill && terminated.IsZero() {
-			if p := r.obs.PodLocked(old.UID); p != nil && deathReported(p.Object, restarts) {
+			if p := r.obs.PodLocked(old.UID); p != nil && realpod.DeathReported(p.Object, realpod.Critical, restarts) {
 				terminated = p.Updated
 			}
 		}
@@ -471,29 +471,6 @@ func (e *Env) copyPodKubeconfig(path string) error {
 		return err
 	}
 	return os.WriteFile(path, b, 0o644)
-}
-
-// deathReported: the kubelet has reported the critical container's death:
-// terminated, or restarted since it had restarts restarts.
-func deathReported(p *corev1.Pod, restarts int32) bool {
-	if p == nil {
-		return false
-	}
-	for _, cs := range p.Status.ContainerStatuses {
-		if cs.Name == realpod.Critical && (cs.State.Terminated != nil || cs.RestartCount > restarts) {
-			return true
-		}
-	}
-	return false
-}
-
-func restartCount(p *corev1.Pod) int32 {
-	for _, cs := range p.Status.ContainerStatuses {
-		if cs.Name == realpod.Critical {
-			return cs.RestartCount
-		}
-	}
-	return 0
 }
 
 func (r *realNodeRun) add(stage string, d time.Duration) {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/netplan"
+	"github.com/hapod/hapod/internal/dev/observe"
 	"github.com/hapod/hapod/internal/dev/podstatus"
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/pkg/role"
@@ -320,30 +321,20 @@ func NeverTwoActive(t testing.TB, cs kubernetes.Interface, ns, selector, label, 
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	var violation error
+	check := &observe.SingleActive{Label: label, Value: value}
 	go func() {
 		defer close(done)
-		active := map[string]bool{}
 		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			if ev.Type == watch.Deleted || p.Labels[label] != value {
-				delete(active, p.Name)
-			} else {
-				active[p.Name] = true
-			}
-			if len(active) > 1 && violation == nil {
-				violation = fmt.Errorf("two pods labelled %s=%s at resourceVersion %s: %v", label, value, p.ResourceVersion, active)
+			if p, ok := ev.Object.(*corev1.Pod); ok {
+				check.See(p, ev.Type == watch.Deleted)
 			}
 		}
 	}()
 	t.Cleanup(func() {
 		w.Stop()
 		<-done
-		if violation != nil {
-			t.Error(violation)
+		if v := check.Violation(); v != "" {
+			t.Error(v)
 		}
 	})
 }

@@ -73,19 +73,28 @@ func Inside() (string, bool) {
 	return name, err == nil && got == want
 }
 
+// Usable says why Run cannot work here, nil if it can: it needs root
+// (network namespaces, cgroups, mounts), ip and nsenter.
+func Usable() error {
+	if os.Geteuid() != 0 {
+		return errors.New("a real node needs root (network namespaces, cgroups, mounts)")
+	}
+	for _, tool := range []string{"ip", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed (Debian: iproute2, util-linux): %w", tool, err)
+		}
+	}
+	return nil
+}
+
 // Run creates a fresh namespace, runs argv inside it with $HAPOD_NETNS set
 // (stdin, stdout and stderr shared; SIGINT and SIGTERM passed on), waits for
 // it, then removes everything left in and around the namespace. It returns
 // the command's exit code. Namespaces of earlier runs whose owner has died
 // are removed first.
 func Run(argv []string) (int, error) {
-	if os.Geteuid() != 0 {
-		return 0, errors.New("a real node needs root (network namespaces, cgroups, mounts)")
-	}
-	for _, tool := range []string{"ip", "nsenter"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return 0, fmt.Errorf("%s is not installed (Debian: iproute2, util-linux): %w", tool, err)
-		}
+	if err := Usable(); err != nil {
+		return 0, err
 	}
 	removeStale()
 	// containerd starts its shims detached: orphans, reparented to the

@@ -200,6 +200,29 @@ func ContainerID(pod *corev1.Pod, container string) string {
 	return ""
 }
 
+// RestartCount is how often the kubelet has restarted the pod's container
+// in place (0 if it has no status yet).
+func RestartCount(pod *corev1.Pod, container string) int32 {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name == container {
+			return cs.RestartCount
+		}
+	}
+	return 0
+}
+
+// DeathReported reports whether the kubelet has reported the death of the
+// pod's container, which had restarts restarts before it: terminated, or
+// restarted since.
+func DeathReported(pod *corev1.Pod, container string, restarts int32) bool {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name == container && (cs.State.Terminated != nil || cs.RestartCount > restarts) {
+			return true
+		}
+	}
+	return false
+}
+
 // Kill SIGKILLs every process of the pod's running container, as a crash
 // would, and returns when it sent the signal. The processes are found by
 // the container's cgroup, which the kubelet (cgroupfs driver) names by its

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -70,7 +69,7 @@ type run struct {
 	nft    *nftwatch.Watch
 	load   *clusterip.Prober
 	ctrl   *ctrlproc.Controller
-	labels *labelCheck
+	labels *observe.SingleActive
 	// killed is when the tour killed each pod's app: a dead app writes
 	// nothing, so its death ends its role (realpod.Overlaps).
 	killed map[string][]time.Time
@@ -155,11 +154,11 @@ func (r *run) setUp(ctx context.Context) error {
 		return fmt.Errorf("namespace %s: no default ServiceAccount: %w", ns, err)
 	}
 	sel := metav1.FormatLabelSelector(r.plan.rs.Spec.Selector)
-	r.labels = &labelCheck{label: r.cfg.RoleLabel, value: r.cfg.ActiveValue, active: map[string]bool{}}
+	r.labels = &observe.SingleActive{Label: r.cfg.RoleLabel, Value: r.cfg.ActiveValue}
 	var err error
 	r.obs, err = observe.Start[struct{}](ctx, r.cs, observe.Config{
 		Namespace: ns, PodSelector: sel, Service: r.plan.svc.Name, EventsFrom: controller.FieldOwner,
-		RoleLabel: r.cfg.RoleLabel, ActiveValue: r.cfg.ActiveValue, OnPod: r.labels.see,
+		RoleLabel: r.cfg.RoleLabel, ActiveValue: r.cfg.ActiveValue, OnPod: r.labels.See,
 	})
 	if err != nil {
 		return err
@@ -232,36 +231,6 @@ func (r *run) deleteNamespace(ctx context.Context) error {
 		_, err := nss.Get(ctx, r.o.Namespace, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	})
-}
-
-// labelCheck follows the pods' labels on the observer's watch (one event at
-// a time, in order) and keeps the first moment two pods were labelled
-// active.
-type labelCheck struct {
-	label, value string
-
-	mu        sync.Mutex
-	active    map[string]bool
-	violation string
-}
-
-func (c *labelCheck) see(p *corev1.Pod, deleted bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if deleted || p.Labels[c.label] != c.value {
-		delete(c.active, p.Name)
-	} else {
-		c.active[p.Name] = true
-	}
-	if len(c.active) > 1 && c.violation == "" {
-		c.violation = fmt.Sprintf("two pods labelled %s=%s at resourceVersion %s: %v", c.label, c.value, p.ResourceVersion, c.active)
-	}
-}
-
-func (c *labelCheck) Violation() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.violation
 }
 
 // checkSingleActive adds a problem to s for two pods labelled active or two

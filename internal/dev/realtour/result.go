@@ -5,9 +5,7 @@ import (
 	"io"
 	"math"
 	"slices"
-	"strconv"
 	"text/tabwriter"
-	"time"
 
 	"github.com/hapod/hapod/internal/dev/tour"
 )
@@ -65,21 +63,6 @@ func newScene(id, title string, wantFailover bool) *Scene {
 		TerminatedMs: nan, AppMs: nan, LabelMs: nan, SliceMs: nan, RuleMs: nan, AnswerMs: nan}
 }
 
-// ms is at - from in milliseconds, NaN if at is unknown.
-func ms(from, at time.Time) float64 {
-	if at.IsZero() {
-		return math.NaN()
-	}
-	return float64(at.Sub(from)) / float64(time.Millisecond)
-}
-
-func formatMs(v float64) string {
-	if math.IsNaN(v) {
-		return "-"
-	}
-	return strconv.FormatFloat(v, 'f', 0, 64)
-}
-
 // WriteSummary prints one row per scene.
 func WriteSummary(w io.Writer, scenes []*Scene) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -96,8 +79,8 @@ func WriteSummary(w io.Writer, scenes []*Scene) error {
 			res = "UNEXPECTED"
 		}
 		fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", s.ID, s.Title, fo,
-			formatMs(s.TerminatedMs), formatMs(s.AppMs), formatMs(s.LabelMs), formatMs(s.SliceMs),
-			formatMs(s.RuleMs), formatMs(s.AnswerMs), s.Failed, s.Requests, res)
+			tour.FormatMs(s.TerminatedMs), tour.FormatMs(s.AppMs), tour.FormatMs(s.LabelMs), tour.FormatMs(s.SliceMs),
+			tour.FormatMs(s.RuleMs), tour.FormatMs(s.AnswerMs), s.Failed, s.Requests, res)
 	}
 	return tw.Flush()
 }

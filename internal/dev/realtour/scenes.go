@@ -17,6 +17,7 @@ import (
 	"github.com/hapod/hapod/internal/dev/poll"
 	"github.com/hapod/hapod/internal/dev/realpod"
 	"github.com/hapod/hapod/internal/dev/rolerecord"
+	"github.com/hapod/hapod/internal/dev/tour"
 )
 
 // pod is a copy of what the observer saw of one pod.
@@ -97,7 +98,9 @@ func (r *run) initial(ctx context.Context, s *Scene) error {
 func (r *run) killActive(ctx context.Context, s *Scene) error {
 	return r.failover(ctx, s, true, func(old pod) (time.Time, string, error) {
 		at, pids, err := realpod.Kill(old.Object, r.plan.critical)
-		r.killed[old.Name] = append(r.killed[old.Name], at)
+		if err == nil {
+			r.killed[old.Name] = append(r.killed[old.Name], at)
+		}
 		return at, fmt.Sprintf("SIGKILL to every process of %s/%s (pids %v), as a crash would", old.Name, r.plan.critical, pids), err
 	})
 }
@@ -120,7 +123,7 @@ func (r *run) failover(ctx context.Context, s *Scene, kill bool, trigger func(ol
 	if err != nil {
 		return fmt.Errorf("before the trigger: %w", err)
 	}
-	restarts := restartCount(old.Object, r.plan.critical)
+	restarts := realpod.RestartCount(old.Object, r.plan.critical)
 	t0, what, err := trigger(old)
 	if err != nil {
 		return err
@@ -129,7 +132,7 @@ func (r *run) failover(ctx context.Context, s *Scene, kill bool, trigger func(ol
 	s.Timeline.Add(t0, "%s", what)
 	var terminated time.Time
 	err = r.obs.WaitFor(ctx, r.o.SceneTimeout, "failover", func() (bool, string) {
-		if p := r.obs.PodLocked(old.UID); p != nil && terminated.IsZero() && containerEnded(p.Object, r.plan.critical, restarts) {
+		if p := r.obs.PodLocked(old.UID); p != nil && terminated.IsZero() && realpod.DeathReported(p.Object, r.plan.critical, restarts) {
 			terminated = p.Updated
 		}
 		p := r.obs.PodByNameLocked(standby.Name)
@@ -147,12 +150,12 @@ func (r *run) failover(ctx context.Context, s *Scene, kill bool, trigger func(ol
 		// reported the death: wait for the report too (or the pod's end).
 		_ = r.obs.WaitFor(ctx, r.o.SceneTimeout, "the kubelet's report", func() (bool, string) {
 			p := r.obs.PodLocked(old.UID)
-			if p != nil && terminated.IsZero() && containerEnded(p.Object, r.plan.critical, restarts) {
+			if p != nil && terminated.IsZero() && realpod.DeathReported(p.Object, r.plan.critical, restarts) {
 				terminated = p.Updated
 			}
 			return p == nil || !terminated.IsZero() || !p.Gone.IsZero(), "not reported yet"
 		})
-		s.TerminatedMs = ms(t0, terminated)
+		s.TerminatedMs = tour.MsSince(t0, terminated)
 		s.Timeline.Add(terminated, "the kubelet's report in the API: %s/%s terminated", old.Name, r.plan.critical)
 	}
 	if err := r.waitAnswer(ctx, standby.Name, t0); err != nil {
@@ -167,7 +170,7 @@ func (r *run) failover(ctx context.Context, s *Scene, kill bool, trigger func(ol
 	}
 	if o, ok := r.obs.Pod(old.UID); ok {
 		s.Timeline.Add(o.Deleting, "pod %s deleting (deletionTimestamp)", old.Name)
-		if n := restartCount(o.Object, r.plan.critical); n > restarts {
+		if n := realpod.RestartCount(o.Object, r.plan.critical); n > restarts {
 			s.problem("the kubelet restarted %s/%s in place (%d restarts); restartPolicy: Never should leave it dead", old.Name, r.plan.critical, n-restarts)
 		}
 	}
@@ -184,7 +187,7 @@ func (r *run) killSidecar(ctx context.Context, s *Scene) error {
 	if err != nil {
 		return fmt.Errorf("before the trigger: %w", err)
 	}
-	restarts := restartCount(active.Object, r.plan.sidecar)
+	restarts := realpod.RestartCount(active.Object, r.plan.sidecar)
 	t0, pids, err := realpod.Kill(active.Object, r.plan.sidecar)
 	if err != nil {
 		return err
@@ -197,16 +200,16 @@ func (r *run) killSidecar(ctx context.Context, s *Scene) error {
 		if p == nil {
 			return false, "pod gone"
 		}
-		if terminated.IsZero() && containerEnded(p.Object, r.plan.sidecar, restarts) {
+		if terminated.IsZero() && realpod.DeathReported(p.Object, r.plan.sidecar, restarts) {
 			terminated = p.Updated
 		}
-		return restartCount(p.Object, r.plan.sidecar) > restarts && realpod.ContainerID(p.Object, r.plan.sidecar) != "", "the kubelet has not restarted it yet"
+		return realpod.RestartCount(p.Object, r.plan.sidecar) > restarts && realpod.ContainerID(p.Object, r.plan.sidecar) != "", "the kubelet has not restarted it yet"
 	})
 	if err != nil {
 		return err
 	}
 	restarted := time.Now()
-	s.TerminatedMs = ms(t0, terminated)
+	s.TerminatedMs = tour.MsSince(t0, terminated)
 	s.Timeline.Add(terminated, "the kubelet's report in the API: %s/%s terminated", active.Name, r.plan.sidecar)
 	s.Timeline.Add(restarted, "the kubelet restarted %s/%s in place (restart count %d)", active.Name, r.plan.sidecar, restarts+1)
 	// The active stays: still labelled at its epoch, its app still active,
@@ -272,12 +275,12 @@ func (r *run) sidecarOutage(s *Scene, t0 time.Time, active pod) {
 	}
 	s.Timeline.Add(back, "EndpointSlice: %s ready again", active.Name)
 	if at, ok := r.ruleTo(t0, active.IP); ok {
-		s.RuleMs = ms(t0, at)
+		s.RuleMs = tour.MsSince(t0, at)
 		s.Timeline.Add(at, "kube-proxy's rule sends the ClusterIP to %s again", active.IP)
 	}
 	if !out.IsZero() {
 		first, _ := r.load.FirstFrom(active.Name, back)
-		s.AnswerMs = ms(t0, first)
+		s.AnswerMs = tour.MsSince(t0, first)
 		s.Timeline.Add(first, "first request through the ClusterIP answered by %s again", active.Name)
 	}
 }
@@ -327,11 +330,11 @@ func (r *run) failoverStages(s *Scene, t0 time.Time, next, old string) {
 		s.Timeline.Add(rec.Acked, "hapod-controller got %s's ack over UDP (%s)", next, rec.Status)
 	}
 	if c, ok := firstRecord(realpod.Records(r.o.Records)[next], r.cfg.ActiveValue, t0); ok {
-		s.AppMs = ms(t0, c.At)
+		s.AppMs = tour.MsSince(t0, c.At)
 		s.Timeline.Add(c.At, "app in %s holds the role: active at epoch %d (its own record)", next, c.Epoch)
 	}
 	label := p.LabelledAfter(r.cfg.ActiveValue, t0)
-	s.LabelMs = ms(t0, label)
+	s.LabelMs = tour.MsSince(t0, label)
 	s.Timeline.Add(label, "label role=active on %s seen on the tour's watch", next)
 	var slice time.Time
 	r.obs.Read(func() {
@@ -342,14 +345,14 @@ func (r *run) failoverStages(s *Scene, t0 time.Time, next, old string) {
 			}
 		}
 	})
-	s.SliceMs = ms(t0, slice)
+	s.SliceMs = tour.MsSince(t0, slice)
 	s.Timeline.Add(slice, "EndpointSlice lists only %s (%s)", next, p.IP)
 	if at, ok := r.ruleTo(t0, p.IP); ok {
-		s.RuleMs = ms(t0, at)
+		s.RuleMs = tour.MsSince(t0, at)
 		s.Timeline.Add(at, "kube-proxy's nftables rule sends the ClusterIP to %s (nft monitor)", p.IP)
 	}
 	answer, _ := r.load.FirstFrom(next, t0)
-	s.AnswerMs = ms(t0, answer)
+	s.AnswerMs = tour.MsSince(t0, answer)
 	s.Timeline.Add(answer, "first request through the ClusterIP answered by %s", next)
 	for _, h := range r.load.Between(t0, answer) {
 		s.Requests++
@@ -472,26 +475,6 @@ func (r *run) steadyLocked() (active, standby pod, ok bool, why string) {
 		return pod{}, pod{}, false, "the EndpointSlice does not list the active alone"
 	}
 	return *a, *b, true, ""
-}
-
-// containerEnded: the kubelet has reported the container's death:
-// terminated, or restarted since it had restarts restarts.
-func containerEnded(p *corev1.Pod, container string, restarts int32) bool {
-	for _, cs := range p.Status.ContainerStatuses {
-		if cs.Name == container && (cs.State.Terminated != nil || cs.RestartCount > restarts) {
-			return true
-		}
-	}
-	return false
-}
-
-func restartCount(p *corev1.Pod, container string) int32 {
-	for _, cs := range p.Status.ContainerStatuses {
-		if cs.Name == container {
-			return cs.RestartCount
-		}
-	}
-	return 0
 }
 
 // waiting describes the pod's containers that wait, and why: " app:

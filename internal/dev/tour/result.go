@@ -130,7 +130,7 @@ func WriteSummary(w io.Writer, scenes []*Scene) error {
 			res = "UNEXPECTED"
 		}
 		fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Title, fo,
-			formatMs(s.LabelMs), formatMs(s.AckMs), formatMs(s.SliceMs), formatMs(s.StandbyMs), reqs, res)
+			FormatMs(s.LabelMs), FormatMs(s.AckMs), FormatMs(s.SliceMs), FormatMs(s.StandbyMs), reqs, res)
 	}
 	return tw.Flush()
 }

@@ -167,10 +167,10 @@ func (t *tour) promotion(ctx context.Context, s *Scene, p podView) {
 	}
 	tl.Add(rec.Seen, "controller saw the trigger (its failover record)")
 	tl.Add(rec.Labelled, "controller: label role=%s epoch %d on %s committed (%s ms after it saw the trigger)",
-		t.cfg.ActiveValue, rec.Epoch, p.Name, formatMs(msSince(rec.Seen, rec.Labelled)))
+		t.cfg.ActiveValue, rec.Epoch, p.Name, FormatMs(MsSince(rec.Seen, rec.Labelled)))
 	tl.Add(rec.Acked, "controller: the app of %s acked epoch %d (%s ms after it saw the trigger; reason %s)",
-		p.Name, rec.Epoch, formatMs(msSince(rec.Seen, rec.Acked)), rec.Reason)
-	s.AckMs = msSince(tl.Trigger, rec.Acked)
+		p.Name, rec.Epoch, FormatMs(MsSince(rec.Seen, rec.Acked)), rec.Reason)
+	s.AckMs = MsSince(tl.Trigger, rec.Acked)
 }
 
 // newActiveLines adds what the tour itself saw of a new active.
@@ -181,10 +181,10 @@ func (t *tour) newActiveLines(s *Scene, p podView, since time.Time) {
 	tl.Add(appSaidAt(&p, t.cfg.ActiveValue, p.Epoch), "%s's app has the role active, epoch %d (its role records)", p.Name, p.Epoch)
 	listed := t.sliceListsOnly(p.IP, since)
 	tl.Add(listed, "EndpointSlice lists only %s (%s): the Service switched", p.IP, p.Name)
-	s.LabelMs = msSince(tl.Trigger, labelled)
-	s.SliceMs = msSince(tl.Trigger, listed)
+	s.LabelMs = MsSince(tl.Trigger, labelled)
+	s.SliceMs = MsSince(tl.Trigger, listed)
 	if math.IsNaN(s.AckMs) { // no failover record: the app's own account is the next best thing
-		s.AckMs = msSince(tl.Trigger, appSaidAt(&p, t.cfg.ActiveValue, p.Epoch))
+		s.AckMs = MsSince(tl.Trigger, appSaidAt(&p, t.cfg.ActiveValue, p.Epoch))
 	}
 }
 
@@ -206,7 +206,7 @@ func (t *tour) sliceGap(s *Scene, old, a podView, t0 time.Time) {
 	}
 	labelled := a.LabelledAt(t.cfg.ActiveValue, a.Epoch)
 	if !listed.IsZero() && !labelled.IsZero() && listed.Sub(labelled) > 500*time.Millisecond {
-		s.Timeline.Note("the EndpointSlice followed the label %s ms later: kube-controller-manager's EndpointSlice", formatMs(msSince(labelled, listed)))
+		s.Timeline.Note("the EndpointSlice followed the label %s ms later: kube-controller-manager's EndpointSlice", FormatMs(MsSince(labelled, listed)))
 		s.Timeline.Note("controller retries a Service after 1 s when it finds its own cache stale (its log: \"EndpointSlice")
 		s.Timeline.Note("informer cache is out of date\"); hapod had switched the label and the app")
 	}
@@ -258,7 +258,7 @@ func (t *tour) election(ctx context.Context, s *Scene) {
 	t.promotion(ctx, s, a)
 	t.newActiveLines(s, a, appliedAt)
 	if len(g.standbys) > 0 {
-		s.StandbyMs = msSince(tl.Trigger, appSaidAt(&g.standbys[0], t.cfg.StandbyValue, 0))
+		s.StandbyMs = MsSince(tl.Trigger, appSaidAt(&g.standbys[0], t.cfg.StandbyValue, 0))
 	}
 	if a.Epoch == 0 {
 		s.problem("%s is active without an epoch", a.Name)
@@ -371,7 +371,7 @@ func (t *tour) failover(ctx context.Context, s *Scene, before group, t0 time.Tim
 		if p.Seen.After(t0) {
 			s.Replacements = append(s.Replacements, p.Name)
 			t.podLines(s, p, "replacement")
-			s.StandbyMs = msSince(t0, appSaidAt(&p, t.cfg.StandbyValue, 0))
+			s.StandbyMs = MsSince(t0, appSaidAt(&p, t.cfg.StandbyValue, 0))
 		}
 	}
 }
@@ -495,7 +495,7 @@ func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
 		if p.Seen.After(t0) {
 			s.Replacements = append(s.Replacements, p.Name)
 			t.podLines(s, p, "replacement")
-			s.StandbyMs = msSince(t0, appSaidAt(&p, t.cfg.StandbyValue, 0))
+			s.StandbyMs = MsSince(t0, appSaidAt(&p, t.cfg.StandbyValue, 0))
 		}
 	}
 	t.unchanged(s, g, t0)

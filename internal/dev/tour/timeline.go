@@ -71,16 +71,16 @@ func formatOffset(d time.Duration) string {
 	return s + " ms"
 }
 
-// msSince is to - from in milliseconds, or NaN when either is unknown (zero).
-func msSince(from, to time.Time) float64 {
+// MsSince is to - from in milliseconds, or NaN when either is unknown (zero).
+func MsSince(from, to time.Time) float64 {
 	if from.IsZero() || to.IsZero() {
 		return math.NaN()
 	}
 	return float64(to.Sub(from)) / float64(time.Millisecond)
 }
 
-// formatMs renders milliseconds for the summary: "-" when unknown.
-func formatMs(ms float64) string {
+// FormatMs renders milliseconds for a summary: "-" when unknown.
+func FormatMs(ms float64) string {
 	if math.IsNaN(ms) {
 		return "-"
 	}

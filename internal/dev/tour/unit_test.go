@@ -117,14 +117,14 @@ func TestTimelineLines(t *testing.T) {
 
 func TestMsSince(t *testing.T) {
 	t0 := time.Now()
-	if got := msSince(t0, t0.Add(1500*time.Microsecond)); got != 1.5 {
-		t.Errorf("msSince = %v, want 1.5", got)
+	if got := MsSince(t0, t0.Add(1500*time.Microsecond)); got != 1.5 {
+		t.Errorf("MsSince = %v, want 1.5", got)
 	}
-	if !math.IsNaN(msSince(t0, time.Time{})) || !math.IsNaN(msSince(time.Time{}, t0)) {
-		t.Error("msSince with an unknown time is not NaN")
+	if !math.IsNaN(MsSince(t0, time.Time{})) || !math.IsNaN(MsSince(time.Time{}, t0)) {
+		t.Error("MsSince with an unknown time is not NaN")
 	}
-	if formatMs(math.NaN()) != "-" || formatMs(12.34) != "12.3" {
-		t.Errorf("formatMs: %q %q", formatMs(math.NaN()), formatMs(12.34))
+	if FormatMs(math.NaN()) != "-" || FormatMs(12.34) != "12.3" {
+		t.Errorf("FormatMs: %q %q", FormatMs(math.NaN()), FormatMs(12.34))
 	}
 }
 
