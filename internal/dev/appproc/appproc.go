@@ -34,6 +34,8 @@ type Options struct {
 	RoleAddr, HTTPAddr netip.AddrPort
 	// InitDelay is hapod-demo's -init-delay.
 	InitDelay time.Duration
+	// Args are more hapod-demo flags, after the ones Start sets.
+	Args []string
 	// LogPath receives its stdout and stderr.
 	LogPath string
 	// OnRole is called, from one goroutine, with every role change the app
@@ -78,6 +80,7 @@ func Start(o Options) (*Proc, error) {
 		"-pod-name", o.Pod, "-pod-uid", string(o.UID),
 		"-init-delay", o.InitDelay.String(),
 		"-role-records", recordsFD)
+	cmd.Args = append(cmd.Args, o.Args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.ExtraFiles = []*os.File{pw}
 	err = child.Start(cmd)

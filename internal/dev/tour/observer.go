@@ -14,7 +14,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/hapod/hapod/internal/controller"
+	"github.com/hapod/hapod/internal/dev/appkubelet"
 	"github.com/hapod/hapod/internal/dev/observe"
+	"github.com/hapod/hapod/internal/dev/rolerecord"
 	"github.com/hapod/hapod/internal/record"
 )
 
@@ -127,9 +129,22 @@ func (o *observer) problem(format string, args ...any) {
 	o.Update(func() { o.problems = append(o.problems, msg) })
 }
 
-// appSaid records a role change that a pod's process reported.
-func (o *observer) appSaid(uid types.UID, at time.Time, role string, epoch uint64) {
-	o.Mark(uid, func(p *podView) { p.X.App = append(p.X.App, appChange{At: at, Role: role, Epoch: epoch}) })
+// kubeletHooks record what the tour's kubelet did to each pod, and the
+// role changes the pods' processes reported, in the pods' views.
+func (o *observer) kubeletHooks() appkubelet.Hooks {
+	at := func(f func(x *podExtra, t time.Time)) func(types.UID, time.Time) {
+		return func(uid types.UID, t time.Time) { o.Mark(uid, func(p *podView) { f(&p.X, t) }) }
+	}
+	return appkubelet.Hooks{
+		Started:      at(func(x *podExtra, t time.Time) { x.ProcStarted = t }),
+		ProbeOK:      at(func(x *podExtra, t time.Time) { x.ProbeOK = t }),
+		ReadyWritten: at(func(x *podExtra, t time.Time) { x.ReadyWritten = t }),
+		Exited:       at(func(x *podExtra, t time.Time) { x.ProcExited = t }),
+		Role: func(uid types.UID, c rolerecord.Change) {
+			o.Mark(uid, func(p *podView) { p.X.App = append(p.X.App, appChange{At: c.At, Role: c.Role, Epoch: c.Epoch}) })
+		},
+		Problem: func(msg string) { o.problem("%s", msg) },
+	}
 }
 
 // errInterrupted wraps the context's error when the tour is stopped during a wait.

@@ -320,7 +320,7 @@ func (t *tour) activeCrashes(ctx context.Context, s *Scene) {
 		return
 	}
 	old := g.active
-	killed, err := t.kl.kill(old.UID)
+	killed, err := t.kl.Kill(old.UID)
 	if err != nil {
 		s.problem("%v", err)
 		return
@@ -466,7 +466,7 @@ func (t *tour) standbyCrashes(ctx context.Context, s *Scene) {
 	}
 	a, sb := g.active, g.standbys[0]
 	tl := &s.Timeline
-	killed, err := t.kl.kill(sb.UID)
+	killed, err := t.kl.Kill(sb.UID)
 	if err != nil {
 		s.problem("%v", err)
 		return

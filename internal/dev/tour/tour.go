@@ -25,6 +25,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/config"
+	"github.com/hapod/hapod/internal/dev/appkubelet"
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/ctrlproc"
 	"github.com/hapod/hapod/internal/dev/localcluster"
@@ -132,7 +133,7 @@ type tour struct {
 	cfg  config.Config
 	plan *plan
 	obs  *observer
-	kl   *kubelet
+	kl   *appkubelet.Kubelet
 	load *load
 	ctrl *ctrlproc.Controller
 	// loadDone is closed when the load has stopped.
@@ -241,12 +242,16 @@ func (t *tour) setUp(ctx context.Context, cancel context.CancelCauseFunc) error 
 	}
 
 	t.obs = newObserver(ns, t.cfg.RoleLabel, t.cfg.ActiveValue, t.plan.svc.Name)
-	pool, err := newAddrPool(t.o.Loopback, portsFree(t.plan.httpPort, t.plan.rolePort))
+	pool, err := appkubelet.NewAddrPool(t.o.Loopback, appkubelet.PortsFree(t.plan.httpPort, t.plan.rolePort))
 	if err != nil {
 		return err
 	}
-	t.kl = newKubelet(ctx, cs, ns, t.o.Node, t.o.DemoBin, t.o.LogDir, pool, t.plan, t.o.InitDelay, t.obs)
-	if err := t.obs.start(ctx, cs, t.kl.handle); err != nil {
+	t.kl = appkubelet.New(ctx, appkubelet.Options{
+		Client: cs, Namespace: ns, Node: t.o.Node, Bin: t.o.DemoBin, LogDir: t.o.LogDir,
+		Pool: pool, HTTPPort: t.plan.httpPort, RolePort: t.plan.rolePort, InitDelay: t.o.InitDelay,
+		FieldManager: FieldManager, Hooks: t.obs.kubeletHooks(),
+	})
+	if err := t.obs.start(ctx, cs, t.kl.Handle); err != nil {
 		return err
 	}
 
@@ -374,7 +379,7 @@ func (t *tour) cleanup(ctx context.Context) error {
 		t.ctrl.Stop()
 	}
 	if t.kl != nil {
-		t.kl.shutdown()
+		t.kl.Shutdown()
 	}
 	if t.loadDone != nil {
 		<-t.loadDone

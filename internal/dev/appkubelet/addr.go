@@ -1,4 +1,4 @@
-package tour
+package appkubelet
 
 import (
 	"fmt"
@@ -8,10 +8,10 @@ import (
 	"sync"
 )
 
-// addrPool hands out the loopback addresses that the pods' processes bind, one per pod.
+// AddrPool hands out the loopback addresses that the pods' processes bind, one per pod.
 // Addresses are handed out in turn, not lowest-first, so that a new pod does not get
 // the address a pod just killed had: logs and timelines stay unambiguous.
-type addrPool struct {
+type AddrPool struct {
 	mu     sync.Mutex
 	base   uint32 // the prefix's first address
 	size   uint32 // addresses in the prefix
@@ -20,16 +20,16 @@ type addrPool struct {
 	isFree func(netip.Addr) bool // nothing else holds the ports the process needs
 }
 
-// newAddrPool returns a pool of the addresses of prefix, which must lie inside
-// 127.0.0.0/8 (the processes' addresses are the only ones the tour sends traffic to).
+// NewAddrPool returns a pool of the addresses of prefix, which must lie inside
+// 127.0.0.0/8 (the processes' addresses are the only ones a dev run sends traffic to).
 // The prefix's first and last addresses are not used.
-func newAddrPool(prefix netip.Prefix, isFree func(netip.Addr) bool) (*addrPool, error) {
+func NewAddrPool(prefix netip.Prefix, isFree func(netip.Addr) bool) (*AddrPool, error) {
 	if !prefix.IsValid() || !prefix.Addr().Is4() || !prefix.Addr().IsLoopback() || prefix.Bits() < 8 || prefix.Bits() > 30 {
 		return nil, fmt.Errorf("loopback prefix %s: want an IPv4 prefix inside 127.0.0.0/8, from /8 to /30", prefix)
 	}
 	prefix = prefix.Masked()
 	b := prefix.Addr().As4()
-	return &addrPool{
+	return &AddrPool{
 		base:   uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]),
 		size:   1 << (32 - prefix.Bits()),
 		next:   1,
@@ -38,8 +38,8 @@ func newAddrPool(prefix netip.Prefix, isFree func(netip.Addr) bool) (*addrPool, 
 	}, nil
 }
 
-// get returns an address that is not in use and whose ports are free.
-func (p *addrPool) get() (netip.Addr, error) {
+// Get returns an address that is not in use and whose ports are free.
+func (p *AddrPool) Get() (netip.Addr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	busy := 0
@@ -64,19 +64,19 @@ func (p *addrPool) get() (netip.Addr, error) {
 		p.inUse[a] = true
 		return a, nil
 	}
-	return netip.Addr{}, fmt.Errorf("no free loopback address: %d in use by this tour, %d held by other processes", len(p.inUse), busy)
+	return netip.Addr{}, fmt.Errorf("no free loopback address: %d in use by this pool, %d held by other processes", len(p.inUse), busy)
 }
 
-// put gives an address back.
-func (p *addrPool) put(a netip.Addr) {
+// Put gives an address back.
+func (p *AddrPool) Put(a netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.inUse, a)
 }
 
-// portsFree reports whether a process could bind TCP httpPort and UDP rolePort on a:
+// PortsFree reports whether a process could bind TCP httpPort and UDP rolePort on a:
 // a leftover process of an earlier run (or anything else) may hold them.
-func portsFree(httpPort, rolePort int) func(netip.Addr) bool {
+func PortsFree(httpPort, rolePort int) func(netip.Addr) bool {
 	return func(a netip.Addr) bool {
 		l, err := net.Listen("tcp", net.JoinHostPort(a.String(), strconv.Itoa(httpPort)))
 		if err != nil {
