@@ -313,3 +313,22 @@ func (k *Kubelet) Shutdown() {
 	wg.Wait()
 	k.wg.Wait()
 }
+
+// Running lists the pods whose processes have not exited (after Shutdown:
+// what was left behind).
+func (k *Kubelet) Running() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for _, p := range k.procs {
+		if p == nil {
+			continue
+		}
+		select {
+		case <-p.Done():
+		default:
+			out = append(out, p.Pod())
+		}
+	}
+	return out
+}

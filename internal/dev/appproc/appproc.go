@@ -169,3 +169,12 @@ func (p *Proc) Stop(grace time.Duration) {
 	}
 	child.Terminate(p.cmd.Process.Pid, p.done, grace)
 }
+
+// Signal sends sig to the process's group: SIGSTOP and SIGCONT freeze and
+// resume an app as a stalled node or a long GC pause would.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	if err := syscall.Kill(-p.cmd.Process.Pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal %v to the process of %s: %w", sig, p.o.Pod, err)
+	}
+	return nil
+}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hapod/hapod/internal/dev/child"
@@ -253,8 +254,23 @@ func (c *Controller) MetricsURL() string { return "http://" + c.metricsAddr + "/
 // PprofURL is the address of its /debug/pprof.
 func (c *Controller) PprofURL() string { return "http://" + c.pprofA + "/debug/pprof" }
 
+// Done is closed once the process has exited, for whatever reason.
+func (c *Controller) Done() <-chan struct{} { return c.done }
+
 // LogPath is where its output goes.
 func (c *Controller) LogPath() string { return c.logPath }
+
+// Kill SIGKILLs the process, as a crash or an OOM kill would, and returns
+// once it has been reaped; the exit is expected (it does not fail).
+func (c *Controller) Kill() {
+	c.stopOnce.Do(func() {
+		close(c.stopping)
+		_ = syscall.Kill(-c.Pid(), syscall.SIGKILL)
+		c.stopFollow()
+	})
+	<-c.done
+	<-c.followDone
+}
 
 // Stop ends the controller: SIGTERM (it releases what it holds), SIGKILL after
 // 10 s; then it stops following the records. It returns once the process has

@@ -12,6 +12,8 @@
 //	127.128.0.0/10            the bench: one /16 lane per scenario side (listeners and loopback pod IPs)
 //	127.192.0.0/24            the tour (make demo): one address per pod process
 //	127.193.0.0/16            the tour's tests: a /24 per test run
+//	127.194.0.0/16            the chaos run (make chaos): one address per app process
+//	127.195.0.0/16            the chaos run's kwok nodes' pod CIDRs, a /24 each (API data only)
 //
 // API data only, never a destination: the API server refuses loopback
 // addresses in EndpointSlices, so whatever measures a Service's endpoints
@@ -50,6 +52,10 @@ var (
 	TourDemo = netip.MustParsePrefix("127.192.0.0/24")
 	// TourTests holds a /24 per tour test run.
 	TourTests = netip.MustParsePrefix("127.193.0.0/16")
+	// ChaosApps is where the chaos run's app processes listen.
+	ChaosApps = netip.MustParsePrefix("127.194.0.0/16")
+	// ChaosNodes holds the pod CIDRs of the chaos run's nodes.
+	ChaosNodes = netip.MustParsePrefix("127.195.0.0/16")
 )
 
 // TestNodeOctets are the second octets of clustertest.Node's pod CIDRs
