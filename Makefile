@@ -31,12 +31,12 @@ lint: ## gofmt, go vet, golangci-lint (.golangci.yml)
 	$(GO) run $(GOLANGCI_LINT) run ./...
 
 # Each fuzz target searches for FUZZTIME beyond its seed corpus (which plain
-# go test runs every time).
+# go test runs every time). .ci/fuzz runs go test -fuzz with minimization
+# bounded, and tells a failing input from a failure of the fuzzing engine
+# (a hung or killed worker): see its header.
 FUZZTIME ?= 30s
 fuzz: ## fuzz the decision rules and the wire decoder for FUZZTIME (30s) each
-	$(GO) test -run '^$$' -fuzz '^FuzzDecide$$' -fuzztime $(FUZZTIME) ./internal/election/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/wire/
-	$(GO) test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./internal/wire/
+	GO=$(GO) bash .ci/fuzz $(FUZZTIME) ./internal/election/:FuzzDecide ./internal/wire/:FuzzDecode ./internal/wire/:FuzzFastPath
 
 demo: ## run: two real nodes (as root; kwok otherwise), the controller, the example as real containers, five failover scenes (~35 s built)
 	$(GO) run ./cmd/hapod-tour
