@@ -115,6 +115,7 @@ type Cluster struct {
 	ports      ports
 
 	mu        sync.Mutex // guards procs, state and realNodes
+	restartMu sync.Mutex // one RestartAPIServer at a time
 	procs     []*process
 	state     State
 	realNodes []*RealNode
@@ -313,7 +314,7 @@ func (c *Cluster) startEtcd(ctx context.Context) (string, error) {
 // startAPIServer starts kube-apiserver on etcd and waits until it is ready.
 func (c *Cluster) startAPIServer(ctx context.Context, pk *pki, etcdURL string) error {
 	pkiPath := pk.path
-	apiserver, err := c.startProcess("kube-apiserver", c.bins.KubeAPIServer, nil,
+	apiserver, err := c.startProcess(apiserverBin, c.bins.KubeAPIServer, nil,
 		"--etcd-servers", etcdURL,
 		"--bind-address", c.apiserverBind(), "--secure-port", strconv.Itoa(c.ports.apiserver),
 		"--advertise-address", "127.0.0.1",
@@ -335,7 +336,7 @@ func (c *Cluster) startAPIServer(ctx context.Context, pk *pki, etcdURL string) e
 	if err != nil {
 		return err
 	}
-	adminHTTP, err := adminClient(pk)
+	adminHTTP, err := adminClient(c.restConfig)
 	if err != nil {
 		return err
 	}
@@ -435,30 +436,13 @@ func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (
 	if bin == "" {
 		return nil, fmt.Errorf("no binary for %s", name)
 	}
-	logPath := filepath.Join(c.runDir, "logs", name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }() // the child has its own descriptor
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = c.runDir
 	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := child.Start(cmd); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	p, err := c.spawn(name, cmd, false)
+	if err != nil {
+		return nil, err
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.done)
-		if !c.stopping.Load() && !p.expectExit.Load() {
-			c.failOnce.Do(func() {
-				c.failErr = p.exitError()
-				close(c.failed)
-			})
-		}
-	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.procs = append(c.procs, p)
@@ -471,6 +455,48 @@ func (c *Cluster) startProcess(name, bin string, env []string, args ...string) (
 	}
 	c.state.Processes = append(c.state.Processes, StateProcess{Name: name, PID: cmd.Process.Pid, Exe: exe})
 	return p, writeState(c.runDir, &c.state)
+}
+
+// spawn starts cmd with its output in logs/<name>.log and watches for its exit, which
+// fails the cluster unless it is stopping or the exit is expected. A restart appends
+// to the log, after a line that marks it, so the crashed run's output stays.
+func (c *Cluster) spawn(name string, cmd *exec.Cmd, restart bool) (*process, error) {
+	logPath := filepath.Join(c.runDir, "logs", name+".log")
+	flag := os.O_TRUNC
+	if restart {
+		flag = os.O_APPEND
+	}
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|flag, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }() // the child has its own descriptor
+	if restart {
+		if _, err := fmt.Fprintf(f, "\n----- localcluster: restarted at %s -----\n", time.Now().Format(time.RFC3339Nano)); err != nil {
+			return nil, err
+		}
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := child.Start(cmd); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.done)
+		if !c.stopping.Load() && !p.expectExit.Load() {
+			c.fail(p.exitError())
+		}
+	}()
+	return p, nil
+}
+
+// fail marks the cluster failed with err, unless it has failed already.
+func (c *Cluster) fail(err error) {
+	c.failOnce.Do(func() {
+		c.failErr = err
+		close(c.failed)
+	})
 }
 
 // waitHealthy polls url until it answers 200 (with want in the body, if set), the
@@ -526,12 +552,13 @@ func insecureClient() *http.Client {
 	}}
 }
 
-func adminClient(pk *pki) (*http.Client, error) {
+// adminClient probes the API server as the admin of rc (the cluster's restConfig).
+func adminClient(rc *rest.Config) (*http.Client, error) {
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pk.CACert) {
+	if !pool.AppendCertsFromPEM(rc.CAData) {
 		return nil, errors.New("bad CA certificate")
 	}
-	cert, err := tls.X509KeyPair(pk.AdminCert, pk.AdminKey)
+	cert, err := tls.X509KeyPair(rc.CertData, rc.KeyData)
 	if err != nil {
 		return nil, err
 	}

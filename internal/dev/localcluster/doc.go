@@ -29,6 +29,11 @@
 // so a crashed test binary leaves no orphans; its run directory is removed by the next
 // Start that uses the same run root.
 //
+// [Cluster.RestartAPIServer] kills kube-apiserver with SIGKILL, as a crash would, and
+// starts it again with the same arguments on the same port; etcd and the other
+// components run on. It is for tests of what the API server's clients do while it is
+// away (the chaos run).
+//
 // The run directory holds a state file listing the pids, so another process can stop the
 // cluster with [StopRunDir] (the hapod-cluster CLI's down does so); pids are checked against
 // /proc/<pid>/exe before they are signalled, to guard against pid reuse.

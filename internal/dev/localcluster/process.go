@@ -25,7 +25,8 @@ type process struct {
 	done    chan struct{} // closed once the process has exited and been reaped
 	waitErr error         // valid after done is closed
 	// expectExit is set before a test stops the process on purpose (a real
-	// node lost): its exit then does not fail the cluster.
+	// node lost, an API server restarted): its exit then does not fail the
+	// cluster.
 	expectExit atomic.Bool
 }
 

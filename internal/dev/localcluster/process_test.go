@@ -12,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/hapod/hapod/internal/dev/child"
 	"github.com/hapod/hapod/internal/dev/poll"
@@ -154,9 +157,11 @@ func TestFreePortsDistinct(t *testing.T) {
 	}
 }
 
-// Two real clusters run at once; one is stopped by Stop, the other from its state file
-// as 'hapod-cluster down' does. Both leave no process and no run directory. Needs the
-// binaries: built if missing (about 8 minutes cold).
+// Two real clusters run at once; the API server of each is restarted
+// (checkRestartAPIServer); then one is stopped by Stop, the other from its state
+// file as 'hapod-cluster down' does. Both leave no process (the restarted API
+// servers included) and no run directory. Needs the binaries: built if missing
+// (about 8 minutes cold).
 func TestStartStopTwoClusters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real control planes")
@@ -214,6 +219,21 @@ func TestStartStopTwoClusters(t *testing.T) {
 		}
 	}
 
+	// Both at once: they are independent, and each takes seconds.
+	t.Run("RestartAPIServer", func(t *testing.T) {
+		for i, c := range cs {
+			t.Run(strconv.Itoa(i), func(t *testing.T) {
+				t.Parallel()
+				checkRestartAPIServer(t, c)
+			})
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// The states as they are after the restarts: Stop and StopRunDir must end
+	// the restarted API servers.
 	states := make([]*State, len(cs))
 	for i, c := range cs {
 		if states[i], err = ReadState(c.RunDir()); err != nil {
@@ -271,4 +291,77 @@ func zombie(pid int) bool {
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
+}
+
+// checkRestartAPIServer restarts c's API server under a running informer and
+// checks that the API answers afterwards, that the informer, whose watch the
+// restart broke, sees an object created after it (client-go resumes by itself),
+// that the old process is gone and the state file names the new one, and that
+// the cluster does not count the kill as a failure.
+func checkRestartAPIServer(t *testing.T, c *Cluster) {
+	client, err := kubernetes.NewForConfig(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(metav1.NamespaceDefault))
+	defer func() { cancel(); factory.Shutdown() }()
+	const name = "after-restart"
+	seen := make(chan struct{}, 1)
+	informer := factory.Core().V1().ConfigMaps().Informer()
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: func(obj any) {
+		if cm, ok := obj.(*corev1.ConfigMap); ok && cm.Name == name {
+			seen <- struct{}{}
+		}
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		t.Fatal("informer did not sync")
+	}
+	before := apiserverState(t, c)
+
+	down, err := c.RestartAPIServer(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kube-apiserver down for %s", down.Round(time.Millisecond))
+
+	after := apiserverState(t, c)
+	if after.PID == before.PID || after.Exe != before.Exe {
+		t.Errorf("state file after the restart: %+v, before: %+v; want a new pid, the same binary", after, before)
+	}
+	if runs(before.PID, before.Exe) {
+		t.Errorf("the killed kube-apiserver (pid %d) still runs", before.PID)
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if _, err := client.CoreV1().ConfigMaps(metav1.NamespaceDefault).Create(t.Context(), cm, metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
+		t.Fatalf("create after the restart: %v", err)
+	}
+	// The informer's watch retries with backoff (up to 30 s between tries).
+	select {
+	case <-seen:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the informer did not see the ConfigMap created after the restart")
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("the restart failed the cluster: %v", err)
+	}
+}
+
+// apiserverState returns the state file's entry for kube-apiserver.
+func apiserverState(t *testing.T, c *Cluster) StateProcess {
+	t.Helper()
+	s, err := ReadState(c.RunDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Processes {
+		if p.Name == apiserverBin {
+			return p
+		}
+	}
+	t.Fatalf("state file of %s has no %s", c.RunDir(), apiserverBin)
+	return StateProcess{}
 }
