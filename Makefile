@@ -4,7 +4,7 @@ GO ?= go
 export GOTOOLCHAIN := local
 GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all help build unit test lint fuzz demo bench bench-real soak cluster cluster-down cluster-env
+.PHONY: all help build unit test lint fuzz demo bench bench-real soak chaos cluster cluster-down cluster-env
 
 all: build
 
@@ -49,6 +49,9 @@ bench-real: ## only the end-to-end rows on real nodes (~25 min), into bench/resu
 
 soak: ## 10 min, every core busy: no healthy group may fail over (bench/results/soak)
 	$(GO) run ./cmd/hapod-bench -only soak -soak 10m -out bench/results/soak
+
+chaos: ## 1,000 random faults, mixed, under two controllers and real apps; the history checked for two actives (bench/results/chaos; CHAOS_FLAGS=-short: 60)
+	$(GO) run ./cmd/hapod-chaos $(CHAOS_FLAGS)
 
 # REAL_NODES=2 adds real nodes (kubelet, containerd, kube-proxy) inside a network
 # namespace of their own; reach the API server there with
