@@ -218,6 +218,15 @@ func (ls *leases) sent(t notify.Target, active bool, res notify.Result) bool {
 	if res.Echoed.After(l.echoedAt) {
 		l.echoedAt = res.Echoed
 	}
+	if !res.Acked && ls.renewer != nil && ls.silentLocked(l) {
+		// Found by make chaos: without this, an active whose app died
+		// while no lease of this process was on it (a new leader, a
+		// restarted controller: it is told its role again, unanswered)
+		// was failed over only once the API reported it dead.
+		l.state, l.lapsed = stopped, true
+		ls.metrics.LeaseLapses.WithLabelValues("silent").Inc()
+		return true
+	}
 	if !res.Acked || res.Nonce == 0 || ls.renewer == nil {
 		// No lease to renew (or nothing to renew it with); whatever was
 		// echoed still bounds it.
@@ -229,6 +238,17 @@ func (ls *leases) sent(t notify.Target, active bool, res notify.Result) bool {
 	l.sent, l.answered = false, false
 	ls.schedule(l, ls.now().Add(ls.renew))
 	return false
+}
+
+// silentLocked: a grant to l's pod went unanswered for a whole send (every
+// retry until -notify-deadline), and every lease the app may hold has
+// certainly run out: those this process granted (its last echo) and those
+// a previous process did (this one's start). Its app is as silent as one
+// whose renewals go unanswered, and counts as lapsed. The bound keeps it
+// safe; a promotion still waits for it (grantWait).
+func (ls *leases) silentLocked(l *lease) bool {
+	now := ls.now()
+	return !ls.started.IsZero() && !now.Before(ls.bound(ls.started)) && !now.Before(ls.boundOf(l))
 }
 
 // status adds the lease's verdict to an active pod's status, and keeps

@@ -259,3 +259,18 @@ func TestLeaseControllerRestart(t *testing.T) {
 		t.Errorf("the restarted controller promoted %v times", n)
 	}
 }
+
+// A controller restart while the active's app is dead and nothing tells the
+// API: the new process's grant to it goes unanswered, so once every lease
+// the app could hold has run out it counts as lapsed and the standby takes
+// over. Found by make chaos (a leader handover, then a SIGKILL): the group
+// stayed without an active until the API reported the pod dead.
+func TestLeaseControllerRestartDeadActive(t *testing.T) {
+	lg := newLeaseGroup(t, 2, func(c *config.Config) { c.NotifyDeadline = time.Second })
+	e, old := lg.e, lg.active
+	lg.r.stop()
+	lg.apps[old.Name].kill()
+	e.startController()
+	next := e.active("hapod", old.Name)
+	lg.apps[next.Name].waitActive(epochOf(next), 30*time.Second)
+}

@@ -92,6 +92,9 @@ func Start(upstream *rest.Config, opts Options) (*Proxy, error) {
 		// which must reach the client when the API server sends it.
 		FlushInterval: -1,
 		ErrorHandler:  p.upstreamFailed,
+		// A watch cut by a partition or an API server restart ends in a
+		// read error mid-body: expected, so not on the run's stderr.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	p.srv = &http.Server{
 		Handler:           p.handler(forward),
