@@ -203,13 +203,17 @@ func TestLeasePausedApp(t *testing.T) {
 	}
 }
 
-// A pause shorter than the TTL minus one renew interval changes nothing:
-// the app keeps its lease and the controller does not fail over.
+// A pause well inside the lease's slack (TTL minus two renew intervals,
+// whatever the pause's phase) changes nothing: the app keeps its lease and
+// the controller does not fail over. The lease is longer than the default
+// so that the margin left (200 ms) also covers a loaded machine's
+// scheduling delays; at the defaults it would be 25 ms, and the test failed
+// now and then under load.
 func TestLeaseShortPauseNoFailover(t *testing.T) {
-	lg := newLeaseGroup(t, 2)
+	lg := newLeaseGroup(t, 2, func(c *config.Config) { c.LeaseRenew, c.LeaseTTL = 100*time.Millisecond, 600*time.Millisecond })
 	e, act := lg.e, lg.active
 	a := lg.apps[act.Name]
-	pause := (e.cfg.LeaseTTL - e.cfg.LeaseRenew) / 2
+	pause := (e.cfg.LeaseTTL - 2*e.cfg.LeaseRenew) / 2
 	a.relay.set("hold")
 	time.Sleep(pause) // the pause itself is what is tested, not a wait for something
 	a.relay.set("pass")
