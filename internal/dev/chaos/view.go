@@ -119,7 +119,7 @@ func (v *view) app(uid types.UID, c AppChange) (group, pod string) {
 	return s.group, s.name
 }
 
-// target is what a fault in a group hits.
+// target is what a fault in a group hits: copies, read without the lock.
 type target struct {
 	active   *podState   // labelled active, not deleting, its app active
 	standbys []*podState // live, Ready, their apps standby
@@ -137,9 +137,11 @@ func (v *view) targetLocked(g string) (t target, ok bool) {
 			if t.active != nil {
 				return t, false
 			}
-			t.active = s
+			c := *s
+			t.active = &c
 		case s.ready && s.app == RoleStandby:
-			t.standbys = append(t.standbys, s)
+			c := *s
+			t.standbys = append(t.standbys, &c)
 		}
 	}
 	return t, t.active != nil
@@ -237,13 +239,14 @@ func (v *view) waitFor(ctx context.Context, timeout time.Duration, what string, 
 // groupsLocked lists the groups.
 func (v *view) groupsLocked() []string { return slices.Sorted(maps.Keys(v.pods)) }
 
-// podsOnLocked lists the live pods on a node.
+// podsOnLocked lists the live pods on a node (copies).
 func (v *view) podsOnLocked(node string) []*podState {
 	var out []*podState
 	for _, g := range v.groupsLocked() {
 		for _, n := range slices.Sorted(maps.Keys(v.pods[g])) {
 			if s := v.pods[g][n]; s.node == node && !s.gone {
-				out = append(out, s)
+				c := *s
+				out = append(out, &c)
 			}
 		}
 	}
