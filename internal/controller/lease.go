@@ -218,11 +218,23 @@ func (ls *leases) sent(t notify.Target, active bool, res notify.Result) bool {
 	if res.Echoed.After(l.echoedAt) {
 		l.echoedAt = res.Echoed
 	}
-	if !res.Acked && ls.renewer != nil && ls.silentLocked(l) {
-		// Found by make chaos: without this, an active whose app died
-		// while no lease of this process was on it (a new leader, a
-		// restarted controller: it is told its role again, unanswered)
-		// was failed over only once the API reported it dead.
+	// Both found by make chaos: without them, the group was left without
+	// an active app until the API reported the pod dead, or for good.
+	switch {
+	case !res.Acked && res.Status == wire.StatusStale:
+		// The app refuses the grant: it holds a newer epoch, or standby at
+		// this one (a switch cut off half-way, its label writes lost,
+		// leaves the old active labelled but told standby). It is not
+		// active, whatever its label says, and never will be at this
+		// epoch: as with a refused renewal, the group fails over to a new
+		// one.
+		l.state, l.lapsed, l.refused, l.fenced = stopped, true, true, true
+		ls.metrics.LeaseLapses.WithLabelValues("refused").Inc()
+		return true
+	case !res.Acked && ls.renewer != nil && ls.silentLocked(l):
+		// An active whose app died while no lease of this process was on
+		// it (a new leader, a restarted controller: it is told its role
+		// again, unanswered).
 		l.state, l.lapsed = stopped, true
 		ls.metrics.LeaseLapses.WithLabelValues("silent").Inc()
 		return true

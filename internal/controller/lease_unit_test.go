@@ -463,3 +463,40 @@ func TestLeaseBacklogDefersLapse(t *testing.T) {
 		t.Fatal("not lapsed once the backlog was read")
 	}
 }
+
+// A grant the app refuses as stale (it was told standby at this epoch: a
+// switch cut off after the old active's demotion was sent, before its label
+// was written) is a lapse at once: the group must move to a new epoch, not
+// grant the same refused one for ever.
+func TestLeaseGrantRefusedStale(t *testing.T) {
+	f := newLeaseFixture(t)
+	tgt := f.target("a", 2)
+	f.ls.prepare(f.key, &tgt)
+	if !f.ls.sent(tgt, true, notify.Result{Status: wire.StatusStale}) {
+		t.Fatal("a grant refused as stale did not requeue the group")
+	}
+	if st := f.ls.status("uid-a", true, election.Status{}, nil); st.Fault != election.LeaseLapsed {
+		t.Fatalf("status after a stale refusal: %+v, want the lease lapsed", st)
+	}
+}
+
+// A grant nobody answers counts as lapsed only once every lease the app
+// may hold has certainly run out: those of this process (its last echo)
+// and those of a previous one (this process's start).
+func TestLeaseGrantUnansweredLapsesAfterTheBound(t *testing.T) {
+	f := newLeaseFixture(t)
+	f.ls.noteStart(f.clk.now())
+	tgt := f.target("a", 3)
+	f.ls.prepare(f.key, &tgt)
+	if f.ls.sent(tgt, true, notify.Result{Err: notify.ErrTimeout}) {
+		t.Fatal("an unanswered grant lapsed before the bound from the start")
+	}
+	f.clk.advance(time.Second)
+	f.ls.prepare(f.key, &tgt)
+	if !f.ls.sent(tgt, true, notify.Result{Err: notify.ErrTimeout}) {
+		t.Fatal("an unanswered grant after the bound did not lapse")
+	}
+	if st := f.ls.status("uid-a", true, election.Status{}, nil); st.Fault != election.LeaseLapsed {
+		t.Fatalf("status %+v, want the lease lapsed", st)
+	}
+}
