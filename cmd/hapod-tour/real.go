@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -22,17 +21,11 @@ import (
 // and the standby run on different kubelets.
 const realNodes = 2
 
-// cannotRunReal says why this machine cannot run real nodes, "" if it can:
-// the network namespace's needs (netns.Usable), runc for the containers and
-// nft for kube-proxy (.ci/run installs them).
+// cannotRunReal says why this machine cannot run real nodes, "" if it can
+// (localcluster.RealNodesUsable).
 func cannotRunReal() string {
-	if err := netns.Usable(); err != nil {
+	if err := localcluster.RealNodesUsable(); err != nil {
 		return err.Error()
-	}
-	for _, tool := range []string{"runc", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " is not installed (Debian: runc, nftables; .ci/run installs them)"
-		}
 	}
 	return ""
 }

@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -148,6 +149,38 @@ func TestGracefulDeleteFailsOverAtDeletionTimestamp(t *testing.T) {
 		t.Logf("the old pod was gone before the failover was seen (err %v): not a failure, but the deletionTimestamp was not what triggered it", err)
 	}
 	g.settled(settleTimeout)
+}
+
+// A real node's kubelet and containerd stopped and started again
+// (localcluster.Cluster.StartRealNode): hapod fails over off the node once it
+// is NotReady; started again, the node is Ready within the bound, the old
+// active's container (running all along) is still the same one, and its pod
+// is Ready again as a standby.
+func TestRealNodeStoppedAndStarted(t *testing.T) {
+	g := newGroup(t, groupOptions{criticalNever: true})
+	act, stb := g.settled(settleTimeout)
+	if act.Spec.NodeName == stb.Spec.NodeName {
+		t.Fatalf("both pods on %s: the spread constraint should have put one on each node", act.Spec.NodeName)
+	}
+	var node *localcluster.RealNode
+	for _, n := range clustertest.RealNodes(t) {
+		if n.Name == act.Spec.NodeName {
+			node = n
+		}
+	}
+	if node == nil {
+		t.Fatalf("the active pod's node %s is not a real node", act.Spec.NodeName)
+	}
+	clustertest.StopRealNode(t, node)
+	g.failedOver(act, 60*time.Second)
+	clustertest.StartRealNode(t, node)
+	_, back := g.settled(settleTimeout)
+	if back.UID != act.UID {
+		t.Fatalf("the standby is %s, want the old active %s back on its restarted node", back.Name, act.Name)
+	}
+	if id := containerID(&back, critical); id != containerID(&act, critical) || restarts(&back, critical) != 0 {
+		t.Fatalf("the old active's container was replaced across the node's restart: %s -> %s, %d restarts", containerID(&act, critical), id, restarts(&back, critical))
+	}
 }
 
 // A whole real node lost (its kubelet and containerd killed; its containers

@@ -137,6 +137,10 @@ type run struct {
 
 	ctls  [2]*replica
 	exits atomic.Int64
+	// ctlArgs are more controller flags, and real the real-node phase's
+	// own state (realnode.go); both unset in the kwok phase.
+	ctlArgs []string
+	real    *realRun
 
 	// exclusive is held shared by every fault of a group or a condition,
 	// and alone by a fault of the whole cluster.
@@ -494,13 +498,13 @@ func (p *replica) start(ctx context.Context) error {
 	c, err := ctrlproc.Start(ctx, ctrlproc.Options{
 		Bin: p.r.o.ControllerBin, Kubeconfig: p.r.ctlCfg, Namespaces: strings.Join(p.r.groups, ","),
 		LogPath: filepath.Join(p.r.o.WorkDir, fmt.Sprintf("controller-%d.%d.log", p.slot, p.starts)),
-		Args: []string{
+		Args: append([]string{
 			"-leader-elect", "-leader-election-namespace", p.r.groups[0],
 			// Short, as a hot standby needs, and long enough for a
 			// loaded 2-core machine to renew in time.
 			"-leader-elect-lease-duration", "3s", "-leader-elect-renew-deadline", "2s", "-leader-elect-retry-period", "250ms",
 			"-role-key-dir", p.r.master,
-		},
+		}, p.r.ctlArgs...),
 	})
 	if err != nil {
 		return err

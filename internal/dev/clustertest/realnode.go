@@ -102,12 +102,30 @@ func RealNodes(t testing.TB) []*localcluster.RealNode {
 }
 
 // StopRealNode kills a real node's kubelet and containerd (its containers
-// run on, cut off): a lost node. It cannot be brought back; a test that
-// loses a node should be the last to use it.
+// run on, cut off): a lost node. StartRealNode brings it back; a test that
+// leaves it lost should be the last to use it.
 func StopRealNode(t testing.TB, node *localcluster.RealNode) {
 	t.Helper()
 	RealNodes(t)
 	cluster.StopRealNode(node)
+}
+
+// StartRealNode starts a node that StopRealNode stopped again and waits
+// until it is Ready (localcluster.Cluster.StartRealNode).
+func StartRealNode(t testing.TB, node *localcluster.RealNode) {
+	t.Helper()
+	RealNodes(t)
+	if err := cluster.StartRealNode(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// RealCluster is MainRealNode's cluster, for code that stops and starts its
+// nodes by itself (the chaos run's real phase).
+func RealCluster(t testing.TB) *localcluster.Cluster {
+	t.Helper()
+	RealNodes(t)
+	return cluster
 }
 
 // PodKubeconfig writes a kubeconfig that works from inside a pod on a real

@@ -442,7 +442,10 @@ func (c *Cluster) RealNodes() []*RealNode {
 // on a machine whose kubelet and runtime died. The API server notices after
 // the node monitor grace period.
 func (c *Cluster) StopRealNode(node *RealNode) {
-	for _, p := range []*process{node.kubelet, node.containerd} {
+	c.mu.Lock() // StartRealNode replaces the processes
+	procs := []*process{node.kubelet, node.containerd}
+	c.mu.Unlock()
+	for _, p := range procs {
 		p.expectExit.Store(true)
 		if !p.exited() {
 			_ = p.cmd.Process.Kill()
@@ -477,4 +480,19 @@ func (c *Cluster) packImages(ctx context.Context, images []Image) ([]string, err
 		tars = append(tars, tar)
 	}
 	return tars, nil
+}
+
+// RealNodesUsable says why this machine cannot run real nodes, nil if it
+// can: the network namespace's needs (netns.Usable), runc for the
+// containers and nft for kube-proxy (.ci/run installs them).
+func RealNodesUsable() error {
+	if err := netns.Usable(); err != nil {
+		return err
+	}
+	for _, tool := range []string{"runc", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed (Debian: runc, nftables; .ci/run installs them)", tool)
+		}
+	}
+	return nil
 }

@@ -228,9 +228,23 @@ func DeathReported(pod *corev1.Pod, container string, restarts int32) bool {
 // the container's cgroup, which the kubelet (cgroupfs driver) names by its
 // ID under the node's cgroup root.
 func Kill(pod *corev1.Pod, container string) (time.Time, []int, error) {
+	pids, err := PIDs(pod, container)
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	at := time.Now()
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return at, pids, nil
+}
+
+// PIDs are the host pids of every process of the pod's running container,
+// found by its cgroup (see Kill).
+func PIDs(pod *corev1.Pod, container string) ([]int, error) {
 	id := ContainerID(pod, container)
 	if id == "" {
-		return time.Time{}, nil, fmt.Errorf("pod %s has no running container %s", pod.Name, container)
+		return nil, fmt.Errorf("pod %s has no running container %s", pod.Name, container)
 	}
 	ns, _ := netns.Inside()
 	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/pids", netns.CgroupPrefix(ns)+"*"))
@@ -250,13 +264,9 @@ func Kill(pod *corev1.Pod, container string) (time.Time, []int, error) {
 		})
 	}
 	if len(pids) == 0 {
-		return time.Time{}, nil, fmt.Errorf("no processes of container %s/%s (%s) under %v", pod.Name, container, id, roots)
+		return nil, fmt.Errorf("no processes of container %s/%s (%s) under %v", pod.Name, container, id, roots)
 	}
-	at := time.Now()
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	return at, pids, nil
+	return pids, nil
 }
 
 // Dead reports whether every pid has exited.
