@@ -28,6 +28,7 @@ type Summary struct {
 // Duration marshals as a string ("1m2.5s").
 type Duration time.Duration
 
+// MarshalJSON writes d as time.Duration's String.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 // Summarize describes a run's result.
