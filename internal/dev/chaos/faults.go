@@ -274,35 +274,35 @@ func activeDeleted(ctx context.Context, r *run, f *Fault, g string, _ *mrand.Ran
 // criticalDied: the active's critical process dies and the kubelet
 // reports it at once.
 func criticalDied(ctx context.Context, r *run, f *Fault, g string, _ *mrand.Rand) (func(), error) {
-	t, err := r.targetOf(g)
+	t, err := r.killActive(f, g)
 	if err != nil {
 		return nil, err
+	}
+	return nil, r.reportDead(ctx, t.active)
+}
+
+// killActive SIGKILLs the app of g's active and returns what the group
+// was.
+func (r *run) killActive(f *Fault, g string) (target, error) {
+	t, err := r.targetOf(g)
+	if err != nil {
+		return t, err
 	}
 	f.Target, f.From = t.active.name, t.active.name
 	p, err := r.proc(t.active)
 	if err != nil {
-		return nil, err
+		return t, err
 	}
-	if _, err := p.Kill(); err != nil {
-		return nil, err
-	}
-	return nil, r.reportDead(ctx, t.active)
+	_, err = p.Kill()
+	return t, err
 }
 
 // appKilled: the active's app is SIGKILLed and nothing tells the API until
 // a standby has taken over (the role lease finds it); then the kubelet's
 // late report.
 func appKilled(ctx context.Context, r *run, f *Fault, g string, _ *mrand.Rand) (func(), error) {
-	t, err := r.targetOf(g)
+	t, err := r.killActive(f, g)
 	if err != nil {
-		return nil, err
-	}
-	f.Target, f.From = t.active.name, t.active.name
-	p, err := r.proc(t.active)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := p.Kill(); err != nil {
 		return nil, err
 	}
 	_, werr := r.view.waitFor(ctx, r.o.SettleBound, "a standby takes over from the killed app", func() (bool, string) {

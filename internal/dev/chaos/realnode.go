@@ -23,8 +23,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
 	"github.com/hapod/hapod/internal/dev/localcluster"
@@ -171,23 +169,10 @@ func setUpReal(ctx context.Context, o RealOptions) (*run, error) {
 	r.ctlArgs = []string{"-notify-cidrs", netplan.RealNodePodsAll.String(), "-notify-bind-address", "0.0.0.0:0"}
 	ns := "chaos-" + r.id + "-real"
 	r.groups = []string{ns}
-	if err := os.MkdirAll(o.WorkDir, 0o755); err != nil {
+	if _, err := r.record(o.WorkDir, o.Kubeconfig); err != nil {
 		return nil, err
 	}
-	sink, err := os.Create(filepath.Join(o.WorkDir, "history.jsonl"))
-	if err != nil {
-		return nil, err
-	}
-	r.rec = NewRecorder(sink)
-	r.view = newView("app", "role", "active")
-	rc, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	rc.QPS, rc.Burst = 100, 200
-	if r.cs, err = kubernetes.NewForConfig(rc); err != nil {
-		return nil, err
-	}
+	var err error
 	if err := r.keys(); err != nil {
 		return r, err
 	}

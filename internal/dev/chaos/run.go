@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
@@ -183,21 +184,8 @@ func setUp(ctx context.Context, o Options) (*run, error) {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	r := &run{o: o, id: hex.EncodeToString(b), kubelets: map[string]*appkubelet.Kubelet{}, relays: map[types.UID]*udprelay.Relay{}}
-	if err := os.MkdirAll(o.WorkDir, 0o755); err != nil {
-		return nil, err
-	}
-	sink, err := os.Create(filepath.Join(o.WorkDir, "history.jsonl"))
+	rc, err := r.record(o.WorkDir, o.Kubeconfig)
 	if err != nil {
-		return nil, err
-	}
-	r.rec = NewRecorder(sink)
-	r.view = newView("app", "role", "active")
-	rc, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	rc.QPS, rc.Burst = 200, 400
-	if r.cs, err = kubernetes.NewForConfig(rc); err != nil {
 		return nil, err
 	}
 	for i := range o.Groups {
@@ -265,6 +253,29 @@ func setUp(ctx context.Context, o Options) (*run, error) {
 		}
 	}
 	return r, nil
+}
+
+// record opens the run's history (workDir/history.jsonl), its view and
+// its own client of the cluster, whose config it returns.
+func (r *run) record(workDir, kubeconfig string) (*rest.Config, error) {
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		return nil, err
+	}
+	sink, err := os.Create(filepath.Join(workDir, "history.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	r.rec = NewRecorder(sink)
+	r.view = newView("app", "role", "active")
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	rc.QPS, rc.Burst = 200, 400
+	if r.cs, err = kubernetes.NewForConfig(rc); err != nil {
+		return nil, err
+	}
+	return rc, nil
 }
 
 // keys writes the controllers' master key directory and each group's
@@ -552,19 +563,28 @@ func (p *replica) supervise(ctx context.Context) {
 	}
 }
 
-// leads reports whether the replica's current process holds the leader
-// lease (its log says it acquired it).
-func (p *replica) leads() bool {
+// live is the replica's current process if it runs, or nil.
+func (p *replica) live() *ctrlproc.Controller {
 	p.mu.Lock()
 	c := p.c
 	p.mu.Unlock()
 	if c == nil {
-		return false
+		return nil
 	}
 	select {
 	case <-c.Done():
-		return false
+		return nil
 	default:
+		return c
+	}
+}
+
+// leads reports whether the replica's current process holds the leader
+// lease (its log says it acquired it).
+func (p *replica) leads() bool {
+	c := p.live()
+	if c == nil {
+		return false
 	}
 	b, err := os.ReadFile(c.LogPath())
 	return err == nil && strings.Contains(strings.ToLower(string(b)), "successfully acquired lease")
@@ -593,20 +613,7 @@ func (p *replica) stop() {
 	p.end(false)
 }
 
-func (p *replica) running() bool {
-	p.mu.Lock()
-	c := p.c
-	p.mu.Unlock()
-	if c == nil {
-		return false
-	}
-	select {
-	case <-c.Done():
-		return false
-	default:
-		return true
-	}
-}
+func (p *replica) running() bool { return p.live() != nil }
 
 // leader is the replica that leads, or nil.
 func (r *run) leader() *replica {
