@@ -57,6 +57,8 @@ type Proc struct {
 	// stopping is set before the process is signalled, so that its exit
 	// is known to be expected.
 	stopping atomic.Bool
+	// killed is when Kill's SIGKILL had been sent (a time.Time).
+	killed atomic.Value
 }
 
 // recordsFD is the descriptor on which the app writes its role records: the
@@ -149,6 +151,7 @@ func (p *Proc) Kill() (at time.Time, err error) {
 	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return at, fmt.Errorf("kill the process of %s: %w", p.o.Pod, err)
 	}
+	p.killed.Store(time.Now())
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()
 	select {
@@ -157,6 +160,14 @@ func (p *Proc) Kill() (at time.Time, err error) {
 	case <-t.C:
 		return at, fmt.Errorf("the process of %s was not reaped 10s after SIGKILL", p.o.Pod)
 	}
+}
+
+// KilledAt is when Kill's SIGKILL had been sent, zero if it was not: the
+// app acts no more from then on, though reaping it (and reading its last
+// records) can take a few hundred milliseconds on a loaded machine.
+func (p *Proc) KilledAt() time.Time {
+	t, _ := p.killed.Load().(time.Time)
+	return t
 }
 
 // Stop stops the process as a kubelet stops a deleted pod's container:

@@ -294,7 +294,21 @@ func (r *run) killActive(f *Fault, g string) (target, error) {
 		return t, err
 	}
 	_, err = p.Kill()
+	r.killed(t.active, p)
 	return t, err
+}
+
+// killed records a SIGKILLed app's end at the moment the signal was sent:
+// it acts no more from then on, and its exit (the reaping, which the
+// kubelet reports) can come a few hundred milliseconds later on a loaded
+// machine. The first full run counted three overlaps that were that delay.
+func (r *run) killed(s *podState, p *appproc.Proc) {
+	if at := p.KilledAt(); !at.IsZero() {
+		ac := AppChange{At: at, Role: Exited}
+		if ac.Group, ac.Pod = r.view.app(s.uid, ac); ac.Pod != "" {
+			r.rec.App(ac)
+		}
+	}
 }
 
 // appKilled: the active's app is SIGKILLed and nothing tells the API until
@@ -347,7 +361,9 @@ func standbyDied(ctx context.Context, r *run, f *Fault, g string, rng *mrand.Ran
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.Kill(); err != nil {
+	_, err = p.Kill()
+	r.killed(s, p)
+	if err != nil {
 		return nil, err
 	}
 	return nil, r.reportDead(ctx, s)
