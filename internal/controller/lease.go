@@ -3,6 +3,7 @@ package controller
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -221,7 +222,7 @@ func (ls *leases) sent(t notify.Target, active bool, res notify.Result) bool {
 	// Both found by make chaos: without them, the group was left without
 	// an active app until the API reported the pod dead, or for good.
 	switch {
-	case !res.Acked && res.Status == wire.StatusStale:
+	case res.Status == wire.StatusStale:
 		// The app refuses the grant: it holds a newer epoch, or standby at
 		// this one (a switch cut off half-way, its label writes lost,
 		// leaves the old active labelled but told standby). It is not
@@ -231,7 +232,7 @@ func (ls *leases) sent(t notify.Target, active bool, res notify.Result) bool {
 		l.state, l.lapsed, l.refused, l.fenced = stopped, true, true, true
 		ls.metrics.LeaseLapses.WithLabelValues("refused").Inc()
 		return true
-	case !res.Acked && ls.renewer != nil && ls.silentLocked(l):
+	case errors.Is(res.Err, notify.ErrTimeout) && ls.renewer != nil && ls.silentLocked(l):
 		// An active whose app died while no lease of this process was on
 		// it (a new leader, a restarted controller: it is told its role
 		// again, unanswered).
