@@ -22,7 +22,7 @@ unit: ## fast tests, no cluster (go test -short): under a minute warm
 # test binary's timeout.
 test: ## every test with -race, against a real control plane and real nodes (built first: ~20 min cold)
 	$(GO) run ./cmd/hapod-cluster build
-	$(GO) test -race -count=1 -v ./...
+	$(GO) test -race -count=1 -timeout 30m -v ./...
 
 lint: ## gofmt, go vet, golangci-lint (.golangci.yml)
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.cache/*' -not -path './bin/*')); \

@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -57,7 +58,16 @@ func TestChaosShort(t *testing.T) {
 		WorkDir:       t.TempDir(), Seed: seed, Faults: 45, Groups: 3,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
-	res, err := Run(t.Context(), o)
+	// The run stops a minute and a half before the test binary's own
+	// timeout, so a run that is stuck fails with what it was waiting for
+	// (the warnings above) and tears down, instead of a goroutine dump.
+	ctx := t.Context()
+	if d, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-90*time.Second))
+		defer cancel()
+	}
+	res, err := Run(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}

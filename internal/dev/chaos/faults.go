@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -110,7 +111,12 @@ func (r *run) inject(ctx context.Context) error {
 		})
 	}
 	count.Wait()
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Errorf("chaos: stopped after %d of %d faults were begun: %w", min(next, int64(r.o.Faults)), r.o.Faults, err)
+	}
+	return nil
 }
 
 func pick(ks []kind, rng *mrand.Rand) kind {
@@ -563,12 +569,28 @@ func nodeLost(ctx context.Context, r *run, f *Fault, g string, _ *mrand.Rand) (f
 		return nil, err
 	}
 	heal := func() {
+		// Bounded: every other worker waits for this cluster fault to end,
+		// so a node that never comes back must fail the fault, not hang the
+		// run (the taint it carries is lifted by kube-controller-manager,
+		// which can be slow after an API server restart).
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		var errs []error
 		for _, s := range on {
-			_ = r.cs.CoreV1().Pods(s.namespace()).Delete(ctx, s.name, metav1.DeleteOptions{GracePeriodSeconds: new(int64), Preconditions: &metav1.Preconditions{UID: &s.uid}})
+			err := r.cs.CoreV1().Pods(s.namespace()).Delete(ctx, s.name, metav1.DeleteOptions{GracePeriodSeconds: new(int64), Preconditions: &metav1.Preconditions{UID: &s.uid}})
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+				errs = append(errs, err)
+			}
 		}
 		patch := []byte(`{"metadata":{"annotations":{"` + localcluster.KwokNodeAnnotation + `":"fake"}}}`)
-		_, _ = r.cs.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-		_, _ = localcluster.WaitNodeReady(ctx, r.cs, node)
+		if _, err := r.cs.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
+			errs = append(errs, err)
+		} else if _, err := localcluster.WaitNodeReady(ctx, r.cs, node); err != nil {
+			errs = append(errs, err)
+		}
+		if len(errs) > 0 {
+			f.Err = errors.Join(append([]error{errorsOf(f.Err), errors.New("healing the lost node")}, errs...)...).Error()
+		}
 	}
 	// The groups whose active was there fail over while the node is lost.
 	var errs []error
