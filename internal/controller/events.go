@@ -47,4 +47,13 @@ const (
 	// one), so the group fails over without waiting for the API to show
 	// why. Warning, on the pod that lost the role.
 	ReasonLeaseLapsed = "LeaseLapsed"
+	// ReasonPlainMessages: the group's pods take plain role datagrams
+	// (role.RoleMessagesAnnotation "plain"): no confirmation that the app
+	// acted, no fencing, and a failover waits for the API to show the old
+	// app dead or its pod gone. Warning, once per group.
+	ReasonPlainMessages = "PlainRoleMessages"
+	// ReasonPlainConfigInvalid: a pod's plain-mode annotations are invalid;
+	// the pod is treated as plain (never taken for fenced) and sent
+	// nothing.
+	ReasonPlainConfigInvalid = "PlainConfigInvalid"
 )

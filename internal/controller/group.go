@@ -45,6 +45,8 @@ type groupState struct {
 	// repeating the same Event on every reconcile.
 	warned      map[warning]bool
 	noStandbyAt uint64 // epoch at which "no standby" was last reported, +1
+	// plainWarned: the group's plain-mode Warning was recorded (plain.go).
+	plainWarned bool
 
 	// pending is a promotion whose app was told active but whose label is
 	// not known to be written: a retry promotes the same pod at the same
@@ -83,6 +85,9 @@ type told struct {
 	acked    bool
 	failedAt time.Time
 	giveUp   bool // a pod being deleted gets one try only
+	// restarts is a plain-mode active's container restarts when it was
+	// told: a restart in place is told again (plain.go).
+	restarts int32
 }
 
 // writtenTTL bounds how long an own write may mask what the cache shows;

@@ -82,6 +82,10 @@ func (r *Reconciler) notifyAll(ctx context.Context, req reconcile.Request, g *gr
 		} else if m.Role != r.roles.Active && m.Role != r.roles.Standby {
 			continue
 		}
+		if isPlain(m.pod) {
+			r.notifyPlain(ctx, req, g, d, members, m, role, epoch)
+			continue
+		}
 		t := g.told[m.pod.UID]
 		if t != nil && t.role == role && (role != r.roles.Active || t.epoch == epoch) {
 			// An acked active whose lease is no longer renewed (it lapsed
@@ -116,12 +120,17 @@ func demoted(d election.Decision, m *member) bool {
 	return false
 }
 
-// startNotify sends one role message in the background. g.mu is held by
+// startNotify sends one role message in the background (never to a pod in
+// plain mode). g.mu is held by
 // the caller; the goroutine takes it to record the outcome, after it has
 // put the result on the returned channel (so a caller holding g.mu may wait
 // on it). It returns nil when nothing was sent: no usable address, or this
 // replica is no longer certainly the leader.
 func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *groupState, m *member, role string, epoch uint64, promo *promotion) <-chan notify.Result {
+	if isPlain(m.pod) {
+		// Its app would take any datagram as "become active" (plain.go).
+		return nil
+	}
 	addr, ok := r.podAddr(m.pod)
 	if !ok {
 		return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -84,6 +85,9 @@ type Deps struct {
 	// goroutine): the failover record stream (-failover-records) and tests
 	// read the timings from it.
 	OnPromotion func(record.Record)
+	// SendPlain sends plain-mode datagrams (plain.go); default
+	// notify.SendPlain.
+	SendPlain func(context.Context, notify.Plain) (int, error)
 }
 
 // New returns a Reconciler ready to be set up with a manager (or called
@@ -94,6 +98,9 @@ func New(cfg config.Config, d Deps) *Reconciler {
 	}
 	if d.Metrics == nil {
 		d.Metrics = NewMetrics(nil)
+	}
+	if d.SendPlain == nil {
+		d.SendPlain = notify.SendPlain
 	}
 	r := &Reconciler{
 		Deps:     d,
@@ -383,9 +390,13 @@ func podEpoch(pod *corev1.Pod) uint64 {
 // apply writes a decision: demotions and the epoch Lease first, then the
 // promotion, then standby labels and deletions.
 func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, byUID map[string]*member, trigger time.Time) error {
+	var switchErr error
 	if d.Promote != nil || len(d.Demote) > 0 {
-		if err := r.switchActive(ctx, req, g, d, byUID, trigger); err != nil {
-			return err
+		switchErr = r.switchActive(ctx, req, g, d, byUID, trigger)
+		// A switch waiting for a plain-mode active's end goes on with the
+		// deletions: deleting a doomed old active is what ends it.
+		if switchErr != nil && !errors.Is(switchErr, errPlainWait) {
+			return switchErr
 		}
 	}
 	if d.NoCandidate && g.noStandbyAt != g.epoch+1 {
@@ -411,7 +422,10 @@ func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupS
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) == 0 {
+		return switchErr
+	}
+	return errors.Join(append(errs, switchErr)...)
 }
 
 // switchActive moves the active role (or, without a promotion, demotes
@@ -422,7 +436,8 @@ func (r *Reconciler) apply(ctx context.Context, req reconcile.Request, g *groupS
 //	    briefly (-demote-ack-timeout) for the acks; one that did not ack
 //	    must be fenced otherwise (oldActiveFenced);
 //	(b) the new active is told active at the new epoch, at once: its epoch
-//	    comes from a block already reserved in the Lease;
+//	    comes from a block already reserved in the Lease (in plain mode
+//	    only after (c), plain.go);
 //	(c) the old actives are labelled standby, and only then the new one
 //	    active, each write with a deadline, so that the Service never
 //	    selects two pods.
@@ -460,6 +475,11 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	if err := r.fenceOldActives(ctx, req, g, olds); err != nil { // (a)
 		return err
 	}
+	if b := r.plainBlocker(g, maps.Values(byUID), m); b != nil {
+		r.reportStuck(g, b, epoch, plainStuck, nil)
+		return &retryAfter{after: r.Config.NotifyRetry, err: fmt.Errorf("pod %s: %w", b.Name, errPlainWait)}
+	}
+	plain := isPlain(m.pod)
 
 	p := g.pending
 	if p == nil || p.uid != m.pod.UID {
@@ -474,7 +494,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	if _, ok := r.Leader.Remaining(); !ok {
 		return errNotLeader
 	}
-	if t := g.told[m.pod.UID]; t == nil || t.role != r.roles.Active || t.epoch != epoch || (!t.inflight && !t.acked) { // (b)
+	if t := g.told[m.pod.UID]; !plain && (t == nil || t.role != r.roles.Active || t.epoch != epoch || (!t.inflight && !t.acked)) { // (b)
 		promo := p.promo
 		if p.reported {
 			promo = nil // the first send reports the promotion; a retry only repeats the message
@@ -520,6 +540,11 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	g.written[m.pod.UID] = written{role: r.roles.Active, epoch: epoch, at: labelled}
 	g.active, g.activeName, g.activePod = m.pod.UID, m.Name, m.pod
 	m.Role, m.Epoch = r.roles.Active, epoch
+	if plain {
+		// Told only now that the label is written: a plain app cannot
+		// be told to give the role back if the switch were abandoned.
+		r.tellPlain(ctx, req, g, m, epoch, p.promo)
+	}
 	r.Metrics.Promotions.WithLabelValues(string(d.Reason)).Inc()
 	r.Metrics.FailoverSeconds.WithLabelValues("label").Observe(labelled.Sub(p.promo.trigger).Seconds())
 	logf.FromContext(ctx).Info("Promoted", "pod", m.Name, "epoch", epoch, "reason", d.Reason, "replaced", old,

@@ -142,6 +142,10 @@ func (r *Reconciler) fenceOldActives(ctx context.Context, req reconcile.Request,
 	}
 	for _, o := range olds {
 		if ok, retry := r.oldActiveFenced(ctx, g, o); !ok {
+			if isPlain(o.pod) {
+				r.reportStuck(g, o, g.epoch, plainStuck, nil)
+				return &retryAfter{after: retry, err: fmt.Errorf("old active %s: %w", o.Name, errPlainWait)}
+			}
 			r.reportStuck(g, o, g.epoch, "the old active neither acked standby nor is proven dead", nil)
 			return &retryAfter{after: retry, err: fmt.Errorf("old active %s not fenced", o.Name)}
 		}
@@ -151,7 +155,8 @@ func (r *Reconciler) fenceOldActives(ctx context.Context, req reconcile.Request,
 
 // oldActiveFenced reports whether old can no longer act as active at an
 // epoch below g.epoch: its app acked standby at g.epoch, or the API proves
-// it dead. Otherwise unfencedOldActive decides. retryAfter says when to
+// it dead, or, in plain mode, its pod is gone. Otherwise unfencedOldActive
+// decides. retryAfter says when to
 // look again if not.
 func (r *Reconciler) oldActiveFenced(ctx context.Context, g *groupState, old *member) (ok bool, retryAfter time.Duration) {
 	if t := g.told[old.pod.UID]; t != nil && t.role == r.roles.Standby && t.epoch == g.epoch && t.acked {
@@ -159,6 +164,10 @@ func (r *Reconciler) oldActiveFenced(ctx context.Context, g *groupState, old *me
 	}
 	if provenDead(old.pod, old.Status) {
 		return true, 0
+	}
+	if isPlain(old.pod) {
+		// Nothing can tell its app to stop (plain.go): only its end.
+		return old.Status.Fault == election.Gone, r.Config.NotifyRetry
 	}
 	return r.unfencedOldActive(ctx, g, old)
 }

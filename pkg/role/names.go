@@ -19,6 +19,26 @@ const (
 	EpochAnnotation = "hapod.io/epoch"
 	// GroupLabel on an epoch Lease names the group whose epoch it keeps.
 	GroupLabel = "hapod.io/group"
+
+	// RoleMessagesAnnotation on a pod (set it in the pod template) says how
+	// the controller tells the pod's app its role: "hapod" (the default)
+	// is this package's protocol; "plain" is the seed design's, for an
+	// app that takes any datagram on its port as "become active" and
+	// answers nothing. In plain mode only the new active is sent anything,
+	// after its label is written: PlainPayloadAnnotation, to
+	// PlainPortAnnotation, PlainRepeatsAnnotation times. Such an app cannot
+	// be told standby, so the controller promotes another pod only once
+	// the API shows the old one's app dead or its pod gone.
+	RoleMessagesAnnotation = "hapod.io/role-messages"
+	// PlainPortAnnotation is the plain-mode app's UDP port (default 10001)
+	// at the pod's address (its IP, or RoleAddressAnnotation's).
+	PlainPortAnnotation = "hapod.io/plain-port"
+	// PlainPayloadAnnotation is the datagram sent (default
+	// "GoActiveDuringFailover").
+	PlainPayloadAnnotation = "hapod.io/plain-payload"
+	// PlainRepeatsAnnotation is how many copies are sent, 10ms apart
+	// (default 3, at most 10).
+	PlainRepeatsAnnotation = "hapod.io/plain-repeats"
 )
 
 // Development-only names (the local cluster's kwok stages, the demo, the
