@@ -69,7 +69,7 @@ type Agent struct {
 	stopRunner chan struct{}
 
 	quit      chan struct{} // closed at shutdown: ends long polls and event streams
-	listening atomic.Bool // the listener goroutine runs
+	listening atomic.Bool   // the listener goroutine runs
 	stopping  atomic.Bool
 }
 
