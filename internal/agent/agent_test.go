@@ -405,7 +405,9 @@ func TestOnChangeEnv(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339Nano, f[3]); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "run counted ok", func() bool { return strings.Contains(get(t, "http://"+a.HTTPAddr()+"/metrics"), `hapod_agent_on_change_runs_total{result="ok"} 1`) })
+	waitFor(t, "run counted ok", func() bool {
+		return strings.Contains(get(t, "http://"+a.HTTPAddr()+"/metrics"), `hapod_agent_on_change_runs_total{result="ok"} 1`)
+	})
 }
 
 // processGone reports whether pid has exited (a zombie counts: nothing
@@ -437,7 +439,9 @@ func TestOnChangeTimeoutKillsGroup(t *testing.T) {
 		return err == nil
 	})
 	waitFor(t, "the timeout killed the child too", func() bool { return processGone(pid) })
-	waitFor(t, "the timeout is counted", func() bool { return strings.Contains(get(t, "http://"+a.HTTPAddr()+"/metrics"), `hapod_agent_on_change_runs_total{result="timeout"} 1`) })
+	waitFor(t, "the timeout is counted", func() bool {
+		return strings.Contains(get(t, "http://"+a.HTTPAddr()+"/metrics"), `hapod_agent_on_change_runs_total{result="timeout"} 1`)
+	})
 	if !strings.Contains(logs.String(), "On-change command timed out") {
 		t.Fatalf("logs lack the timeout:\n%s", logs)
 	}
@@ -448,7 +452,9 @@ func TestOnChangeFailureCounted(t *testing.T) {
 	o.OnChange = script(t, "exit 3\n")
 	a, logs, _ := startAgent(t, o)
 	send(t, sender(t), target(a, wire.RoleStandby, 1))
-	waitFor(t, "the failure is counted", func() bool { return strings.Contains(get(t, "http://"+a.HTTPAddr()+"/metrics"), `hapod_agent_on_change_runs_total{result="error"} 1`) })
+	waitFor(t, "the failure is counted", func() bool {
+		return strings.Contains(get(t, "http://"+a.HTTPAddr()+"/metrics"), `hapod_agent_on_change_runs_total{result="error"} 1`)
+	})
 	if !strings.Contains(logs.String(), "exit=3") {
 		t.Fatalf("logs lack the exit status:\n%s", logs)
 	}
@@ -556,4 +562,13 @@ func TestAddressInUse(t *testing.T) {
 	if err == nil || ExitCode(err) != 1 || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+func addrOf(t testing.TB, s string) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
 }
