@@ -137,8 +137,10 @@ func listenError(flagName, addr string, err error) error {
 	return fmt.Errorf("-%s %s: %w", flagName, addr, err)
 }
 
-// HTTPAddr and RoleAddr are the bound addresses.
+// HTTPAddr is the bound HTTP address, useful with a ":0" -http-addr.
 func (a *Agent) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// RoleAddr is the bound UDP address, useful with a ":0" -role-addr.
 func (a *Agent) RoleAddr() string { return a.roles.Addr().String() }
 
 // roleChanged runs on the listener's goroutine, which holds further
@@ -155,7 +157,7 @@ func (a *Agent) roleChanged(s role.State) {
 
 // publish makes the next view current, wakes the HTTP waiters and queues
 // the view for the file and the command.
-func (a *Agent) publish(next func(seq uint64) view) view {
+func (a *Agent) publish(next func(seq uint64) view) {
 	a.mu.Lock()
 	v := next(a.cur.Seq + 1)
 	a.cur = v
@@ -167,7 +169,7 @@ func (a *Agent) publish(next func(seq uint64) view) view {
 	for {
 		select {
 		case a.write <- v:
-			return v
+			return
 		default:
 		}
 		select {
