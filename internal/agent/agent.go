@@ -62,6 +62,7 @@ type Agent struct {
 	mu      sync.Mutex
 	cur     view
 	changed chan struct{} // closed and replaced on every change: wakes waiters
+	final   bool          // the shutdown's standby is published: nothing after it
 
 	write      chan view // latest-value, buffer 1: the file writer's input
 	writerDone chan struct{}
@@ -147,18 +148,22 @@ func (a *Agent) RoleAddr() string { return a.roles.Addr().String() }
 // datagrams (renewals among them) while it runs: it only records the state
 // and hands it to the writer.
 func (a *Agent) roleChanged(s role.State) {
-	if a.stopping.Load() {
-		// The release on Close: the shutdown writes standby itself.
-		return
+	if a.publish(func(seq uint64) view { return viewOf(s, seq) }, false) {
+		a.m.changes.Inc()
 	}
-	a.m.changes.Inc()
-	a.publish(func(seq uint64) view { return viewOf(s, seq) })
 }
 
 // publish makes the next view current, wakes the HTTP waiters and queues
-// the view for the file and the command.
-func (a *Agent) publish(next func(seq uint64) view) {
+// the view for the file and the command. Once the shutdown's standby (final)
+// is published nothing else is, not even a change the listener delivered
+// concurrently (the release on Close among them): it reports whether v was.
+func (a *Agent) publish(next func(seq uint64) view, final bool) bool {
 	a.mu.Lock()
+	if a.final {
+		a.mu.Unlock()
+		return false
+	}
+	a.final = final
 	v := next(a.cur.Seq + 1)
 	a.cur = v
 	close(a.changed)
@@ -169,7 +174,7 @@ func (a *Agent) publish(next func(seq uint64) view) {
 	for {
 		select {
 		case a.write <- v:
-			return
+			return true
 		default:
 		}
 		select {
@@ -239,7 +244,7 @@ func (a *Agent) shutdown(ctx context.Context) error {
 	a.stopping.Store(true)
 	a.publish(func(seq uint64) view {
 		return view{Role: string(role.Standby), Epoch: a.cur.Epoch, Changed: time.Now().UTC(), Seq: seq}
-	})
+	}, true)
 	close(a.stopWriter)
 	<-a.writerDone
 	if a.run != nil {

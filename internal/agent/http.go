@@ -36,7 +36,7 @@ func text(w http.ResponseWriter, code int, msg string) {
 }
 
 // handleRole answers the current view; with wait (and since), it waits
-// until the view's seq is past since, or the wait is over.
+// until the view's seq differs from since, or the wait is over.
 func (a *Agent) handleRole(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	v, changed := a.current()
@@ -56,7 +56,10 @@ func (a *Agent) handleRole(w http.ResponseWriter, r *http.Request) {
 		}
 		t := time.NewTimer(wait)
 		defer t.Stop()
-		for v.Seq <= since {
+		// Waits only while nothing has changed since the client's seq: a
+		// since ahead of the agent's (a restarted agent counts from 0
+		// again) answers at once, and the client goes on from the new seq.
+		for v.Seq == since {
 			select {
 			case <-changed:
 				v, changed = a.current()
