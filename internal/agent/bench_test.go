@@ -133,3 +133,31 @@ func benchAddedLatency(b *testing.B, dir string) {
 		b.ReportMetric(percentile(m.d, 0.99), m.name+"-p99-ns")
 	}
 }
+
+// BenchmarkWriteRoleFile is the file write alone (temp file, fsync,
+// rename): what the on-change command's start waits for after the change.
+func BenchmarkWriteRoleFile(b *testing.B) {
+	v := view{Role: "active", Epoch: 7, Changed: time.Now()}
+	dirs := map[string]string{"disk": b.TempDir()}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		d, err := os.MkdirTemp("/dev/shm", "hapod-agent-bench-")
+		if err == nil {
+			b.Cleanup(func() { _ = os.RemoveAll(d) })
+			dirs["tmpfs"] = d
+		}
+	}
+	for _, name := range []string{"disk", "tmpfs"} {
+		dir, ok := dirs[name]
+		if !ok {
+			continue
+		}
+		b.Run(name, func(b *testing.B) {
+			p := filepath.Join(dir, "role")
+			for b.Loop() {
+				if err := writeFileAtomic(p, v.fileText()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
