@@ -24,6 +24,9 @@ type nonceRing struct {
 	n    [nonceSlots]uint64
 	at   [nonceSlots]time.Time
 	next int
+	// random draws the nonces; rand.Uint64 unless a test makes them
+	// predictable (the protocol's test vectors).
+	random func() uint64
 }
 
 const nonceSlots = 16
@@ -33,9 +36,13 @@ const nonceSlots = 16
 // meant for its previous incarnation, and so that a peer cannot guess one
 // it has not seen; 0 means "no nonce" on the wire.
 func (r *nonceRing) issue(t time.Time) uint64 {
-	n := rand.Uint64()
+	random := r.random
+	if random == nil {
+		random = rand.Uint64
+	}
+	n := random()
 	for n == 0 {
-		n = rand.Uint64()
+		n = random()
 	}
 	r.n[r.next], r.at[r.next] = n, t
 	r.next = (r.next + 1) % nonceSlots

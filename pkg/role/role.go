@@ -181,8 +181,20 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("role: listen: %w", err)
 	}
-	l := &Listener{
-		conn:    pc.(*net.UDPConn),
+	l := newListener(pc.(*net.UDPConn), cfg, keys)
+	// The hook closes the socket itself rather than through Close: Close
+	// reads stopCtx, which this goroutine is still writing when a ctx that
+	// is already done runs the hook at once.
+	l.stopCtx = context.AfterFunc(ctx, func() { _ = l.shutdown() })
+	go l.serve()
+	return l, nil
+}
+
+// newListener is a Listener on conn that does not serve yet; cfg has its
+// defaults. Tests drive its handle directly.
+func newListener(conn *net.UDPConn, cfg Config, keys *rolekey.Source) *Listener {
+	return &Listener{
+		conn:    conn,
 		cfg:     cfg,
 		changes: make(chan State, 1),
 		done:    make(chan struct{}),
@@ -190,12 +202,6 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		replays: wire.NewReplays(cfg.Freshness),
 		boot:    nonZeroRandom(),
 	}
-	// The hook closes the socket itself rather than through Close: Close
-	// reads stopCtx, which this goroutine is still writing when a ctx that
-	// is already done runs the hook at once.
-	l.stopCtx = context.AfterFunc(ctx, func() { _ = l.shutdown() })
-	go l.serve()
-	return l, nil
 }
 
 // State returns the state last accepted, or the Fenced state if the lease
