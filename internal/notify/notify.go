@@ -478,7 +478,7 @@ func (n *Notifier) verify(m wire.Message, body, sum []byte, at time.Time) error 
 	if ring.Empty() {
 		return nil
 	}
-	now := time.Now()
+	now := at // the read time: the clock the freshness window is checked on
 	// Not cached: the group is not verified yet, and a forger must not be
 	// able to fill the cache with groups of its choosing.
 	err := n.subkeys.get(ring, m.Group, false).Verify(m, body, sum, now, n.cfg.Freshness)
