@@ -108,7 +108,9 @@ func Seal(b, key []byte) ([]byte, error) {
 // the key its Kid and Group name, then Verify.
 func Open(b []byte) (body, sum []byte) {
 	n := len(b)
-	if n < macTail+1 || string(b[n-2:]) != `"}` || string(b[n-macTail:n-macTail+len(macMember)]) != macMember {
+	// The bound is on the whole datagram, MAC included: an oversized one
+	// is returned whole, for Decode to refuse.
+	if n > MaxSize || n < macTail+1 || string(b[n-2:]) != `"}` || string(b[n-macTail:n-macTail+len(macMember)]) != macMember {
 		return b, nil
 	}
 	sum, err := base64.RawURLEncoding.DecodeString(string(b[n-macB64Len-2 : n-2]))

@@ -2,7 +2,9 @@ package wire
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -157,4 +159,23 @@ func BenchmarkAuth(b *testing.B) {
 			}
 		}
 	})
+}
+
+// The bound is on the whole datagram: a signed one over MaxSize is not
+// opened, so Decode refuses it as oversized.
+func TestOpenRefusesOversizedSigned(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	body := []byte(`{"v":2,"pad":"` + strings.Repeat("x", MaxSize-30) + `"}`)
+	sum := mac(key, body)
+	signed := append(append(body[:len(body)-1:len(body)-1], macMember...), base64.RawURLEncoding.EncodeToString(sum)+`"}`...)
+	if len(signed) <= MaxSize {
+		t.Fatalf("test datagram has %d bytes, want more than %d", len(signed), MaxSize)
+	}
+	got, s := Open(signed)
+	if s != nil || len(got) != len(signed) {
+		t.Fatalf("Open split an oversized datagram (%d bytes)", len(signed))
+	}
+	if _, err := Decode(got); !errors.Is(err, ErrOversized) {
+		t.Fatalf("Decode: %v, want ErrOversized", err)
+	}
 }
