@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -135,12 +136,7 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 	if !ok {
 		return nil
 	}
-	if !r.Config.MayNotify(addr.Addr()) {
-		if w := (warning{m.pod.UID, ReasonRoleAddressRefused}); !g.warned[w] {
-			g.warned[w] = true
-			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonRoleAddressRefused, "Notify",
-				"role address %s is outside -notify-cidrs; the pod is not told its role", addr)
-		}
+	if !r.mayNotify(g, m.pod, addr) {
 		return nil
 	}
 	// No message may leave after the leader's lease could have run out:
@@ -240,6 +236,20 @@ func (r *Reconciler) reportPromotion(ctx context.Context, pod *corev1.Pod, role 
 	r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonPromotedNotAcked, "Promote",
 		"%s at epoch %d (reason %s, replaced %s): label committed %sms after the trigger; the app did not ack (%s, %d attempts)",
 		role, epoch, p.reason, replaced, labelMs, res.Status, res.Attempts)
+}
+
+// mayNotify reports whether addr is inside -notify-cidrs, and warns once
+// per pod when it is not.
+func (r *Reconciler) mayNotify(g *groupState, pod *corev1.Pod, addr netip.AddrPort) bool {
+	if r.Config.MayNotify(addr.Addr()) {
+		return true
+	}
+	if w := (warning{pod.UID, ReasonRoleAddressRefused}); !g.warned[w] {
+		g.warned[w] = true
+		r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonRoleAddressRefused, "Notify",
+			"role address %s is outside -notify-cidrs; the pod is not told its role", addr)
+	}
+	return false
 }
 
 func (r *Reconciler) enqueue(key types.NamespacedName) {

@@ -182,12 +182,7 @@ func (r *Reconciler) tellPlain(ctx context.Context, req reconcile.Request, g *gr
 		return
 	}
 	addr = netip.AddrPortFrom(addr.Addr(), spec.port)
-	if !r.Config.MayNotify(addr.Addr()) {
-		if w := (warning{pod.UID, ReasonRoleAddressRefused}); !g.warned[w] {
-			g.warned[w] = true
-			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonRoleAddressRefused, "Notify",
-				"role address %s is outside -notify-cidrs; the pod is not told its role", addr)
-		}
+	if !r.mayNotify(g, pod, addr) {
 		return
 	}
 	sendCtx, cancel, err := r.callCtx(ctx, r.Config.NotifyDeadline)
