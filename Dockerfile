@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# Two images from one build, both static binaries on distroless, non-root:
+# Three images from one build, both static binaries on distroless, non-root:
 #   docker build --target hapod-controller -t ghcr.io/hapod/hapod-controller:latest .
 #   docker build --target hapod-demo       -t ghcr.io/hapod/hapod-demo:latest .
+#   docker build --target hapod-agent      -t ghcr.io/hapod/hapod-agent:latest .
 # Without --target the last stage, hapod-controller, is built. Multi-platform:
 #   docker buildx build --platform linux/amd64,linux/arm64 --target ... .
 
@@ -18,7 +19,7 @@ ARG TARGETARCH
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags='-s -w' -o /out/ ./cmd/hapod-controller ./cmd/hapod-demo
+    go build -trimpath -ldflags='-s -w' -o /out/ ./cmd/hapod-controller ./cmd/hapod-demo ./cmd/hapod-agent
 
 FROM gcr.io/distroless/static:nonroot AS hapod-demo
 COPY --from=build /out/hapod-demo /hapod-demo
@@ -26,6 +27,13 @@ COPY --from=build /out/hapod-demo /hapod-demo
 USER 65532:65532
 EXPOSE 8080/tcp 7477/udp
 ENTRYPOINT ["/hapod-demo"]
+
+FROM gcr.io/distroless/static:nonroot AS hapod-agent
+COPY --from=build /out/hapod-agent /hapod-agent
+USER 65532:65532
+# 7477 role messages; 7480 /role, /readyz, /metrics (127.0.0.1 by default).
+EXPOSE 7477/udp 7480/tcp
+ENTRYPOINT ["/hapod-agent"]
 
 FROM gcr.io/distroless/static:nonroot AS hapod-controller
 COPY --from=build /out/hapod-controller /hapod-controller

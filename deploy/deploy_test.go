@@ -41,7 +41,7 @@ import (
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 
 // kustomizations are the directories under deploy/ that kubectl apply -k takes.
-var kustomizations = []string{"controller", "namespaced", "example", "default"}
+var kustomizations = []string{"controller", "namespaced", "example", "example-agent", "default"}
 
 // installs are the kustomizations that install the controller: cluster-wide
 // and namespace-scoped.
@@ -714,7 +714,14 @@ func TestControllerAppliesToCluster(t *testing.T) {
 // pod relabelled active instead of replacing it.
 func TestExampleAppliesToCluster(t *testing.T) {
 	s := newServer(t)
-	objs := mustLoad(t, "example")
+	// Both examples, each in its own namespace.
+	for _, ex := range []struct{ dir, name string }{{"example", "hapod"}, {"example-agent", "hapod"}} {
+		t.Run(ex.dir, func(t *testing.T) { exampleAppliesToCluster(t, s, ex.dir, ex.name) })
+	}
+}
+
+func exampleAppliesToCluster(t *testing.T, s *server, dir, name string) {
+	objs := mustLoad(t, dir)
 	ns := clustertest.Namespace(t)
 	restrictNamespace(t, s, ns, nil)
 	us := relocate(t, objs, map[string]string{"": ns})
@@ -751,7 +758,7 @@ func TestExampleAppliesToCluster(t *testing.T) {
 	ctx := t.Context()
 	var pods []corev1.Pod
 	clustertest.Eventually(t, 30*time.Second, func() (bool, error) {
-		l, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=hapod"})
+		l, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
 		if err != nil {
 			return false, err
 		}
@@ -771,7 +778,7 @@ func TestExampleAppliesToCluster(t *testing.T) {
 	// as a replica that no longer has the template's labels. Had its selector
 	// excluded the pod, it would have released it and made a third.
 	clustertest.Eventually(t, 30*time.Second, func() (bool, error) {
-		rs, err := cs.AppsV1().ReplicaSets(ns).Get(ctx, "hapod", metav1.GetOptions{})
+		rs, err := cs.AppsV1().ReplicaSets(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}

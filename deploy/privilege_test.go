@@ -14,6 +14,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/pkg/role"
@@ -175,18 +176,30 @@ func TestAdmissionPolicyInvariants(t *testing.T) {
 // TestNetworkPolicyInvariants checks the example's NetworkPolicy: the role
 // port from the controller's pods only, the Service's port as before.
 func TestNetworkPolicyInvariants(t *testing.T) {
+	for _, dir := range []string{"example", "example-agent"} {
+		t.Run(dir, func(t *testing.T) { networkPolicyInvariants(t, dir) })
+	}
+}
+
+// podPort resolves p in whichever of the pod's containers names it: in
+// example-agent the role port is the agent's and the http port the app's.
+func podPort(cs []corev1.Container, p intstr.IntOrString) int32 {
+	for _, c := range cs {
+		if n := resolvePort(c, p); n != 0 {
+			return n
+		}
+	}
+	return 0
+}
+
+func networkPolicyInvariants(t *testing.T, dir string) {
 	cfg := config.Default()
-	objs := mustLoad(t, "example")
+	objs := mustLoad(t, dir)
 	np := only[*networkingv1.NetworkPolicy](t, objs)
 	rs := only[*appsv1.ReplicaSet](t, objs)
 	svc := only[*corev1.Service](t, objs)
 	ctrl := only[*appsv1.Deployment](t, mustLoad(t, "controller"))
-	var app corev1.Container
-	for _, c := range rs.Spec.Template.Spec.Containers {
-		if envValue(c, cfg.CriticalEnv) == cfg.CriticalValue {
-			app = c
-		}
-	}
+	cs := rs.Spec.Template.Spec.Containers
 
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
@@ -209,14 +222,14 @@ func TestNetworkPolicyInvariants(t *testing.T) {
 				t.Errorf("ingress[%d]: port %+v without a port or protocol admits more than it says", i, p)
 				continue
 			}
-			n := resolvePort(app, *p.Port)
+			n := podPort(cs, *p.Port)
 			switch {
 			case *p.Protocol == corev1.ProtocolUDP && int(n) == cfg.RolePort:
 				rolePort = true
 				if !fromControllerOnly(t, rule.From, ctrl) {
 					t.Errorf("ingress[%d] admits the role port from %+v, want the controller's pods in %s only", i, rule.From, controllerNamespace)
 				}
-			case *p.Protocol == corev1.ProtocolTCP && n == resolvePort(app, svc.Spec.Ports[0].TargetPort):
+			case *p.Protocol == corev1.ProtocolTCP && n == podPort(cs, svc.Spec.Ports[0].TargetPort):
 				httpPort = true
 			default:
 				t.Errorf("ingress[%d]: port %v/%s is neither the role port nor the Service's", i, p.Port, *p.Protocol)
