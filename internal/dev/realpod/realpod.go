@@ -36,6 +36,13 @@ import (
 // real node); pods name it with imagePullPolicy Never.
 const DemoImage = "localhost/hapod/demo:dev"
 
+// AgentImage runs cmd/hapod-agent, the sidecar that writes the role file.
+const AgentImage = "localhost/hapod/agent:dev"
+
+// FileAppImage runs cmd/hapod-file-app, the app that knows hapod only by
+// the role file the agent writes.
+const FileAppImage = "localhost/hapod/file-app:dev"
+
 // LEAppImage runs cmd/hapod-le-app, the leader-election baseline.
 const LEAppImage = "localhost/hapod/le-app:dev"
 
