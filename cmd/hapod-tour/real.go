@@ -44,11 +44,11 @@ func runReal(ctx context.Context, root string, f flags, say func(string, ...any)
 	}
 	binDir := filepath.Join(root, ".cache", "tour-bin")
 	static := filepath.Join(binDir, "static")
-	say("building hapod-controller, and hapod-demo as a static binary for the real nodes' image, into %s", rel(root, binDir))
+	say("building hapod-controller, and hapod-demo, hapod-agent and hapod-file-app as static binaries for the real nodes' images, into %s", rel(root, binDir))
 	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller"); err != nil {
 		return fail(err)
 	}
-	if err := gobuild.Static(ctx, root, static, "./cmd/hapod-demo"); err != nil {
+	if err := gobuild.Static(ctx, root, static, "./cmd/hapod-demo", "./cmd/hapod-agent", "./cmd/hapod-file-app"); err != nil {
 		return fail(err)
 	}
 	cacheDir := filepath.Join(root, ".cache", "cluster")
@@ -62,7 +62,11 @@ func runReal(ctx context.Context, root string, f flags, say func(string, ...any)
 		CacheDir: cacheDir, Logger: log,
 		NodePodCIDRs: []string{}, // real nodes only
 		RealNodes:    realNodes,
-		Images:       []localcluster.Image{{Ref: realpod.DemoImage, Binary: filepath.Join(static, "hapod-demo")}},
+		Images: []localcluster.Image{
+			{Ref: realpod.DemoImage, Binary: filepath.Join(static, "hapod-demo")},
+			{Ref: realpod.AgentImage, Binary: filepath.Join(static, "hapod-agent")},
+			{Ref: realpod.FileAppImage, Binary: filepath.Join(static, "hapod-file-app")},
+		},
 	})
 	if err != nil {
 		if ctx.Err() != nil {

@@ -36,6 +36,13 @@ import (
 // real node); pods name it with imagePullPolicy Never.
 const DemoImage = "localhost/hapod/demo:dev"
 
+// AgentImage runs cmd/hapod-agent, the sidecar that writes the role file.
+const AgentImage = "localhost/hapod/agent:dev"
+
+// FileAppImage runs cmd/hapod-file-app, the app that knows hapod only by
+// the role file the agent writes.
+const FileAppImage = "localhost/hapod/file-app:dev"
+
 // LEAppImage runs cmd/hapod-le-app, the leader-election baseline.
 const LEAppImage = "localhost/hapod/le-app:dev"
 
@@ -73,7 +80,15 @@ type Options struct {
 	// LeaderElection, if set, runs the leader-election baseline
 	// (LEAppImage) as the app instead of hapod-demo.
 	LeaderElection *LeaderElection
+	// RoleFile runs the app that knows hapod only by a role file
+	// (FileAppImage) with hapod-agent (AgentImage) as its sidecar, the two
+	// sharing an emptyDir at RoleFileDir.
+	RoleFile bool
 }
+
+// RoleFileDir is where the agent writes, and the file app reads, the role
+// file in a RoleFile pod.
+const RoleFileDir = "/run/hapod"
 
 // LeaderElection configures the leader-election baseline's app.
 type LeaderElection struct {
@@ -117,6 +132,31 @@ func Template(o Options) corev1.PodTemplateSpec {
 			{Name: "ROLE_RECORDS", Value: recordsMount + "/$(POD_NAME).jsonl"},
 		}
 	}
+	sidecar := corev1.Container{Name: Sidecar, Image: localcluster.PauseImage, ImagePullPolicy: corev1.PullNever}
+	var volumes []corev1.Volume
+	if o.RoleFile {
+		// The app has no role port: the agent receives the role messages.
+		app.Image, app.Ports = FileAppImage, app.Ports[:1]
+		app.Env = []corev1.EnvVar{
+			{Name: "pwcriticality", Value: "critical"},
+			env("POD_NAME", "metadata.name"),
+			{Name: "ROLE_FILE", Value: RoleFileDir + "/role"},
+			{Name: "ROLE_RECORDS", Value: recordsMount + "/$(POD_NAME).jsonl"},
+		}
+		mount := corev1.VolumeMount{Name: "role", MountPath: RoleFileDir}
+		app.VolumeMounts = append(app.VolumeMounts, mount)
+		sidecar = corev1.Container{
+			Name: Sidecar, Image: AgentImage, ImagePullPolicy: corev1.PullNever,
+			Env: []corev1.EnvVar{
+				env("POD_NAME", "metadata.name"), env("POD_UID", "metadata.uid"),
+				{Name: "ROLE_FILE", Value: RoleFileDir + "/role"},
+			},
+			Ports:        []corev1.ContainerPort{{Name: "role", ContainerPort: role.DefaultPort, Protocol: corev1.ProtocolUDP}},
+			Resources:    corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m")}},
+			VolumeMounts: []corev1.VolumeMount{mount},
+		}
+		volumes = append(volumes, corev1.Volume{Name: "role", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}})
+	}
 	if o.AlwaysActive {
 		app.Env = append(app.Env, corev1.EnvVar{Name: "ALWAYS_ACTIVE", Value: "true"})
 	}
@@ -129,10 +169,10 @@ func Template(o Options) corev1.PodTemplateSpec {
 		EnableServiceLinks:            ptr.To(false),
 		AutomountServiceAccountToken:  ptr.To(false),
 		TerminationGracePeriodSeconds: ptr.To[int64](5),
-		Containers:                    []corev1.Container{app, {Name: Sidecar, Image: localcluster.PauseImage, ImagePullPolicy: corev1.PullNever}},
-		Volumes: []corev1.Volume{{Name: "records", VolumeSource: corev1.VolumeSource{
+		Containers:                    []corev1.Container{app, sidecar},
+		Volumes: append([]corev1.Volume{{Name: "records", VolumeSource: corev1.VolumeSource{
 			HostPath: &corev1.HostPathVolumeSource{Path: o.Records, Type: ptr.To(corev1.HostPathDirectory)},
-		}}},
+		}}}, volumes...),
 	}
 	if o.Spread != nil {
 		spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{

@@ -65,3 +65,17 @@ func TestOverlaps(t *testing.T) {
 		})
 	}
 }
+
+func TestTemplateRoleFile(t *testing.T) {
+	tpl := Template(Options{Labels: map[string]string{"app": "hapod-file"}, Records: "/tmp/r", RoleFile: true})
+	c := tpl.Spec.Containers
+	if len(c) != 2 || c[0].Image != FileAppImage || c[1].Image != AgentImage {
+		t.Fatalf("containers: %+v", c)
+	}
+	if len(c[0].Ports) != 1 || len(c[1].Ports) != 1 || c[1].Ports[0].Protocol != "UDP" {
+		t.Errorf("the role port belongs to the agent: app %v, agent %v", c[0].Ports, c[1].Ports)
+	}
+	if len(tpl.Spec.Volumes) != 2 || tpl.Spec.Volumes[1].EmptyDir == nil {
+		t.Errorf("volumes: %+v", tpl.Spec.Volumes)
+	}
+}
