@@ -6,16 +6,19 @@
 // namespace of its own, starts a local cluster with two real nodes (kubelet,
 // containerd, runc, CNI bridge, kube-proxy), runs the controller as its own
 // process, applies the seed's example (deploy/example) as real containers,
-// sends its load to the Service's ClusterIP and plays five scenes: the
+// sends its load to the Service's ClusterIP and plays seven scenes: the
 // initial election, the active's critical process SIGKILLed, the active pod
 // deleted, the active's sidecar SIGKILLed (no failover) and the standby's
-// critical process SIGKILLed (standby replaced, active untouched). Each scene
-// prints a timeline in milliseconds from its trigger, from the kubelet's
-// report to the first request answered through the ClusterIP.
+// critical process SIGKILLed (standby replaced, active untouched); then a
+// second group whose app knows hapod only by the role file hapod-agent
+// writes (cmd/hapod-file-app): its initial election, and its active app
+// SIGKILLed. Each scene prints a timeline in milliseconds from its trigger,
+// from the kubelet's report to the first request answered through the
+// ClusterIP.
 //
-// Elsewhere, or with -kwok or -kubeconfig, it plays the same scenes on kwok's
-// simulated node (internal/dev/tour), playing the kubelet and kube-proxy
-// itself, and says so.
+// Elsewhere, or with -kwok or -kubeconfig, it plays the first five scenes on
+// kwok's simulated node (internal/dev/tour), playing the kubelet and
+// kube-proxy itself, and says so.
 //
 // A summary table ends the run. It exits 0 when every scene behaved as
 // expected, 1 otherwise, and 130 when interrupted. Whatever it started is

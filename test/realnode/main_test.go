@@ -20,7 +20,7 @@ import (
 )
 
 // binDir holds the binaries built for this run: the controller, which the
-// tests run as a process, and the demo app, which the images hold.
+// tests run as a process, and the apps (and the agent) that the images hold.
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -37,7 +37,7 @@ func buildImages(ctx context.Context) ([]localcluster.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := gobuild.Static(ctx, root, binDir, "./cmd/hapod-demo", "./cmd/hapod-le-app"); err != nil {
+	if err := gobuild.Static(ctx, root, binDir, "./cmd/hapod-demo", "./cmd/hapod-le-app", "./cmd/hapod-agent", "./cmd/hapod-file-app"); err != nil {
 		return nil, err
 	}
 	if err := gobuild.Build(ctx, root, binDir, "./cmd/hapod-controller"); err != nil {
@@ -46,5 +46,7 @@ func buildImages(ctx context.Context) ([]localcluster.Image, error) {
 	return []localcluster.Image{
 		{Ref: realpod.DemoImage, Binary: filepath.Join(binDir, "hapod-demo")},
 		{Ref: realpod.LEAppImage, Binary: filepath.Join(binDir, "hapod-le-app")},
+		{Ref: realpod.AgentImage, Binary: filepath.Join(binDir, "hapod-agent")},
+		{Ref: realpod.FileAppImage, Binary: filepath.Join(binDir, "hapod-file-app")},
 	}, nil
 }

@@ -59,20 +59,36 @@ type Options struct {
 	Out io.Writer
 }
 
-// run is one tour.
+// run is one tour: what its groups share.
 type run struct {
-	o      Options
-	cs     kubernetes.Interface
-	cfg    config.Config
-	plan   *plan
-	obs    *observe.Observer[struct{}]
-	nft    *nftwatch.Watch
-	load   *clusterip.Prober
-	ctrl   *ctrlproc.Controller
-	labels *observe.SingleActive
+	o    Options
+	cs   kubernetes.Interface
+	cfg  config.Config
+	nft  *nftwatch.Watch
+	ctrl *ctrlproc.Controller
+	// example is the seed's example (scenes a-e); file is the group whose
+	// app knows hapod only by a role file (scenes f and g).
+	example, file *group
+}
+
+// group is one group of pods the tour applies and watches: its own
+// ReplicaSet and Service, watch, load and role records.
+type group struct {
+	plan    *plan
+	records string // the apps' role records (a hostPath)
+	obs     *observe.Observer[struct{}]
+	load    *clusterip.Prober
+	labels  *observe.SingleActive
 	// killed is when the tour killed each pod's app: a dead app writes
 	// nothing, so its death ends its role (realpod.Overlaps).
 	killed map[string][]time.Time
+}
+
+// on is the run seen from one of its groups: the scenes' steps are its
+// methods, so that each scene names the group it plays once.
+type on struct {
+	*run
+	*group
 }
 
 func (r *run) say(format string, args ...any) { fmt.Fprintf(r.o.Out, "• "+format+"\n", args...) }
@@ -96,15 +112,27 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
-	r := &run{o: o, cfg: config.Default(), killed: map[string][]time.Time{}}
+	r := &run{o: o, cfg: config.Default()}
 	res = &Result{LogDir: o.LogDir}
 	ex, err := tour.LoadExample(o.ExampleDir)
 	if err != nil {
 		return res, err
 	}
-	if r.plan, err = forRealNodes(ex, o.Namespace, o.Records, o.InitDelay, r.cfg); err != nil {
+	p, err := forRealNodes(ex, o.Namespace, o.Records, o.InitDelay, r.cfg)
+	if err != nil {
 		return res, err
 	}
+	r.example = &group{plan: p, records: o.Records, killed: map[string][]time.Time{}}
+	// The file group's records have a directory of their own: each group
+	// is checked for two actives apart (one of each is expected).
+	fileRecords := filepath.Join(o.Records, fileGroup)
+	if err := os.MkdirAll(fileRecords, 0o777); err != nil {
+		return res, err
+	}
+	if err := os.Chmod(fileRecords, 0o777); err != nil {
+		return res, err
+	}
+	r.file = &group{plan: fileAppPlan(o.Namespace, fileRecords, r.cfg), records: fileRecords, killed: map[string][]time.Time{}}
 	if err := os.MkdirAll(o.LogDir, 0o755); err != nil {
 		return res, err
 	}
@@ -153,21 +181,26 @@ func (r *run) setUp(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("namespace %s: no default ServiceAccount: %w", ns, err)
 	}
-	sel := metav1.FormatLabelSelector(r.plan.rs.Spec.Selector)
-	r.labels = &observe.SingleActive{Label: r.cfg.RoleLabel, Value: r.cfg.ActiveValue}
-	var err error
-	r.obs, err = observe.Start[struct{}](ctx, r.cs, observe.Config{
-		Namespace: ns, PodSelector: sel, Service: r.plan.svc.Name, EventsFrom: controller.FieldOwner,
-		RoleLabel: r.cfg.RoleLabel, ActiveValue: r.cfg.ActiveValue, OnPod: r.labels.See,
-	})
-	if err != nil {
-		return err
+	for _, g := range r.groups() {
+		sel := metav1.FormatLabelSelector(g.plan.rs.Spec.Selector)
+		g.labels = &observe.SingleActive{Label: r.cfg.RoleLabel, Value: r.cfg.ActiveValue}
+		var err error
+		g.obs, err = observe.Start[struct{}](ctx, r.cs, observe.Config{
+			Namespace: ns, PodSelector: sel, Service: g.plan.svc.Name, EventsFrom: controller.FieldOwner,
+			RoleLabel: r.cfg.RoleLabel, ActiveValue: r.cfg.ActiveValue, OnPod: g.labels.See,
+		})
+		if err != nil {
+			return err
+		}
 	}
+	var err error
 	if r.nft, err = nftwatch.Start(ctx); err != nil {
 		return err
 	}
 	logPath := filepath.Join(r.o.LogDir, "controller.log")
 	args := append([]string{
+		// Both groups: the group label (app) tells them apart.
+		"-selector", fmt.Sprintf("%s in (%s,%s)", r.cfg.GroupLabel, r.example.plan.group, r.file.plan.group),
 		// Role messages go to the real pods' IPs on the CNI bridges, and
 		// nowhere else.
 		"-notify-cidrs", netplan.RealNodePodsAll.String(), "-notify-bind-address", "0.0.0.0:0",
@@ -189,15 +222,19 @@ func (r *run) cleanup(ctx context.Context) error {
 	if r.ctrl != nil {
 		r.ctrl.Stop()
 	}
-	if r.load != nil {
-		r.load.Stop()
+	for _, g := range r.groups() {
+		if g.load != nil {
+			g.load.Stop()
+		}
 	}
 	if r.nft != nil {
 		r.nft.Stop()
 		r.writeNftLog()
 	}
-	if r.obs != nil {
-		r.obs.Stop()
+	for _, g := range r.groups() {
+		if g.obs != nil {
+			g.obs.Stop()
+		}
 	}
 	if r.cs == nil {
 		return nil
@@ -233,13 +270,16 @@ func (r *run) deleteNamespace(ctx context.Context) error {
 	})
 }
 
-// checkSingleActive adds a problem to s for two pods labelled active or two
-// apps holding the role at once (from their own records) so far.
-func (r *run) checkSingleActive(s *Scene) {
-	if v := r.labels.Violation(); v != "" {
-		s.problem("%s", v)
+func (r *run) groups() []*group { return []*group{r.example, r.file} }
+
+// checkSingleActive adds a problem to s for two pods of the group labelled
+// active or two of its apps holding the role at once (from their own
+// records) so far.
+func (g *group) checkSingleActive(s *Scene) {
+	if v := g.labels.Violation(); v != "" {
+		s.problem("%s: %s", g.plan.group, v)
 	}
-	overlaps, same := realpod.Overlaps(realpod.Records(r.o.Records), r.killed, time.Now())
+	overlaps, same := realpod.Overlaps(realpod.Records(g.records), g.killed, time.Now())
 	for _, o := range overlaps {
 		s.problem("%s", o.String())
 	}

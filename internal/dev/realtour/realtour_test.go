@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/dev/localcluster"
@@ -63,5 +64,41 @@ func TestForRealNodes(t *testing.T) {
 	bad.ReplicaSet.Spec.Template.Spec.Containers[0].Env = nil
 	if _, err := forRealNodes(bad, "ns1", "/tmp/records", time.Second, config.Default()); err == nil {
 		t.Error("an example without a critical container was accepted")
+	}
+}
+
+// The file group: two replicas of the file app with hapod-agent as the
+// sidecar, in a group of its own that the example's selector does not
+// match, and a Service that selects its active alone.
+func TestFileAppPlan(t *testing.T) {
+	cfg := config.Default()
+	p := fileAppPlan("ns1", "/tmp/records/file", cfg)
+	if p.group != fileGroup || p.rs.Namespace != "ns1" || p.svc.Namespace != "ns1" {
+		t.Errorf("group %q namespaces %q %q", p.group, p.rs.Namespace, p.svc.Namespace)
+	}
+	if *p.rs.Spec.Replicas < 2 {
+		t.Errorf("%d replicas: the scenes need an active and a standby", *p.rs.Spec.Replicas)
+	}
+	tpl := p.rs.Spec.Template
+	if tpl.Labels[cfg.GroupLabel] != fileGroup || tpl.Labels[cfg.RoleLabel] != cfg.StandbyValue {
+		t.Errorf("pod labels %v", tpl.Labels)
+	}
+	sel, err := cfg.PodSelector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.Matches(labels.Set(tpl.Labels)) {
+		t.Errorf("the default selector %s matches the file group's pods: one group, not two", sel)
+	}
+	images := map[string]string{}
+	for _, c := range tpl.Spec.Containers {
+		images[c.Name] = c.Image
+	}
+	if images[p.critical] != realpod.FileAppImage || images[p.sidecar] != realpod.AgentImage {
+		t.Errorf("containers %v, want %s the file app and %s the agent", images, p.critical, p.sidecar)
+	}
+	want := map[string]string{cfg.GroupLabel: fileGroup, cfg.RoleLabel: cfg.ActiveValue}
+	if !equality.Semantic.DeepEqual(p.svc.Spec.Selector, want) {
+		t.Errorf("Service selector %v, want %v", p.svc.Spec.Selector, want)
 	}
 }

@@ -31,12 +31,15 @@ type scene struct {
 }
 
 func (r *run) scenes() []scene {
+	ex, file := on{r, r.example}, on{r, r.file}
 	return []scene{
-		{"a", "the example applied: the earliest Ready pod becomes active", true, r.initial},
-		{"b", "the active's critical process is SIGKILLed", true, r.killActive},
-		{"c", "the active pod is deleted (SIGTERM, grace period)", true, r.deleteActive},
-		{"d", "the active's sidecar is SIGKILLed (non-critical)", false, r.killSidecar},
-		{"e", "the standby's critical process is SIGKILLed", false, r.killStandby},
+		{"a", "the example applied: the earliest Ready pod becomes active", true, ex.initial},
+		{"b", "the active's critical process is SIGKILLed", true, ex.killActive},
+		{"c", "the active pod is deleted (SIGTERM, grace period)", true, ex.deleteActive},
+		{"d", "the active's sidecar is SIGKILLed (non-critical)", false, ex.killSidecar},
+		{"e", "the standby's critical process is SIGKILLed", false, ex.killStandby},
+		{"f", fileGroup + " applied: a role-file app, hapod-agent beside it", true, file.initial},
+		{"g", fileGroup + "'s active app is SIGKILLed", true, file.killActive},
 	}
 }
 
@@ -55,7 +58,9 @@ func (r *run) play(ctx context.Context) []*Scene {
 		if err := sc.play(ctx, s); err != nil {
 			s.problem("%v", err)
 		}
-		r.checkSingleActive(s)
+		for _, g := range r.groups() {
+			g.checkSingleActive(s)
+		}
 		WriteScene(r.o.Out, s)
 		failed = !s.OK()
 	}
@@ -64,7 +69,7 @@ func (r *run) play(ctx context.Context) []*Scene {
 
 // initial applies the Service and the ReplicaSet and times the first
 // election end to end.
-func (r *run) initial(ctx context.Context, s *Scene) error {
+func (r on) initial(ctx context.Context, s *Scene) error {
 	svc, err := r.cs.CoreV1().Services(r.o.Namespace).Create(ctx, r.plan.svc, metav1.CreateOptions{FieldManager: FieldManager})
 	if err != nil {
 		return fmt.Errorf("create the example's Service: %w", err)
@@ -73,9 +78,12 @@ func (r *run) initial(ctx context.Context, s *Scene) error {
 	url := fmt.Sprintf("http://%s:%d/", svc.Spec.ClusterIP, port)
 	r.load = clusterip.Start(ctx, url, 5*time.Millisecond)
 	r.say("Service %s: ClusterIP %s; a GET to %s every 5 ms from now on, a new connection each (through kube-proxy's rules)", svc.Name, svc.Spec.ClusterIP, url)
+	if r.plan.about != "" {
+		r.say("%s", r.plan.about)
+	}
 	t0 := time.Now()
 	s.Timeline.Trigger = t0
-	s.Timeline.Add(t0, "ReplicaSet %s created: %d pods on the real nodes (images %s, %s)", r.plan.rs.Name, *r.plan.rs.Spec.Replicas, realpod.DemoImage, "pause")
+	s.Timeline.Add(t0, "ReplicaSet %s created: %d pods on the real nodes (images %s)", r.plan.rs.Name, *r.plan.rs.Spec.Replicas, r.plan.images)
 	if _, err := r.cs.AppsV1().ReplicaSets(r.o.Namespace).Create(ctx, r.plan.rs, metav1.CreateOptions{FieldManager: FieldManager}); err != nil {
 		return fmt.Errorf("create the example's ReplicaSet: %w", err)
 	}
@@ -95,7 +103,7 @@ func (r *run) initial(ctx context.Context, s *Scene) error {
 
 // killActive SIGKILLs the active's critical container (restartPolicy
 // Never: the kubelet leaves it dead) and follows the failover.
-func (r *run) killActive(ctx context.Context, s *Scene) error {
+func (r on) killActive(ctx context.Context, s *Scene) error {
 	return r.failover(ctx, s, true, func(old pod) (time.Time, string, error) {
 		at, pids, err := realpod.Kill(old.Object, r.plan.critical)
 		if err == nil {
@@ -107,7 +115,7 @@ func (r *run) killActive(ctx context.Context, s *Scene) error {
 
 // deleteActive deletes the active pod with its grace period: the app gets
 // SIGTERM and runs on while it terminates.
-func (r *run) deleteActive(ctx context.Context, s *Scene) error {
+func (r on) deleteActive(ctx context.Context, s *Scene) error {
 	return r.failover(ctx, s, false, func(old pod) (time.Time, string, error) {
 		at := time.Now()
 		err := r.cs.CoreV1().Pods(r.o.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{})
@@ -118,7 +126,7 @@ func (r *run) deleteActive(ctx context.Context, s *Scene) error {
 // failover triggers the active's end with trigger and follows the failover
 // to the standby, then the replacement's arrival as standby. kill: the
 // trigger killed the critical container, whose death the kubelet reports.
-func (r *run) failover(ctx context.Context, s *Scene, kill bool, trigger func(old pod) (time.Time, string, error)) error {
+func (r on) failover(ctx context.Context, s *Scene, kill bool, trigger func(old pod) (time.Time, string, error)) error {
 	old, standby, err := r.steady(ctx)
 	if err != nil {
 		return fmt.Errorf("before the trigger: %w", err)
@@ -182,7 +190,7 @@ func (r *run) failover(ctx context.Context, s *Scene, kill bool, trigger func(ol
 
 // killSidecar SIGKILLs the active's sidecar: the kubelet restarts it in
 // place and nothing fails over.
-func (r *run) killSidecar(ctx context.Context, s *Scene) error {
+func (r on) killSidecar(ctx context.Context, s *Scene) error {
 	active, _, err := r.steady(ctx)
 	if err != nil {
 		return fmt.Errorf("before the trigger: %w", err)
@@ -224,7 +232,7 @@ func (r *run) killSidecar(ctx context.Context, s *Scene) error {
 
 // killStandby SIGKILLs the standby's critical container: hapod deletes the
 // standby, the ReplicaSet replaces it, and the active is left alone.
-func (r *run) killStandby(ctx context.Context, s *Scene) error {
+func (r on) killStandby(ctx context.Context, s *Scene) error {
 	active, standby, err := r.steady(ctx)
 	if err != nil {
 		return fmt.Errorf("before the trigger: %w", err)
@@ -256,7 +264,7 @@ func (r *run) killStandby(ctx context.Context, s *Scene) error {
 // ready, and kube-proxy drops the Service's rule (requests are refused)
 // until it is Ready again. hapod leaves this alone: the container is not
 // critical, and the pod is back within -not-ready-grace.
-func (r *run) sidecarOutage(s *Scene, t0 time.Time, active pod) {
+func (r on) sidecarOutage(s *Scene, t0 time.Time, active pod) {
 	var out, back time.Time
 	r.obs.Read(func() {
 		for _, sn := range r.obs.SlicesSinceLocked(t0) {
@@ -288,7 +296,7 @@ func (r *run) sidecarOutage(s *Scene, t0 time.Time, active pod) {
 // unchanged checks that since t0 the active kept its label and epoch, no
 // other pod was labelled active, and every answer through the ClusterIP
 // came from it; and counts the failed requests.
-func (r *run) unchanged(s *Scene, t0 time.Time, active pod) {
+func (r on) unchanged(s *Scene, t0 time.Time, active pod) {
 	now := time.Now()
 	for _, p := range r.obs.Pods() {
 		if p.Name != active.Name && !p.LabelledAfter(r.cfg.ActiveValue, t0).IsZero() {
@@ -319,7 +327,7 @@ func (r *run) unchanged(s *Scene, t0 time.Time, active pod) {
 // (replacing old, "" for the first election): the controller's record, the
 // app's own record, the label, the EndpointSlice, kube-proxy's rule and the
 // first answer through the ClusterIP.
-func (r *run) failoverStages(s *Scene, t0 time.Time, next, old string) {
+func (r on) failoverStages(s *Scene, t0 time.Time, next, old string) {
 	p, _ := r.obs.PodByName(next)
 	if rec, ok := r.ctrl.Promotion(next); ok && !rec.Seen.Before(t0.Add(-time.Second)) {
 		s.Reason = rec.Reason
@@ -329,7 +337,7 @@ func (r *run) failoverStages(s *Scene, t0 time.Time, next, old string) {
 		s.Timeline.Add(rec.Labelled, "hapod-controller's label write returned: %s role=active at epoch %d", next, rec.Epoch)
 		s.Timeline.Add(rec.Acked, "hapod-controller got %s's ack over UDP (%s)", next, rec.Status)
 	}
-	if c, ok := firstRecord(realpod.Records(r.o.Records)[next], r.cfg.ActiveValue, t0); ok {
+	if c, ok := firstRecord(realpod.Records(r.records)[next], r.cfg.ActiveValue, t0); ok {
 		s.AppMs = tour.MsSince(t0, c.At)
 		s.Timeline.Add(c.At, "app in %s holds the role: active at epoch %d (its own record)", next, c.Epoch)
 	}
@@ -368,7 +376,7 @@ func (r *run) failoverStages(s *Scene, t0 time.Time, next, old string) {
 
 // ruleTo is when, after t0, kube-proxy added a rule to the Service's chain
 // that sends it to ip (nftwatch.SendsServiceTo).
-func (r *run) ruleTo(t0 time.Time, ip string) (time.Time, bool) {
+func (r on) ruleTo(t0 time.Time, ip string) (time.Time, bool) {
 	l, ok := r.nft.FirstFunc(t0, func(text string) bool { return nftwatch.SendsServiceTo(text, r.o.Namespace, r.plan.svc.Name, ip) })
 	return l.At, ok
 }
@@ -376,7 +384,7 @@ func (r *run) ruleTo(t0 time.Time, ip string) (time.Time, bool) {
 // ruleGone is when, after t0, kube-proxy deleted a rule of the Service's
 // chain (rules are replaced by a delete and an add; with no ready endpoint
 // left the add does not follow).
-func (r *run) ruleGone(t0 time.Time) (time.Time, bool) {
+func (r on) ruleGone(t0 time.Time) (time.Time, bool) {
 	l, ok := r.nft.FirstFunc(t0, func(text string) bool {
 		return nftwatch.DeletesServiceRule(text, r.o.Namespace, r.plan.svc.Name)
 	})
@@ -384,8 +392,8 @@ func (r *run) ruleGone(t0 time.Time) (time.Time, bool) {
 }
 
 // standbyStage adds when pod's app was told it is standby.
-func (r *run) standbyStage(s *Scene, t0 time.Time, name string) {
-	if c, ok := firstRecord(realpod.Records(r.o.Records)[name], r.cfg.StandbyValue, t0); ok {
+func (r on) standbyStage(s *Scene, t0 time.Time, name string) {
+	if c, ok := firstRecord(realpod.Records(r.records)[name], r.cfg.StandbyValue, t0); ok {
 		s.Timeline.Add(c.At, "app in %s told standby (its own record)", name)
 	}
 }
@@ -401,7 +409,7 @@ func firstRecord(cs []rolerecord.Change, role string, t0 time.Time) (rolerecord.
 
 // waitAnswer waits for a request through the ClusterIP sent after since
 // that name answered.
-func (r *run) waitAnswer(ctx context.Context, name string, since time.Time) error {
+func (r on) waitAnswer(ctx context.Context, name string, since time.Time) error {
 	err := poll.Until(ctx, r.o.SceneTimeout, func() (bool, error) {
 		_, ok := r.load.FirstFrom(name, since)
 		return ok, nil
@@ -416,7 +424,7 @@ func (r *run) waitAnswer(ctx context.Context, name string, since time.Time) erro
 // waitSteadyAfter waits for the steady state again with the pod gone (uid
 // deleting or deleted) and returns the pod created since t0 that is the new
 // standby.
-func (r *run) waitSteadyAfter(ctx context.Context, t0 time.Time, gone types.UID) (pod, error) {
+func (r on) waitSteadyAfter(ctx context.Context, t0 time.Time, gone types.UID) (pod, error) {
 	if err := r.obs.WaitFor(ctx, r.o.SceneTimeout, "the pod to go", func() (bool, string) {
 		p := r.obs.PodLocked(gone)
 		return p == nil || !p.Alive(), "it is still there"
@@ -436,7 +444,7 @@ func (r *run) waitSteadyAfter(ctx context.Context, t0 time.Time, gone types.UID)
 // steady waits for an active and a standby: each Ready with its app
 // holding its label's role (the active at its epoch), the EndpointSlice
 // listing the active alone, the ClusterIP answering from it.
-func (r *run) steady(ctx context.Context) (active, standby pod, err error) {
+func (r on) steady(ctx context.Context) (active, standby pod, err error) {
 	why := ""
 	// Polled, not waited for on the observer: the apps' records are files.
 	err = poll.Until(ctx, r.o.SceneTimeout, func() (bool, error) {
@@ -450,8 +458,8 @@ func (r *run) steady(ctx context.Context) (active, standby pod, err error) {
 	return active, standby, r.waitAnswer(ctx, active.Name, time.Now())
 }
 
-func (r *run) steadyLocked() (active, standby pod, ok bool, why string) {
-	apps := realpod.Latest(r.o.Records)
+func (r on) steadyLocked() (active, standby pod, ok bool, why string) {
+	apps := realpod.Latest(r.records)
 	var a, b *pod
 	var seen []string
 	for _, p := range r.obs.LiveLocked() {
