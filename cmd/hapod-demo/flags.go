@@ -5,10 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"strconv"
 	"time"
 
+	"github.com/hapod/hapod/internal/envflag"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -74,34 +73,18 @@ func newFlagSet(o *options) *flag.FlagSet {
 func parseOptions(args []string, getenv func(string) string) (options, error) {
 	var o options
 	fs := newFlagSet(&o)
-	if err := fs.Parse(args); err != nil {
+	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
 		}
 		return o, usageError{err}
 	}
-	if fs.NArg() > 0 {
-		return o, usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := envFallback[f.Name]
-		if given[f.Name] || env == "" {
-			return
-		}
-		if v := getenv(env); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q (for -%s): %w", env, v, f.Name, err))
-			}
-		}
-	})
+	errs := envflag.Apply(fs, envFallback, getenv)
 	if o.initDelay < 0 {
 		errs = append(errs, fmt.Errorf("-init-delay: must not be negative, got %v", o.initDelay))
 	}
 	for _, a := range []struct{ flag, addr string }{{"http-addr", o.httpAddr}, {"role-addr", o.roleAddr}} {
-		if err := checkAddr(a.addr); err != nil {
+		if err := envflag.CheckAddr(a.addr, ":8080 or 10.0.0.5:8080"); err != nil {
 			errs = append(errs, fmt.Errorf("-%s %q: %w", a.flag, a.addr, err))
 		}
 	}
@@ -111,25 +94,13 @@ func parseOptions(args []string, getenv func(string) string) (options, error) {
 	return o, nil
 }
 
-// checkAddr accepts host:port with a numeric port, host possibly empty.
-func checkAddr(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return errors.New("want host:port, such as :8080 or 10.0.0.5:8080")
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("bad port %q", port)
-	}
-	return nil
-}
-
 func printUsage(w io.Writer) {
 	fs := newFlagSet(&options{})
 	fs.SetOutput(w)
 	fmt.Fprintln(w, "Usage: hapod-demo [flags]")
 	fmt.Fprintln(w, "\nA demo application for hapod: GET / answers 200 while this pod is active, 503 while standby.")
 	fmt.Fprintln(w, "Each flag falls back to an environment variable (the flag wins):")
-	fs.VisitAll(func(f *flag.Flag) { fmt.Fprintf(w, "  -%-11s %s\n", f.Name, envFallback[f.Name]) })
+	envflag.WriteTable(w, fs, envFallback)
 	fmt.Fprintln(w, "\nFlags:")
 	fs.PrintDefaults()
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hapod/hapod/internal/dev/rolerecord"
+	"github.com/hapod/hapod/internal/envflag"
 )
 
 type options struct {
@@ -40,19 +41,10 @@ func parseOptions(args []string, getenv func(string) string) (options, error) {
 	fs.StringVar(&o.roleRecords, "role-records", "", "file to append one JSON line to per role change (optional)")
 	fs.StringVar(&o.podName, "pod-name", "", "name reported in answers (default: hostname)")
 	fs.DurationVar(&o.poll, "poll", 5*time.Millisecond, "how often the role file is read")
-	if err := fs.Parse(args); err != nil {
+	if err := envflag.Parse(fs, args); err != nil {
 		return o, err
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v := getenv(envFallback[f.Name]); !given[f.Name] && v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", envFallback[f.Name], err))
-			}
-		}
-	})
+	errs := envflag.Apply(fs, envFallback, getenv)
 	if o.poll <= 0 {
 		errs = append(errs, errors.New("-poll must be positive"))
 	}

@@ -5,10 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"strconv"
 	"time"
 
+	"github.com/hapod/hapod/internal/envflag"
 	"github.com/hapod/hapod/pkg/role"
 )
 
@@ -67,34 +66,18 @@ func newFlagSet(o *Options) *flag.FlagSet {
 func ParseOptions(args []string, getenv func(string) string) (Options, error) {
 	var o Options
 	fs := newFlagSet(&o)
-	if err := fs.Parse(args); err != nil {
+	if err := envflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
 		}
 		return o, UsageError{err}
 	}
-	if fs.NArg() > 0 {
-		return o, UsageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := envFallback[f.Name]
-		if given[f.Name] || env == "" {
-			return
-		}
-		if v := getenv(env); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q (for -%s): %w", env, v, f.Name, err))
-			}
-		}
-	})
+	errs := envflag.Apply(fs, envFallback, getenv)
 	if o.OnChangeTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-on-change-timeout: must be positive, got %v", o.OnChangeTimeout))
 	}
 	for _, a := range []struct{ flag, addr string }{{"http-addr", o.HTTPAddr}, {"role-addr", o.RoleAddr}} {
-		if err := checkAddr(a.addr); err != nil {
+		if err := envflag.CheckAddr(a.addr, ":7477 or 127.0.0.1:7480"); err != nil {
 			errs = append(errs, fmt.Errorf("-%s %q: %w", a.flag, a.addr, err))
 		}
 	}
@@ -116,18 +99,6 @@ func joinLine(errs []error) string {
 	return s
 }
 
-// checkAddr accepts host:port with a numeric port, host possibly empty.
-func checkAddr(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return errors.New("want host:port, such as :7477 or 127.0.0.1:7480")
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("bad port %q", port)
-	}
-	return nil
-}
-
 // PrintUsage writes -h's text.
 func PrintUsage(w io.Writer) {
 	fs := newFlagSet(&Options{})
@@ -136,7 +107,7 @@ func PrintUsage(w io.Writer) {
 	fmt.Fprintln(w, "\nA role sidecar: relays the hapod controller's role messages to an app in any language")
 	fmt.Fprintln(w, "as a file, a command and a local HTTP API. Treat role=unknown, or no agent, as standby.")
 	fmt.Fprintln(w, "Each flag falls back to an environment variable (the flag wins):")
-	fs.VisitAll(func(f *flag.Flag) { fmt.Fprintf(w, "  -%-17s %s\n", f.Name, envFallback[f.Name]) })
+	envflag.WriteTable(w, fs, envFallback)
 	fmt.Fprintln(w, "\nFlags:")
 	fs.PrintDefaults()
 }
