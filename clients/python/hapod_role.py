@@ -107,7 +107,9 @@ def decode(body: bytes) -> dict:
         x = obj.get(f)
         if x is not None and type(x) is not str:
             raise Drop("malformed", "malformed")
-        m[f] = x or ""
+        # A lone surrogate escape (\ud800) becomes U+FFFD, as in Go's
+        # encoding/json, so that the ack echoing it encodes as UTF-8.
+        m[f] = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in x) if x else ""
     for f in _UINT:
         x = obj.get(f)
         if x is not None and (type(x) is not int or not 0 <= x < _U64):
@@ -163,19 +165,19 @@ def encode(m: dict) -> bytes:
     """The canonical encoding (the Go encoder's member order)."""
     parts = [f'"v":{m.get("v") or VERSION}']
     for f in ("type", "group", "pod", "uid", "role"):
-        parts.append(f'"{f}":{json.dumps(m[f])}')
+        parts.append(f'"{f}":{json.dumps(m[f], ensure_ascii=False)}')
     parts += [f'"epoch":{m["epoch"]}', f'"seq":{m["seq"]}']
     for f in ("ttl_ms", "echo"):
         if m.get(f):
             parts.append(f'"{f}":{m[f]}')
     if m.get("status"):
-        parts.append(f'"status":{json.dumps(m["status"])}')
+        parts.append(f'"status":{json.dumps(m["status"], ensure_ascii=False)}')
     if m.get("nonce"):
         parts.append(f'"nonce":{m["nonce"]}')
     if m.get("lease"):
         parts.append('"lease":true')
     if m.get("kid"):
-        parts.append(f'"kid":{json.dumps(m["kid"])}')
+        parts.append(f'"kid":{json.dumps(m["kid"], ensure_ascii=False)}')
     for f in ("boot", "ctr", "ts"):
         if m.get(f):
             parts.append(f'"{f}":{m[f]}')
@@ -191,12 +193,17 @@ class KeyDir:
     def __init__(self, path: str, poll: float = 10.0):
         self.path, self.poll = path, poll
         self.keys: dict[str, bytes] = {}
+        self.error: Exception | None = None  # the last re-read's failure
         self._loaded = self._forced = -1e18
-        self._load(time.monotonic())
+        # The first read raises: a mistyped path must not silently turn
+        # authentication off.
+        self.keys = self._read()
+        self._loaded = time.monotonic()
 
-    def _load(self, now: float) -> None:
-        self._loaded = now
+    def _read(self) -> dict[str, bytes]:
         d = self.path
+        # The kubelet swaps "..data" to update a Secret volume: reading
+        # through it once sees one version, never a mix.
         if os.path.islink(os.path.join(d, "..data")):
             d = os.path.realpath(os.path.join(d, "..data"))
         keys = {}
@@ -204,8 +211,24 @@ class KeyDir:
             p = os.path.join(d, name)
             if name.startswith(".") or name == "current" or os.path.isdir(p):
                 continue
+            if not _valid_kid(name):
+                raise ValueError(f"key file {name!r}: not a key id")
             with open(p, "rb") as f:
                 keys[name] = base64.b64decode(f.read().strip(), validate=True)
+            if len(keys[name]) < 16:
+                raise ValueError(f"key {name!r}: {len(keys[name])} bytes, want at least 16")
+        return keys
+
+    def _load(self, now: float) -> None:
+        self._loaded = now
+        try:
+            keys = self._read()
+        except (OSError, ValueError) as e:
+            self.error = e  # a Secret being rewritten: keep the keys in use
+            return
+        self.error = None
+        # An emptied directory keeps the keys loaded: whoever can empty
+        # the Secret must not be able to turn authentication off.
         if keys or not self.keys:
             self.keys = keys
 
@@ -263,6 +286,14 @@ class Core:
         if isinstance(self.keys, KeyDir):
             return self.keys.refresh() if refresh else self.keys.get()
         return self.keys
+
+    def state_at(self, now_ns: int) -> State:
+        """The state held at now: a lapsed lease reads as fenced even
+        before lapse() has recorded it."""
+        s = self.state
+        if s.role == "active" and now_ns >= s.expiry:
+            return dataclasses.replace(s, role="standby", fenced=True)
+        return s
 
     def lapse(self, now_ns: int) -> State | None:
         """Fence a lapsed lease: the fenced state, or None."""
@@ -372,7 +403,10 @@ class Core:
         a = dict(m, type="ack", status=status, lease=True, nonce=0 if status == "wrong-pod" else self._issue(now_ns))
         if self.pod_name:
             a["pod"] = self.pod_name
-        return outcome, "", self._seal(a, m["kid"], wall_ms), changes
+        ack = self._seal(a, m["kid"], wall_ms)
+        if len(ack) > MAX_SIZE:
+            ack = None  # as wire.Encode refuses it: the controller's deadline reports it
+        return outcome, "", ack, changes
 
     def _seal(self, a: dict, kid: str, wall_ms: int) -> bytes:
         a.update(kid="", boot=0, ctr=0, ts=0)
@@ -408,7 +442,8 @@ class Listener:
 
     def __init__(self, addr=("0.0.0.0", DEFAULT_PORT), pod_uid="", pod_name="", group="", key_dir="", freshness_ms=FRESHNESS_MS, on_change=None):
         self.core = Core(pod_uid, pod_name, group, KeyDir(key_dir) if key_dir else None, freshness_ms)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind(addr)
         self.changes: queue.Queue[State] = queue.Queue(maxsize=1)
         self.on_change = on_change
@@ -421,10 +456,7 @@ class Listener:
 
     def state(self) -> State:
         with self._mu:
-            s = self.core.state
-            if s.role == "active" and time.monotonic_ns() >= s.expiry:
-                return dataclasses.replace(s, role="standby", fenced=True)
-            return s
+            return self.core.state_at(time.monotonic_ns())
 
     def active(self) -> bool:
         with self._mu:
@@ -447,10 +479,17 @@ class Listener:
                 timeout = max((s.expiry - time.monotonic_ns()) / 1e9, 0.0005)
             self.sock.settimeout(timeout)
             try:
+                # One byte more than MAX_SIZE, so that an oversized datagram
+                # is seen as such rather than truncated into one that parses.
                 b, peer = self.sock.recvfrom(MAX_SIZE + 1)
-            except TimeoutError:
+            except socket.timeout:  # the lease's end: fence at the loop's top
                 continue
             except OSError:
+                if self._closed:
+                    return
+                time.sleep(0.01)  # unexpected: never spin a core on it
+                continue
+            if self._closed:
                 return
             with self._mu:
                 _, _, ack, changes = self.core.handle(b, time.time_ns() // 1_000_000, time.monotonic_ns())
@@ -472,7 +511,16 @@ class Listener:
         self.changes.put_nowait(s)
 
     def close(self) -> None:
+        """Stop serving. Unlike pkg/role, no release ack is sent: an active
+        lease simply runs out (the controller waits for it), which is safe,
+        only slower to fail over."""
         self._closed = True
+        try:
+            # Closing alone does not wake a thread blocked in recvfrom on
+            # Linux; shutting the socket down does.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 
@@ -485,12 +533,14 @@ def main(argv=None) -> int:
     p.add_argument("--key-dir", default="")
     a = p.parse_args(argv)
     host, _, port = a.addr.rpartition(":")
+    host = host.strip("[]")  # [::1]:7477
 
     def show(s: State) -> None:
         print(json.dumps({"event": "change", "role": s.role or "unknown", "epoch": s.epoch, "group": s.group, "fenced": s.fenced}), flush=True)
 
     l = Listener((host, int(port)), a.pod_uid, a.pod_name, a.group, a.key_dir, on_change=show)
-    print(json.dumps({"event": "listening", "addr": "%s:%d" % l.addr}), flush=True)
+    h, port = l.addr[:2]  # an IPv6 address has four members
+    print(json.dumps({"event": "listening", "addr": f"[{h}]:{port}" if ":" in h else f"{h}:{port}"}), flush=True)
     try:
         l.serve()
     except KeyboardInterrupt:
