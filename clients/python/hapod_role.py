@@ -50,6 +50,26 @@ _MAC_TAIL = len(_MAC_MEMBER) + 43 + 2
 _U64 = 2**64
 _STR = ("type", "group", "pod", "uid", "role", "status", "kid")
 _UINT = ("epoch", "seq", "ttl_ms", "echo", "nonce", "boot", "ctr", "ts")
+# Every member name the protocol defines, as spelled (and case-folded).
+_MEMBERS = frozenset(_STR + _UINT + ("v", "lease", "mac"))
+_FOLDED = frozenset(n.casefold() for n in _MEMBERS)
+
+
+class _Object(dict):
+    """A JSON object that remembers whether a member was named twice or a
+    known member in another case: names are exact in the protocol (Go's
+    encoding/json alone would read "Seq" as seq and keep the last of two)."""
+
+    inexact = False
+
+
+def _object(pairs):
+    obj = _Object(pairs)
+    names = [k for k, _ in pairs]
+    obj.inexact = len(set(names)) != len(names) or any(
+        k not in _MEMBERS and k.casefold() in _FOLDED for k in names
+    )
+    return obj
 _KID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -92,7 +112,7 @@ def decode(body: bytes) -> dict:
     if len(body) > MAX_SIZE:
         raise Drop("malformed", "oversized")
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        obj = json.loads(body.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_object)
     except (UnicodeDecodeError, ValueError) as e:
         raise Drop("malformed", "malformed") from e
     if not isinstance(obj, dict) or "v" not in obj:
@@ -102,6 +122,8 @@ def decode(body: bytes) -> dict:
         raise Drop("malformed", "malformed")
     if v != VERSION:
         raise Drop("malformed", "version")
+    if obj.inexact:
+        raise Drop("malformed", "malformed")
     m = {"v": v}
     for f in _STR:
         x = obj.get(f)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -201,9 +203,61 @@ func decodeJSON(b []byte) (Message, error) {
 	if *d.Version != Version {
 		return Message{}, fmt.Errorf("%w: %d", ErrVersion, *d.Version)
 	}
+	if err := checkMembers(b); err != nil {
+		return Message{}, err
+	}
 	m := d.Message
 	m.Version = *d.Version
 	return m, nil
+}
+
+// memberNames is every member name the protocol defines, as spelled.
+var memberNames = func() map[string]bool {
+	names := map[string]bool{"mac": true}
+	t := reflect.TypeFor[Message]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			names[name] = true
+		}
+	}
+	return names
+}()
+
+// checkMembers refuses a datagram (a JSON object) that names a member
+// twice, or names one of the protocol's members in another case.
+// encoding/json matches names case-insensitively and keeps the last of
+// two, so {"seq":1,"Seq":2} would read as seq 2 here and as seq 1 (or
+// malformed) in a stricter implementation: the protocol's names are exact,
+// and every implementation must read a datagram the same way.
+func checkMembers(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return fmt.Errorf("%w: not a JSON object", ErrMalformed)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrMalformed, err)
+		}
+		name, _ := t.(string)
+		if seen[name] {
+			return fmt.Errorf("%w: member %s twice", ErrMalformed, quote(name))
+		}
+		seen[name] = true
+		if !memberNames[name] {
+			for known := range memberNames {
+				if strings.EqualFold(known, name) {
+					return fmt.Errorf("%w: member %s, not %s", ErrMalformed, quote(name), quote(known))
+				}
+			}
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return fmt.Errorf("%w: %w", ErrMalformed, err)
+		}
+	}
+	return nil
 }
 
 func validate(m Message) error {

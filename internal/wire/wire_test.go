@@ -139,6 +139,13 @@ func TestDecode(t *testing.T) {
 		{"json null", `null`, ErrMalformed},
 		{"json array", `[1]`, ErrMalformed},
 		{"trailing garbage", ok + `x`, ErrMalformed},
+		// Names are exact: encoding/json alone would read "Seq" as seq and
+		// keep the last of two members, unlike a stricter implementation.
+		{"member twice", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"seq":2}`, ErrMalformed},
+		{"unknown member twice", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"x":1,"x":2}`, ErrMalformed},
+		{"member in another case", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"Seq":1}`, ErrMalformed},
+		{"v in another case", `{"V":2,"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1}`, ErrMalformed},
+		{"mac in another case", `{"v":2,"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby","epoch":1,"seq":1,"MAC":"x"}`, ErrMalformed},
 		{"invalid utf8", `{"v":2,"type":"role","group":"g/x","pod":"p` + "\xff" + `","uid":"u","role":"standby"}`, ErrMalformed},
 		// A message must say which version it is; a missing "v" is not a version skew.
 		{"no version", `{"type":"role","group":"g/x","pod":"p","uid":"u","role":"standby"}`, ErrMalformed},

@@ -478,7 +478,9 @@ func listenerSpecs() []caseSpec {
 			{"kid without boot, ctr and ts", 21, raw(`{"v":2,` + base + `,"role":"standby","epoch":1,"seq":1,"kid":"k1"}`), "malformed", Unknown, 0, false},
 			{"a kid with a character outside [A-Za-z0-9._-]", 22, raw(`{"v":2,` + base + `,"role":"standby","epoch":1,"seq":1,"kid":"k/1","boot":1,"ctr":1,"ts":1764630000022}`), "malformed", Unknown, 0, false},
 			{"trailing data after the object", 23, raw(`{"v":2,` + base + `,"role":"standby","epoch":1,"seq":1} {}`), "malformed", Unknown, 0, false},
-			{"a valid message after all that: nothing was wedged", 24, later(func() []byte { return s.send(msg(standby, 1, 0), vT0+24) }), "accepted", Standby, 1, false},
+			{"a member named twice", 24, raw(`{"v":2,` + base + `,"role":"standby","epoch":1,"seq":1,"seq":2}`), "malformed", Unknown, 0, false},
+			{"a member's name in another case (Seq for seq): names are exact", 25, raw(`{"v":2,` + base + `,"role":"standby","epoch":1,"Seq":1}`), "malformed", Unknown, 0, false},
+			{"a valid message after all that: nothing was wedged", 26, later(func() []byte { return s.send(msg(standby, 1, 0), vT0+26) }), "accepted", Standby, 1, false},
 		}
 		add(caseSpec{"malformed", "datagrams that are not valid v2 role messages: dropped without reply, changing nothing", keyed, steps})
 	}
