@@ -41,7 +41,7 @@ import (
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 
 // kustomizations are the directories under deploy/ that kubectl apply -k takes.
-var kustomizations = []string{"controller", "namespaced", "example", "example-agent", "default"}
+var kustomizations = []string{"controller", "namespaced", "example", "example-agent", "example-plain", "default"}
 
 // installs are the kustomizations that install the controller: cluster-wide
 // and namespace-scoped.
@@ -191,51 +191,7 @@ func TestLoadMatchesKubectlKustomize(t *testing.T) {
 // assumes with its default flags.
 func TestExampleInvariants(t *testing.T) {
 	cfg := config.Default()
-	objs := mustLoad(t, "example")
-	for _, o := range objs {
-		if ns := o.Obj.(metav1.Object).GetNamespace(); ns != "" {
-			t.Errorf("%s: namespace %q; the example applies to the namespace given with -n", o, ns)
-		}
-		if _, ok := o.Obj.(*corev1.Namespace); ok {
-			t.Errorf("%s: the example must not create a Namespace", o)
-		}
-	}
-
-	rs := only[*appsv1.ReplicaSet](t, objs)
-	if rs.Name != "hapod" {
-		t.Errorf("ReplicaSet name %q, want hapod", rs.Name)
-	}
-	if rs.Spec.Replicas == nil || *rs.Spec.Replicas != 2 {
-		t.Errorf("ReplicaSet replicas %v, want 2", rs.Spec.Replicas)
-	}
-
-	// The selector is app=hapod only. Above all it must not mention the role
-	// label, or relabelling a pod active would orphan it.
-	sel := rs.Spec.Selector
-	if sel == nil || !reflect.DeepEqual(sel.MatchLabels, map[string]string{"app": "hapod"}) || len(sel.MatchExpressions) != 0 {
-		t.Errorf("ReplicaSet selector %v, want matchLabels {app: hapod} only", sel)
-	}
-	tmpl := rs.Spec.Template.Labels
-	if tmpl["app"] != "hapod" || tmpl[cfg.RoleLabel] != cfg.StandbyValue {
-		t.Errorf("pod template labels %v, want app=hapod and %s=%s", tmpl, cfg.RoleLabel, cfg.StandbyValue)
-	}
-	rsSel, err := metav1.LabelSelectorAsSelector(sel)
-	if err != nil {
-		t.Fatalf("ReplicaSet selector: %v", err)
-	}
-	ctrlSel, err := cfg.PodSelector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range []string{cfg.StandbyValue, cfg.ActiveValue} {
-		l := labels.Merge(tmpl, labels.Set{cfg.RoleLabel: r})
-		if !rsSel.Matches(l) {
-			t.Errorf("ReplicaSet selector %s does not match its pod relabelled %s=%s: the pod would be orphaned", rsSel, cfg.RoleLabel, r)
-		}
-		if !ctrlSel.Matches(l) {
-			t.Errorf("controller's default -selector %s does not match the example pod with %s=%s", ctrlSel, cfg.RoleLabel, r)
-		}
-	}
+	_, rs, svc := exampleShape(t, "example")
 
 	// One critical container, one that is not.
 	var critical, other []corev1.Container
@@ -282,25 +238,84 @@ func TestExampleInvariants(t *testing.T) {
 		t.Errorf("container app: readinessProbe %+v, want GET /readyz on 8080", rp)
 	}
 
-	// runAsNonRoot (checked by Pod Security admission) only makes the kubelet
-	// refuse to start an image whose user is root, so an image not built by
-	// hapod (USER 65532) needs its own non-root user.
-	for _, c := range rs.Spec.Template.Spec.Containers {
+	nonRootUsers(t, rs.Spec.Template.Spec.Containers)
+
+	if resolvePort(app, svc.Spec.Ports[0].TargetPort) != 8080 {
+		t.Errorf("Service ports %+v, want 80 -> 8080 in the app", svc.Spec.Ports)
+	}
+}
+
+// exampleShape loads the example in dir and checks what every example
+// shares with the controller's defaults: no namespace of its own; a
+// ReplicaSet hapod of 2 whose selector is app=hapod only (a selector with
+// the role label would orphan the pod relabelled active) and whose pods the
+// controller's default -selector picks in either role; a ClusterIP Service
+// hapod that selects the active alone, with one port, 80.
+func exampleShape(t *testing.T, dir string) ([]object, *appsv1.ReplicaSet, *corev1.Service) {
+	t.Helper()
+	cfg := config.Default()
+	objs := mustLoad(t, dir)
+	for _, o := range objs {
+		if ns := o.Obj.(metav1.Object).GetNamespace(); ns != "" {
+			t.Errorf("%s: namespace %q; the example applies to the namespace given with -n", o, ns)
+		}
+		if _, ok := o.Obj.(*corev1.Namespace); ok {
+			t.Errorf("%s: the example must not create a Namespace", o)
+		}
+	}
+	rs := only[*appsv1.ReplicaSet](t, objs)
+	if rs.Name != "hapod" || rs.Spec.Replicas == nil || *rs.Spec.Replicas != 2 {
+		t.Errorf("ReplicaSet %s replicas %v, want hapod and 2", rs.Name, rs.Spec.Replicas)
+	}
+	sel := rs.Spec.Selector
+	if sel == nil || !reflect.DeepEqual(sel.MatchLabels, map[string]string{"app": "hapod"}) || len(sel.MatchExpressions) != 0 {
+		t.Errorf("ReplicaSet selector %v, want matchLabels {app: hapod} only", sel)
+	}
+	tmpl := rs.Spec.Template.Labels
+	if tmpl["app"] != "hapod" || tmpl[cfg.RoleLabel] != cfg.StandbyValue {
+		t.Errorf("pod template labels %v, want app=hapod and %s=%s", tmpl, cfg.RoleLabel, cfg.StandbyValue)
+	}
+	rsSel, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		t.Fatalf("ReplicaSet selector: %v", err)
+	}
+	ctrlSel, err := cfg.PodSelector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{cfg.StandbyValue, cfg.ActiveValue} {
+		l := labels.Merge(tmpl, labels.Set{cfg.RoleLabel: r})
+		if !rsSel.Matches(l) {
+			t.Errorf("ReplicaSet selector %s does not match its pod relabelled %s=%s: the pod would be orphaned", rsSel, cfg.RoleLabel, r)
+		}
+		if !ctrlSel.Matches(l) {
+			t.Errorf("controller's default -selector %s does not match the example pod with %s=%s", ctrlSel, cfg.RoleLabel, r)
+		}
+	}
+	svc := only[*corev1.Service](t, objs)
+	want := map[string]string{"app": "hapod", cfg.RoleLabel: cfg.ActiveValue}
+	if svc.Name != "hapod" || svc.Spec.Type != corev1.ServiceTypeClusterIP || !reflect.DeepEqual(svc.Spec.Selector, want) {
+		t.Errorf("Service %s type %q selector %v, want hapod, ClusterIP, exactly %v", svc.Name, svc.Spec.Type, svc.Spec.Selector, want)
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 80 {
+		t.Fatalf("Service ports %+v, want one, 80", svc.Spec.Ports)
+	}
+	return objs, rs, svc
+}
+
+// nonRootUsers checks that every container of an image not built by hapod
+// (whose images run as USER 65532) sets a non-root runAsUser: runAsNonRoot
+// (checked by Pod Security admission) only makes the kubelet refuse to
+// start an image whose user is root.
+func nonRootUsers(t *testing.T, cs []corev1.Container) {
+	t.Helper()
+	for _, c := range cs {
 		if strings.HasPrefix(c.Image, "ghcr.io/hapod/") {
 			continue
 		}
 		if sc := c.SecurityContext; sc == nil || sc.RunAsUser == nil || *sc.RunAsUser == 0 {
 			t.Errorf("container %s (image %s): no non-root runAsUser; the kubelet would refuse to start it", c.Name, c.Image)
 		}
-	}
-
-	svc := only[*corev1.Service](t, objs)
-	want := map[string]string{"app": "hapod", cfg.RoleLabel: cfg.ActiveValue}
-	if svc.Name != "hapod" || svc.Spec.Type != corev1.ServiceTypeClusterIP || !reflect.DeepEqual(svc.Spec.Selector, want) {
-		t.Errorf("Service %s type %q selector %v, want hapod, ClusterIP, exactly %v", svc.Name, svc.Spec.Type, svc.Spec.Selector, want)
-	}
-	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 80 || resolvePort(app, svc.Spec.Ports[0].TargetPort) != 8080 {
-		t.Errorf("Service ports %+v, want one, 80 -> 8080", svc.Spec.Ports)
 	}
 }
 
@@ -714,8 +729,8 @@ func TestControllerAppliesToCluster(t *testing.T) {
 // pod relabelled active instead of replacing it.
 func TestExampleAppliesToCluster(t *testing.T) {
 	s := newServer(t)
-	// Both examples, each in its own namespace.
-	for _, ex := range []struct{ dir, name string }{{"example", "hapod"}, {"example-agent", "hapod"}} {
+	// Every example, each in its own namespace.
+	for _, ex := range []struct{ dir, name string }{{"example", "hapod"}, {"example-agent", "hapod"}, {"example-plain", "hapod"}} {
 		t.Run(ex.dir, func(t *testing.T) { exampleAppliesToCluster(t, s, ex.dir, ex.name) })
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -176,7 +177,7 @@ func TestAdmissionPolicyInvariants(t *testing.T) {
 // TestNetworkPolicyInvariants checks the example's NetworkPolicy: the role
 // port from the controller's pods only, the Service's port as before.
 func TestNetworkPolicyInvariants(t *testing.T) {
-	for _, dir := range []string{"example", "example-agent"} {
+	for _, dir := range []string{"example", "example-agent", "example-plain"} {
 		t.Run(dir, func(t *testing.T) { networkPolicyInvariants(t, dir) })
 	}
 }
@@ -200,6 +201,16 @@ func networkPolicyInvariants(t *testing.T, dir string) {
 	svc := only[*corev1.Service](t, objs)
 	ctrl := only[*appsv1.Deployment](t, mustLoad(t, "controller"))
 	cs := rs.Spec.Template.Spec.Containers
+	// The port the controller sends to: the role protocol's, or in plain
+	// mode the app's own (any datagram there means "become active").
+	rolePortNum := cfg.RolePort
+	if rs.Spec.Template.Annotations[role.RoleMessagesAnnotation] == "plain" {
+		n, err := strconv.Atoi(rs.Spec.Template.Annotations[role.PlainPortAnnotation])
+		if err != nil {
+			t.Fatalf("%s: %v", role.PlainPortAnnotation, err)
+		}
+		rolePortNum = n
+	}
 
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
@@ -224,7 +235,7 @@ func networkPolicyInvariants(t *testing.T, dir string) {
 			}
 			n := podPort(cs, *p.Port)
 			switch {
-			case *p.Protocol == corev1.ProtocolUDP && int(n) == cfg.RolePort:
+			case *p.Protocol == corev1.ProtocolUDP && int(n) == rolePortNum:
 				rolePort = true
 				if !fromControllerOnly(t, rule.From, ctrl) {
 					t.Errorf("ingress[%d] admits the role port from %+v, want the controller's pods in %s only", i, rule.From, controllerNamespace)
@@ -237,7 +248,7 @@ func networkPolicyInvariants(t *testing.T, dir string) {
 		}
 	}
 	if !rolePort {
-		t.Errorf("no rule admits UDP %d from the controller: role messages would be dropped", cfg.RolePort)
+		t.Errorf("no rule admits UDP %d from the controller: role messages would be dropped", rolePortNum)
 	}
 	if !httpPort {
 		t.Error("no rule admits the Service's target port: the policy would cut the example's traffic")
