@@ -30,6 +30,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	a, err := New(ctx, o, slog.New(slog.NewTextHandler(stderr, nil)), stderr)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the app: a clean stop
+		}
 		return err
 	}
 	return a.Serve(ctx)
@@ -55,6 +58,7 @@ type Agent struct {
 	m    *metrics
 
 	roles  *role.Listener
+	check  *appCheck // nil without -app-health
 	httpLn net.Listener
 	srv    *http.Server
 	run    *runner // nil without -on-change
@@ -94,6 +98,17 @@ func New(ctx context.Context, o Options, log *slog.Logger, cmdOut io.Writer) (*A
 		a.run = newRunner(o.OnChange, o.OnChangeTimeout, cmdOut, log, a.m)
 	}
 	var err error
+	if a.check, err = parseAppCheck(o.AppHealth, o.AppHealthPeriod, o.AppHealthFailures); err != nil {
+		return nil, err
+	}
+	if a.check != nil {
+		// Not before the app is up: an agent restarted beside a dead app
+		// must not be granted the role again.
+		log.Info("Waiting for the app", "check", o.AppHealth)
+		if err := a.check.waitHealthy(ctx); err != nil {
+			return nil, fmt.Errorf("waiting for the app (%s): %w", o.AppHealth, err)
+		}
+	}
 	// Closed by shutdown, not by ctx, so that the standby file is written
 	// before the listener tells the controller it is standby.
 	a.roles, err = role.Listen(context.WithoutCancel(ctx), role.Config{
@@ -229,6 +244,16 @@ func (a *Agent) apply(v view) {
 func (a *Agent) Serve(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.srv.Serve(a.httpLn) }()
+	appDied := make(chan error, 1)
+	if a.check != nil {
+		watchCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			if err := a.check.watch(watchCtx); err != nil {
+				appDied <- err
+			}
+		}()
+	}
 	a.log.Info("Serving", "http", a.HTTPAddr(), "role", a.RoleAddr(), "file", a.opts.RoleFile,
 		"pod", a.opts.PodName, "podUID", a.opts.PodUID, "authenticated", a.roles.Authenticated())
 	select {
@@ -236,6 +261,11 @@ func (a *Agent) Serve(ctx context.Context) error {
 		return a.shutdown(ctx)
 	case err := <-serveErr:
 		return errors.Join(fmt.Errorf("http server: %w", err), a.shutdown(ctx))
+	case err := <-appDied:
+		// Standby to the app and a release to the controller, as on
+		// SIGTERM; then exit, and the kubelet's restart waits for the app.
+		a.log.Error("The app is down: giving the role up", "err", err)
+		return errors.Join(fmt.Errorf("%w; the role was released", err), a.shutdown(ctx))
 	}
 }
 

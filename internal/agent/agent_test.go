@@ -505,6 +505,9 @@ func TestRunUsageErrors(t *testing.T) {
 		{env: map[string]string{"ON_CHANGE_TIMEOUT": "soon"}},
 		{env: map[string]string{"HTTP_ADDR": "x", "ROLE_ADDR": "y"}},
 		{args: []string{"-on-change-timeout", "0s"}},
+		{args: []string{"-app-health", "127.0.0.1:8080"}},
+		{args: []string{"-app-health", "tcp://127.0.0.1:1", "-app-health-failures", "0"}},
+		{env: map[string]string{"APP_HEALTH_PERIOD": "-1s"}},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := Run(context.Background(), c.args, func(k string) string { return c.env[k] }, &stdout, &stderr)
@@ -529,13 +532,15 @@ func TestEnvFallbacksMatchTheDemo(t *testing.T) {
 	env := map[string]string{
 		"ROLE_ADDR": "127.0.0.1:1", "POD_NAME": "n", "POD_UID": "u", "ROLE_GROUP": "a/b", "ROLE_KEY_DIR": "/k",
 		"ROLE_FILE": "/f", "ON_CHANGE": "/c", "ON_CHANGE_TIMEOUT": "3s", "HTTP_ADDR": "127.0.0.1:2",
+		"APP_HEALTH": "tcp://127.0.0.1:3", "APP_HEALTH_PERIOD": "20ms", "APP_HEALTH_FAILURES": "5",
 	}
 	o, err := ParseOptions(nil, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Options{RoleAddr: "127.0.0.1:1", PodName: "n", PodUID: "u", RoleGroup: "a/b", RoleKeyDir: "/k",
-		RoleFile: "/f", OnChange: "/c", OnChangeTimeout: 3 * time.Second, HTTPAddr: "127.0.0.1:2"}
+		RoleFile: "/f", OnChange: "/c", OnChangeTimeout: 3 * time.Second, HTTPAddr: "127.0.0.1:2",
+		AppHealth: "tcp://127.0.0.1:3", AppHealthPeriod: 20 * time.Millisecond, AppHealthFailures: 5}
 	if o != want {
 		t.Fatalf("got %+v, want %+v", o, want)
 	}

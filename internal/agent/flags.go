@@ -22,20 +22,29 @@ type Options struct {
 	OnChange        string
 	OnChangeTimeout time.Duration
 	HTTPAddr        string
+
+	// AppHealth, AppHealthPeriod and AppHealthFailures are -app-health
+	// (apphealth.go); AppHealth "" is no check.
+	AppHealth         string
+	AppHealthPeriod   time.Duration
+	AppHealthFailures int
 }
 
 // envFallback names the environment variable each flag falls back to; the
 // role flags use the same names as hapod-demo so one pod spec fits both.
 var envFallback = map[string]string{
-	"role-addr":         "ROLE_ADDR",
-	"pod-name":          "POD_NAME",
-	"pod-uid":           "POD_UID",
-	"role-group":        "ROLE_GROUP",
-	"role-key-dir":      "ROLE_KEY_DIR",
-	"role-file":         "ROLE_FILE",
-	"on-change":         "ON_CHANGE",
-	"on-change-timeout": "ON_CHANGE_TIMEOUT",
-	"http-addr":         "HTTP_ADDR",
+	"role-addr":           "ROLE_ADDR",
+	"pod-name":            "POD_NAME",
+	"pod-uid":             "POD_UID",
+	"role-group":          "ROLE_GROUP",
+	"role-key-dir":        "ROLE_KEY_DIR",
+	"role-file":           "ROLE_FILE",
+	"on-change":           "ON_CHANGE",
+	"on-change-timeout":   "ON_CHANGE_TIMEOUT",
+	"http-addr":           "HTTP_ADDR",
+	"app-health":          "APP_HEALTH",
+	"app-health-period":   "APP_HEALTH_PERIOD",
+	"app-health-failures": "APP_HEALTH_FAILURES",
 }
 
 // UsageError is a mistake on the command line or in the environment; the
@@ -58,6 +67,9 @@ func newFlagSet(o *Options) *flag.FlagSet {
 	fs.StringVar(&o.OnChange, "on-change", "", "command run on each change, split at spaces and executed without a shell, with ROLE, EPOCH, CHANGED and FENCED in its environment (optional)")
 	fs.DurationVar(&o.OnChangeTimeout, "on-change-timeout", 10*time.Second, "how long -on-change may run before its process group is killed")
 	fs.StringVar(&o.HTTPAddr, "http-addr", "127.0.0.1:7480", "HTTP listen address for /role, /role/events, /healthz, /readyz and /metrics")
+	fs.StringVar(&o.AppHealth, "app-health", "", "the app's health check, http://127.0.0.1:PORT/PATH (2xx or 3xx) or tcp://127.0.0.1:PORT: the role listener binds once it passes, and when -app-health-failures in a row fail the agent releases the role and exits, so a dead app fails over on its lease, not the kubelet's report (optional)")
+	fs.DurationVar(&o.AppHealthPeriod, "app-health-period", 50*time.Millisecond, "how often -app-health is checked, and each check's timeout")
+	fs.IntVar(&o.AppHealthFailures, "app-health-failures", 3, "how many -app-health checks in a row must fail before the agent gives the role up")
 	return fs
 }
 
@@ -75,6 +87,15 @@ func ParseOptions(args []string, getenv func(string) string) (Options, error) {
 	errs := envflag.Apply(fs, envFallback, getenv)
 	if o.OnChangeTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-on-change-timeout: must be positive, got %v", o.OnChangeTimeout))
+	}
+	if o.AppHealthPeriod <= 0 {
+		errs = append(errs, fmt.Errorf("-app-health-period: must be positive, got %v", o.AppHealthPeriod))
+	}
+	if o.AppHealthFailures < 1 {
+		errs = append(errs, fmt.Errorf("-app-health-failures: must be at least 1, got %d", o.AppHealthFailures))
+	}
+	if _, err := parseAppCheck(o.AppHealth, o.AppHealthPeriod, o.AppHealthFailures); err != nil {
+		errs = append(errs, err)
 	}
 	for _, a := range []struct{ flag, addr string }{{"http-addr", o.HTTPAddr}, {"role-addr", o.RoleAddr}} {
 		if err := envflag.CheckAddr(a.addr, ":7477 or 127.0.0.1:7480"); err != nil {

@@ -150,6 +150,9 @@ func Template(o Options) corev1.PodTemplateSpec {
 			Env: []corev1.EnvVar{
 				env("POD_NAME", "metadata.name"), env("POD_UID", "metadata.uid"),
 				{Name: "ROLE_FILE", Value: RoleFileDir + "/role"},
+				// The app's death gives the role up at once (the agent
+				// releases it and exits), not at the kubelet's report.
+				{Name: "APP_HEALTH", Value: "http://127.0.0.1:8080/healthz"},
 			},
 			Ports:        []corev1.ContainerPort{{Name: "role", ContainerPort: role.DefaultPort, Protocol: corev1.ProtocolUDP}},
 			Resources:    corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m")}},
