@@ -30,6 +30,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -297,6 +298,7 @@ class Core:
         self.boot = boot or (secrets.randbits(64) or 1)
         self.random = random or (lambda: secrets.randbits(64))
         self.state = State()
+        self.held = None  # the role message that granted or last renewed the active lease
         self.ctr = 0
         self.nonces: list[tuple[int, int]] = []  # (nonce, sent at), newest last
         self.replays: dict[int, list[int]] = {}  # boot -> [top, seen bits, last ns]
@@ -417,9 +419,11 @@ class Core:
                     outcome = status = "retry"
                 elif v == "renew":
                     self.state = dataclasses.replace(cur, expiry=max(cur.expiry, end))
+                    self.held = m
                     outcome = "renewed"
                 else:
                     self.state = State("active", m["epoch"], m["group"], False, end)
+                    self.held = m
                     changes.append(self.state)
                     outcome = "accepted"
         a = dict(m, type="ack", status=status, lease=True, nonce=0 if status == "wrong-pod" else self._issue(now_ns))
@@ -429,6 +433,21 @@ class Core:
         if len(ack) > MAX_SIZE:
             ack = None  # as wire.Encode refuses it: the controller's deadline reports it
         return outcome, "", ack, changes
+
+    def release(self, wall_ms: int, now_ns: int) -> bytes | None:
+        """Give up an active lease, as pkg/role's Close does: hold standby at
+        its epoch (no renewal at that epoch makes it active again) and return
+        the unsolicited standby ack (seq 0) that tells the controller so, so
+        that a successor need not wait for the lease to run out. None when
+        not active."""
+        s = self.state
+        if not s.active_at(now_ns) or self.held is None:
+            return None
+        self.state = State("standby", s.epoch, s.group, False, s.expiry)
+        a = dict(self.held, type="ack", role="standby", status="ok", seq=0, ttl_ms=0, echo=0, nonce=self._issue(now_ns), lease=True)
+        if self.pod_name:
+            a["pod"] = self.pod_name
+        return self._seal(a, self.held["kid"], wall_ms)
 
     def _seal(self, a: dict, kid: str, wall_ms: int) -> bytes:
         a.update(kid="", boot=0, ctr=0, ts=0)
@@ -471,6 +490,7 @@ class Listener:
         self.on_change = on_change
         self._mu = threading.Lock()
         self._closed = False
+        self._peer = None  # where the message that set core.held came from
 
     @property
     def addr(self):
@@ -514,7 +534,10 @@ class Listener:
             if self._closed:
                 return
             with self._mu:
+                held = self.core.held
                 _, _, ack, changes = self.core.handle(b, time.time_ns() // 1_000_000, time.monotonic_ns())
+                if self.core.held is not held:
+                    self._peer = peer
             if ack is not None:
                 try:
                     self.sock.sendto(ack, peer)
@@ -533,9 +556,17 @@ class Listener:
         self.changes.put_nowait(s)
 
     def close(self) -> None:
-        """Stop serving. Unlike pkg/role, no release ack is sent: an active
-        lease simply runs out (the controller waits for it), which is safe,
-        only slower to fail over."""
+        """Stop serving. An active lease is released first (Core.release):
+        the application must not act as active once it has called close."""
+        with self._mu:
+            ack = self.core.release(time.time_ns() // 1_000_000, time.monotonic_ns())
+            released, peer = self.core.state, self._peer
+        if ack is not None:
+            self._notify(released)
+            try:
+                self.sock.sendto(ack, peer)
+            except OSError:
+                pass  # the lease still runs out
         self._closed = True
         try:
             # Closing alone does not wake a thread blocked in recvfrom on
@@ -563,10 +594,15 @@ def main(argv=None) -> int:
     l = Listener((host, int(port)), a.pod_uid, a.pod_name, a.group, a.key_dir, on_change=show)
     h, port = l.addr[:2]  # an IPv6 address has four members
     print(json.dumps({"event": "listening", "addr": f"[{h}]:{port}" if ":" in h else f"{h}:{port}"}), flush=True)
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    # SIGTERM (the kubelet's stop) releases the role as Ctrl-C does.
+    signal.signal(signal.SIGTERM, stop)
     try:
         l.serve()
     except KeyboardInterrupt:
-        pass
+        l.close()
     return 0
 
 

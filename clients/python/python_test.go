@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,6 +90,7 @@ type pyListener struct {
 	addr   netip.AddrPort
 	events chan event
 	stderr *bintest.Buffer
+	cmd    *exec.Cmd
 }
 
 func startListener(t *testing.T, keyDir string) *pyListener {
@@ -103,7 +105,7 @@ func startListener(t *testing.T, keyDir string) *pyListener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &pyListener{events: make(chan event, 64), stderr: &bintest.Buffer{}}
+	l := &pyListener{events: make(chan event, 64), stderr: &bintest.Buffer{}, cmd: cmd}
 	cmd.Stderr = l.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -345,6 +347,30 @@ func TestPythonListener(t *testing.T) {
 	// Told standby at that epoch: Fenced clears.
 	mustAck(target(wire.RoleStandby, 4, 0))
 	l.expect(t, wire.RoleStandby, 4, false)
+
+	// SIGTERM while active releases the lease, as pkg/role's Close does:
+	// the app is told standby (not fenced) and the controller gets an
+	// unsolicited signed standby ack, seq 0, from the pod's address.
+	mustAck(target(wire.RoleActive, 5, long))
+	l.expect(t, wire.RoleActive, 5, false)
+	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	l.expect(t, wire.RoleStandby, 5, false)
+	for deadline := time.After(wait); ; {
+		select {
+		case a := <-renewals:
+			if a.Seq != 0 {
+				continue // a renewal's ack from before
+			}
+			if a.Role != wire.RoleStandby || a.Epoch != 5 || a.Status != wire.StatusOK || !notify.SameAddr(a.From, l.addr) {
+				t.Fatalf("release %+v, want standby at 5 from %v", a, l.addr)
+			}
+		case <-deadline:
+			t.Fatalf("no release reached the sender; stderr:\n%s", l.stderr)
+		}
+		break
+	}
 
 	if s := l.stderr.String(); strings.TrimSpace(s) != "" {
 		t.Fatalf("the listener wrote to stderr:\n%s", s)
