@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -116,6 +119,9 @@ func (e *Env) runRealNodes(ctx context.Context, o Options, r *Results, fail func
 func (e *Env) realNodes(ctx context.Context, o Options) (*RealNodeResult, error) {
 	res := &RealNodeResult{Reasons: map[string]map[string]int{}}
 	for _, row := range []string{RealKill, RealKillAPI, RealDelete, RealRestart, RealNoStandby, RealLEDefault, RealLEAggressive} {
+		if len(o.RealNodeRows) > 0 && !slices.Contains(o.RealNodeRows, row) {
+			continue
+		}
 		e.Log.Info("real node", "row", row, "samples", o.RealNodeSamples)
 		r, err := e.realNodeRow(ctx, o, row)
 		if r != nil {
@@ -356,7 +362,7 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 	}
 	at, _ := r.prober.FirstFrom(next, t0)
 	r.add(StageClusterIP, at.Sub(t0))
-	r.e.Log.Info("real node sample", "row", row, "requests", r.prober.Timeline(t0.Add(-10*time.Millisecond), at.Add(10*time.Millisecond)))
+	r.e.Log.Info("real node sample", "row", row, "killed", old.Name, "next", next, "requests", r.prober.Timeline(t0.Add(-10*time.Millisecond), at.Add(10*time.Millisecond)))
 	r.failed = append(r.failed, float64(r.prober.FailedBetween(t0, at)))
 	if kill && !terminated.IsZero() {
 		r.add(StageTerminated, terminated.Sub(t0))
@@ -371,7 +377,12 @@ func (r *realNodeRun) sample(ctx context.Context, row string) error {
 // seen (zero if none was).
 func (r *realNodeRun) waitNext(ctx context.Context, row string, kill bool, t0 time.Time, old, standby *observe.Pod[struct{}]) (next string, terminated time.Time, err error) {
 	restarts := realpod.RestartCount(old.Object, realpod.Critical)
-	err = r.obs.WaitFor(ctx, time.Minute, "failover", func() (bool, string) {
+	// Polled as well as woken by the watches: leader election's condition
+	// reads the apps' records, files the observer does not see. When the
+	// killed process, restarted in place, takes the Lease, its record is the
+	// last thing to change: its pod is already Ready, labelled active and
+	// alone in the EndpointSlice, and no watch event follows.
+	err = r.obs.WaitForEvery(ctx, time.Minute, poll.Interval, "failover", func() (bool, string) {
 		if kill && terminated.IsZero() {
 			if p := r.obs.PodLocked(old.UID); p != nil && realpod.DeathReported(p.Object, realpod.Critical, restarts) {
 				terminated = p.Updated
@@ -391,7 +402,7 @@ func (r *realNodeRun) waitNext(ctx context.Context, row string, kill bool, t0 ti
 					}
 				}
 			}
-			return false, "no new leader in the EndpointSlice alone yet"
+			return false, r.leWaitingLocked(t0)
 		case r.pair:
 			next = standby.Name
 			p := r.obs.PodByNameLocked(next)
@@ -417,6 +428,31 @@ func (r *realNodeRun) waitNext(ctx context.Context, row string, kill bool, t0 ti
 		}
 	})
 	return next, terminated, err
+}
+
+// leWaitingLocked says, inside the observer's lock, what leader election's
+// failover since t0 is waiting for: every app's records since t0, every
+// pod's label, readiness and restarts, and the EndpointSlice's endpoints.
+func (r *realNodeRun) leWaitingLocked(t0 time.Time) string {
+	var b strings.Builder
+	b.WriteString("no new leader in the EndpointSlice alone yet; records since the kill:")
+	recs := realpod.Records(r.records)
+	for _, pod := range slices.Sorted(maps.Keys(recs)) {
+		for _, c := range recs[pod] {
+			if c.At.After(t0) {
+				fmt.Fprintf(&b, " %s %s@%d +%s", pod, c.Role, c.Epoch, c.At.Sub(t0).Round(time.Millisecond))
+			}
+		}
+	}
+	b.WriteString("; pods:")
+	for _, p := range r.obs.LiveLocked() {
+		fmt.Fprintf(&b, " %s(ip %s label %s ready=%v restarts %d)", p.Name, p.IP, p.Role, p.Ready, realpod.RestartCount(p.Object, realpod.Critical))
+	}
+	b.WriteString("; EndpointSlice:")
+	for _, e := range r.obs.LastSliceLocked().Endpoints {
+		fmt.Fprintf(&b, " %s(ready=%v)", e.IP, e.Ready)
+	}
+	return b.String()
 }
 
 // recordStages adds the EndpointSlice, label and app stages of the

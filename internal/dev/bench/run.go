@@ -56,6 +56,9 @@ type Options struct {
 	// real-node scenario takes; it runs only on a cluster with real nodes
 	// (Env.RealNodes).
 	RealNodeSamples int
+	// RealNodeRows, if not empty, limits the real-node scenario to these
+	// rows (RealKill, ..., RealLEAggressive).
+	RealNodeRows []string
 	// Scenarios, if not empty, limits the run to these of "one",
 	// "election", "nostandby", "lease", "renewals", "scale", "soak" and
 	// "realnode".

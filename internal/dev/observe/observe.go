@@ -391,8 +391,23 @@ var ErrTimeout = errors.New("not within")
 // returns true. why says what is missing; it ends the error when timeout
 // passes first (wrapping ErrTimeout), which names what.
 func (o *Observer[X]) WaitFor(ctx context.Context, timeout time.Duration, what string, cond func() (ok bool, why string)) error {
+	return o.WaitForEvery(ctx, timeout, 0, what, cond)
+}
+
+// WaitForEvery is WaitFor for a condition that also reads what the observer
+// does not see (files, say): it evaluates cond every interval as well as
+// after every change (interval 0: after changes only). A condition that
+// became true through such a read, with no change of the cluster after it,
+// would otherwise wait until timeout.
+func (o *Observer[X]) WaitForEvery(ctx context.Context, timeout, every time.Duration, what string, cond func() (ok bool, why string)) error {
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var tick <-chan time.Time
+	if every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		o.mu.Lock()
 		ok, why := cond()
@@ -403,6 +418,7 @@ func (o *Observer[X]) WaitFor(ctx context.Context, timeout time.Duration, what s
 		}
 		select {
 		case <-ch:
+		case <-tick:
 		case <-tctx.Done():
 			if ctx.Err() != nil {
 				return ctx.Err()

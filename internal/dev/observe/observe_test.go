@@ -1,7 +1,11 @@
 package observe
 
 import (
+	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -88,5 +92,23 @@ func TestReadyOnlySince(t *testing.T) {
 	o.sliceEvent(slice(), false)
 	if _, ok := o.ReadyOnlySince("10.0.0.2"); ok {
 		t.Error("no endpoints count as the one")
+	}
+}
+
+// WaitFor wakes on changes only: a condition made true by something the
+// observer does not see (a file) is not seen until the next change.
+// WaitForEvery sees it within its interval.
+func TestWaitForEverySeesWhatTheObserverDoesNot(t *testing.T) {
+	o := newObserver()
+	var outside atomic.Bool
+	time.AfterFunc(20*time.Millisecond, func() { outside.Store(true) })
+	cond := func() (bool, string) { return outside.Load(), "not yet" }
+	if err := o.WaitFor(context.Background(), 200*time.Millisecond, "outside", cond); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("WaitFor with no change: %v, want a timeout", err)
+	}
+	outside.Store(false)
+	time.AfterFunc(20*time.Millisecond, func() { outside.Store(true) })
+	if err := o.WaitForEvery(context.Background(), 5*time.Second, 10*time.Millisecond, "outside", cond); err != nil {
+		t.Fatalf("WaitForEvery: %v", err)
 	}
 }
