@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# Three images from one build, both static binaries on distroless, non-root:
+# Without Docker, `make images` builds the same three images (the binary
+# alone, no distroless base) as an OCI layout and docker-archives
+# (cmd/hapod-images). With Docker, three images from one build, static
+# binaries on distroless, non-root:
 #   docker build --target hapod-controller -t ghcr.io/hapod/hapod-controller:latest .
 #   docker build --target hapod-demo       -t ghcr.io/hapod/hapod-demo:latest .
 #   docker build --target hapod-agent      -t ghcr.io/hapod/hapod-agent:latest .

@@ -4,7 +4,7 @@ GO ?= go
 export GOTOOLCHAIN := local
 GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all help build unit test lint fuzz demo bench bench-real soak chaos cluster cluster-down cluster-env
+.PHONY: all help build images unit test lint fuzz demo bench bench-real soak chaos cluster cluster-down cluster-env
 
 all: build
 
@@ -13,6 +13,10 @@ help: ## list the targets
 
 build: ## build the binaries in cmd/ into bin/
 	$(GO) build -o bin/ ./cmd/...
+
+# IMAGES_FLAGS: -arch amd64 (one architecture), -version v0.1.0, -repo registry/prefix.
+images: ## controller, demo and agent images without Docker: OCI layout bin/images/oci and docker-archives (amd64+arm64; ~4 min cold, ~30 s warm)
+	$(GO) run ./cmd/hapod-images $(IMAGES_FLAGS)
 
 unit: ## fast tests, no cluster (go test -short): under a minute warm
 	$(GO) test -short -count=1 ./...

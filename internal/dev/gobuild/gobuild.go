@@ -18,15 +18,15 @@ import (
 // after its package's directory, without -race: they are the programs under
 // study, not the code under test.
 func Build(ctx context.Context, dir, outDir string, pkgs ...string) error {
-	return build(ctx, dir, outDir, nil, pkgs...)
+	return build(ctx, dir, outDir, nil, nil, pkgs...)
 }
 
-func build(ctx context.Context, dir, outDir string, env []string, pkgs ...string) error {
+func build(ctx context.Context, dir, outDir string, env, flags []string, pkgs ...string) error {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		return errors.New("the go command is not in PATH")
 	}
-	args := append([]string{"build", "-o", outDir + string(filepath.Separator)}, pkgs...)
+	args := append(append([]string{"build", "-o", outDir + string(filepath.Separator)}, flags...), pkgs...)
 	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = dir
 	if env != nil {
@@ -43,5 +43,13 @@ func build(ctx context.Context, dir, outDir string, env []string, pkgs ...string
 // Static is Build with cgo off, so the binaries are static and run in a
 // container image that holds nothing else (the real nodes' images).
 func Static(ctx context.Context, dir, outDir string, pkgs ...string) error {
-	return build(ctx, dir, outDir, []string{"CGO_ENABLED=0"}, pkgs...)
+	return build(ctx, dir, outDir, []string{"CGO_ENABLED=0"}, nil, pkgs...)
+}
+
+// Release is Static for linux/goarch, built as the Dockerfile builds the
+// published images: no file system paths and no symbol table in the
+// binaries.
+func Release(ctx context.Context, dir, outDir, goarch string, pkgs ...string) error {
+	return build(ctx, dir, outDir, []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=" + goarch},
+		[]string{"-trimpath", "-ldflags=-s -w"}, pkgs...)
 }

@@ -21,46 +21,74 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// Write packs binary as /<its base name>, the image's entrypoint, into an
-// image named ref (e.g. localhost/hapod/demo:dev) and writes it to path as a
-// docker-archive tarball. The layer's timestamps are fixed, so the same
-// binary gives the same image digest.
-func Write(path, ref, binary string) error {
-	tag, err := name.NewTag(ref)
+// Image is one image to pack: a static binary as /<its base name>, the
+// entrypoint, and nothing else (no shell, no libc, no CA bundle: the
+// binaries need none).
+type Image struct {
+	Binary string
+	// Arch is the binary's GOARCH ("" is this machine's).
+	Arch string
+	// Ports are documented as exposed ("8080/tcp", "7477/udp").
+	Ports []string
+	// Labels go into the image config (org.opencontainers.image.*).
+	Labels map[string]string
+}
+
+// Build packs im. The layer's timestamps are fixed and the config carries
+// no creation time, so the same binary gives the same image digest.
+func Build(im Image) (v1.Image, error) {
+	data, err := os.ReadFile(im.Binary)
 	if err != nil {
-		return fmt.Errorf("image name %q: %w", ref, err)
+		return nil, err
 	}
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		return err
-	}
-	base := filepath.Base(binary)
+	base := filepath.Base(im.Binary)
 	layerTar, err := oneFileTar(base, data)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	img, err := mutate.AppendLayers(empty.Image, layer)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cf = cf.DeepCopy()
 	// ctr imports only images of the machine's platform unless told otherwise.
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.OS, cf.Architecture = "linux", im.Arch
+	if cf.Architecture == "" {
+		cf.Architecture = runtime.GOARCH
+	}
 	// A numeric non-root user, as the Dockerfile's distroless images have: a
 	// pod with runAsNonRoot (deploy/example) refuses an image that runs as
 	// root, and the kubelet can check only a numeric one.
-	cf.Config = v1.Config{Entrypoint: []string{"/" + base}, User: "65532:65532"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
+	cf.Config = v1.Config{Entrypoint: []string{"/" + base}, User: "65532:65532", Labels: im.Labels}
+	if len(im.Ports) > 0 {
+		cf.Config.ExposedPorts = map[string]struct{}{}
+		for _, p := range im.Ports {
+			cf.Config.ExposedPorts[p] = struct{}{}
+		}
+	}
+	return mutate.ConfigFile(img, cf)
+}
+
+// Write packs binary (for this machine) into an image named ref (e.g.
+// localhost/hapod/demo:dev) and writes it to path as a docker-archive
+// tarball, which `ctr images import` and `docker load` take.
+func Write(path, ref, binary string) error {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return fmt.Errorf("image name %q: %w", ref, err)
+	}
+	img, err := Build(Image{Binary: binary})
+	if err != nil {
 		return err
 	}
 	return tarball.WriteToFile(path, tag, img)
