@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
@@ -24,8 +25,8 @@ func TestExamplePlainInvariants(t *testing.T) {
 	if a[role.RoleMessagesAnnotation] != "plain" {
 		t.Fatalf("pod template annotation %s=%q, want plain", role.RoleMessagesAnnotation, a[role.RoleMessagesAnnotation])
 	}
-	plainPort, err := strconv.ParseUint(a[role.PlainPortAnnotation], 10, 16)
-	if err != nil || plainPort == 0 {
+	plainPort, ok := plainPort(rs)
+	if !ok || plainPort == 0 {
 		t.Errorf("%s=%q, want a UDP port", role.PlainPortAnnotation, a[role.PlainPortAnnotation])
 	}
 	if a[role.PlainPayloadAnnotation] == "" {
@@ -46,7 +47,7 @@ func TestExamplePlainInvariants(t *testing.T) {
 	if rp := app.RestartPolicy; rp == nil || *rp != corev1.ContainerRestartPolicyNever || election.RestartsInPlace(spec, app) {
 		t.Errorf("container %s: restartPolicy %q, want Never", app.Name, ptr.Deref(rp, ""))
 	}
-	if p := port(*app, "role"); p == nil || uint64(p.ContainerPort) != plainPort || p.Protocol != corev1.ProtocolUDP {
+	if p := port(*app, "role"); p == nil || int(p.ContainerPort) != plainPort || p.Protocol != corev1.ProtocolUDP {
 		t.Errorf("container %s: port role %+v, want %d/UDP (%s)", app.Name, p, plainPort, role.PlainPortAnnotation)
 	}
 	if rp := app.ReadinessProbe; rp == nil {
@@ -56,4 +57,15 @@ func TestExamplePlainInvariants(t *testing.T) {
 	if resolvePort(*app, svc.Spec.Ports[0].TargetPort) != 8080 {
 		t.Errorf("Service ports %+v, want 80 -> 8080 in the app", svc.Spec.Ports)
 	}
+}
+
+// plainPort is the pod template's plain-mode port, if it is in plain mode
+// (hapod.io/role-messages: plain) with a valid hapod.io/plain-port.
+func plainPort(rs *appsv1.ReplicaSet) (int, bool) {
+	a := rs.Spec.Template.Annotations
+	if a[role.RoleMessagesAnnotation] != "plain" {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(a[role.PlainPortAnnotation], 10, 16)
+	return int(n), err == nil
 }

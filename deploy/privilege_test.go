@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -204,11 +203,7 @@ func networkPolicyInvariants(t *testing.T, dir string) {
 	// The port the controller sends to: the role protocol's, or in plain
 	// mode the app's own (any datagram there means "become active").
 	rolePortNum := cfg.RolePort
-	if rs.Spec.Template.Annotations[role.RoleMessagesAnnotation] == "plain" {
-		n, err := strconv.Atoi(rs.Spec.Template.Annotations[role.PlainPortAnnotation])
-		if err != nil {
-			t.Fatalf("%s: %v", role.PlainPortAnnotation, err)
-		}
+	if n, ok := plainPort(rs); ok {
 		rolePortNum = n
 	}
 

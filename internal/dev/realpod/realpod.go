@@ -195,10 +195,17 @@ func RecordsDir(name string) (string, error) {
 		return "", errors.New("realpod: not inside a real-node network namespace")
 	}
 	dir := filepath.Join(netns.StateDir(ns), "records", name)
+	return dir, MakeRecordsDir(dir)
+}
+
+// MakeRecordsDir makes dir (and its parents) writable by any container
+// user: the apps write their records as whatever user their image runs as.
+func MakeRecordsDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return "", err
+		return err
 	}
-	return dir, os.Chmod(dir, 0o777)
+	// Chmod as well: MkdirAll's mode is cut by the umask.
+	return os.Chmod(dir, 0o777)
 }
 
 // Records reads every app's role records in dir, in the order each app

@@ -126,10 +126,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	// The file group's records have a directory of their own: each group
 	// is checked for two actives apart (one of each is expected).
 	fileRecords := filepath.Join(o.Records, fileGroup)
-	if err := os.MkdirAll(fileRecords, 0o777); err != nil {
-		return res, err
-	}
-	if err := os.Chmod(fileRecords, 0o777); err != nil {
+	if err := realpod.MakeRecordsDir(fileRecords); err != nil {
 		return res, err
 	}
 	r.file = &group{plan: fileAppPlan(o.Namespace, fileRecords, r.cfg), records: fileRecords, killed: map[string][]time.Time{}}
