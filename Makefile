@@ -3,8 +3,10 @@
 GO ?= go
 export GOTOOLCHAIN := local
 GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
+# CONTROLLER_GEN writes the HAGroup CRD and deepcopy; api/v1alpha1's test runs it too.
+CONTROLLER_GEN := sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0
 
-.PHONY: all help build images unit test lint fuzz demo bench bench-real soak chaos cluster cluster-down cluster-env
+.PHONY: all help build generate images unit test lint fuzz demo bench bench-real soak chaos cluster cluster-down cluster-env
 
 all: build
 
@@ -13,6 +15,10 @@ help: ## list the targets
 
 build: ## build the binaries in cmd/ into bin/
 	$(GO) build -o bin/ ./cmd/...
+
+generate: ## the HAGroup CRD (deploy/crd) and deepcopy from api/v1alpha1's markers
+	$(GO) run $(CONTROLLER_GEN) object paths=./api/...
+	$(GO) run $(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=deploy/crd
 
 # IMAGES_FLAGS: -arch amd64 (one architecture), -version v0.1.0, -repo registry/prefix.
 images: ## controller, demo and agent images without Docker: OCI layout bin/images/oci and docker-archives (amd64+arm64; ~4 min cold, ~30 s warm)

@@ -41,7 +41,7 @@ import (
 func TestMain(m *testing.M) { clustertest.Main(m, bintest.Cleanup) }
 
 // kustomizations are the directories under deploy/ that kubectl apply -k takes.
-var kustomizations = []string{"controller", "namespaced", "example", "example-agent", "example-plain", "default"}
+var kustomizations = []string{"crd", "controller", "namespaced", "example", "example-agent", "example-plain", "default"}
 
 // installs are the kustomizations that install the controller: cluster-wide
 // and namespace-scoped.
