@@ -131,6 +131,12 @@ type HAGroupStatus struct {
 	// LastFailover is the group's most recent promotion.
 	// +optional
 	LastFailover *FailoverStatus `json:"lastFailover,omitempty"`
+	// History is the group's last promotions, newest first, at most
+	// HistoryLength (kubectl hapod history).
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=10
+	History []FailoverStatus `json:"history,omitempty"`
 	// Switchover reports the last planned switchover request handled.
 	// +optional
 	Switchover *SwitchoverStatus `json:"switchover,omitempty"`
@@ -185,6 +191,9 @@ type FailoverStatus struct {
 	// +optional
 	Replacement string `json:"replacement,omitempty"`
 }
+
+// HistoryLength is how many promotions status.history keeps.
+const HistoryLength = 10
 
 // SwitchoverPhase is where a planned switchover is.
 type SwitchoverPhase string

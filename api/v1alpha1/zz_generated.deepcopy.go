@@ -142,6 +142,13 @@ func (in *HAGroupStatus) DeepCopyInto(out *HAGroupStatus) {
 		*out = new(FailoverStatus)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.History != nil {
+		in, out := &in.History, &out.History
+		*out = make([]FailoverStatus, len(*in))
+		for i := range *in {
+			(*in)[i].DeepCopyInto(&(*out)[i])
+		}
+	}
 	if in.Switchover != nil {
 		in, out := &in.Switchover, &out.Switchover
 		*out = new(SwitchoverStatus)
