@@ -344,6 +344,7 @@ func TestControllerInvariants(t *testing.T) {
 		"events.k8s.io/events create", "events.k8s.io/events patch",
 		"coordination.k8s.io/leases get", "coordination.k8s.io/leases create", "coordination.k8s.io/leases update",
 		"/nodes get", "/nodes list", "/nodes watch",
+		"hapod.io/hagroups get", "hapod.io/hagroups list", "hapod.io/hagroups watch", "hapod.io/hagroups/status update",
 	})
 	role := only[*rbacv1.Role](t, objs)
 	checkRules(t, "Role "+role.Name, role.Rules, []string{

@@ -69,6 +69,7 @@ func TestNamespacedInvariants(t *testing.T) {
 		"events.k8s.io/events create", "events.k8s.io/events patch",
 		"coordination.k8s.io/leases get " + groupLease, "coordination.k8s.io/leases update " + groupLease,
 		"coordination.k8s.io/leases create",
+		"hapod.io/hagroups get", "hapod.io/hagroups list", "hapod.io/hagroups watch", "hapod.io/hagroups/status update",
 	})
 	bound := false
 	for _, rb := range all[*rbacv1.RoleBinding](objs) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hapod/hapod/internal/dev/crdinstall"
 	"github.com/hapod/hapod/internal/dev/gobuild"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/netns"
@@ -95,6 +96,7 @@ func runReal(ctx context.Context, root string, f flags, say func(string, ...any)
 	res, err := realtour.Run(ctx, realtour.Options{
 		Kubeconfig:    cl.Kubeconfig(),
 		ExampleDir:    filepath.Join(root, "deploy", "example"),
+		CRDFile:       crdinstall.Path(root),
 		ControllerBin: filepath.Join(binDir, "hapod-controller"),
 		LogDir:        logDir,
 		Records:       records,

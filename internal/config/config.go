@@ -51,6 +51,10 @@ type Config struct {
 	// WatchNodes enables failover when the active's node goes NotReady
 	// (needs RBAC on nodes).
 	WatchNodes bool
+	// HAGroups: read HAGroup objects (api/v1alpha1) for the groups' policies
+	// and write their status. The controller turns it off when the CRD is
+	// not installed.
+	HAGroups bool
 	// Workers is how many groups are reconciled at once.
 	Workers int
 	// LeasePrefix names the per-group Lease that keeps the epoch.
@@ -97,6 +101,7 @@ func Default() Config {
 		NotifyDeadline: 3 * time.Second,
 		NotifyRetry:    5 * time.Second,
 		WatchNodes:     true,
+		HAGroups:       true,
 		Workers:        32,
 		LeasePrefix:    "hapod-",
 		ResyncPeriod:   10 * time.Minute,
@@ -146,6 +151,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 		}
 		return nil
 	})
+	fs.BoolVar(&c.HAGroups, "hagroups", c.HAGroups, "use HAGroup objects (hapod.io/v1alpha1) when the CRD is installed: their spec's policies, their status (needs hagroups get/list/watch and hagroups/status update)")
 	fs.BoolVar(&c.WatchNodes, "watch-nodes", c.WatchNodes, "fail over when the active's node is NotReady (needs nodes get/list/watch)")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "groups reconciled concurrently")
 	fs.StringVar(&c.LeasePrefix, "lease-prefix", c.LeasePrefix, "name prefix of the per-group Lease that stores the epoch")

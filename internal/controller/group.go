@@ -8,6 +8,9 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+
+	"github.com/hapod/hapod/api/v1alpha1"
+	"github.com/hapod/hapod/internal/election"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -55,6 +58,26 @@ type groupState struct {
 	pending *pending
 	// stuckAt is the epoch whose stuck switch was last reported.
 	stuckAt uint64
+	// switchover is the HAGroup's last switchover request, as carried out
+	// (hagroup.go).
+	switchover *v1alpha1.SwitchoverStatus
+	// switchoverID is the request the switch under way carries out, written
+	// with the new active's label (role.SwitchoverAnnotation).
+	switchoverID string
+	// podsAtSwitch are the pods present at the last promotion, for the
+	// status's replacement (hagroup.go).
+	podsAtSwitch []string
+	// plannedMove is a switchover (or a move off a cordoned node) that the
+	// lease gate held back until the old active acks standby.
+	plannedMove *plannedMove
+}
+
+type plannedMove struct {
+	from   string // the old active's UID
+	reason election.Fault
+	// at is when the gate told the old active standby: the start of the
+	// switchover's gap (a live app acks within a millisecond).
+	at time.Time
 }
 
 type pending struct {

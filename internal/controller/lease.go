@@ -769,6 +769,9 @@ func (r *Reconciler) gateLease(ctx context.Context, req reconcile.Request, g *gr
 		}
 	}
 	for _, uid := range r.leases.sweep(req.NamespacedName, present, active, now) {
+		if g.plannedMove != nil && string(uid) == g.plannedMove.from {
+			continue // told standby for a planned move: not a lapse to warn of
+		}
 		if m := byUID[string(uid)]; m != nil {
 			r.Recorder.Eventf(m.pod, nil, corev1.EventTypeWarning, ReasonLeaseLapsed, "Failover",
 				"the app stopped acking its role lease (renewed every %s, TTL %s) until it had certainly lapsed; failing over",

@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/hapod/hapod/api/v1alpha1"
 	"github.com/hapod/hapod/internal/config"
 )
 
@@ -21,6 +22,9 @@ import (
 func ManagerOptions(cfg config.Config) (ctrl.Options, error) {
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return ctrl.Options{}, err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return ctrl.Options{}, err
 	}
 	sel, err := cfg.PodSelector()

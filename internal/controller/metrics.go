@@ -10,6 +10,8 @@ type Metrics struct {
 	NoStandby         prometheus.Counter
 	Notifications     *prometheus.CounterVec
 	Demotions         prometheus.Counter
+	// StatusWrites counts HAGroup status writes (hagroup.go).
+	StatusWrites prometheus.Counter
 	// The role lease (lease.go).
 	LeaseRenewals *prometheus.CounterVec
 	LeaseLapses   *prometheus.CounterVec
@@ -48,10 +50,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hapod_demotions_total",
 			Help: "Pods whose active label was removed.",
 		}),
+		StatusWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapod_status_writes_total",
+			Help: "HAGroup status writes (coalesced, after the switch).",
+		}),
 	}
 	m.addLease()
 	if reg != nil {
-		reg.MustRegister(m.Promotions, m.FailoverSeconds, m.CriticalDeletions, m.NoStandby, m.Notifications, m.Demotions,
+		reg.MustRegister(m.Promotions, m.FailoverSeconds, m.CriticalDeletions, m.NoStandby, m.Notifications, m.Demotions, m.StatusWrites,
 			m.LeaseRenewals, m.LeaseLapses, m.LeaseWait, m.LeasesRenewed)
 	}
 	return m

@@ -26,6 +26,11 @@ type promotion struct {
 
 	labelled  time.Time
 	labelDone chan struct{} // closed once the label write ended
+
+	// fenced is when every old active was fenced (acked standby, or known
+	// unable to act): the start of a switchover's gap.
+	fenced       time.Time
+	switchoverID string
 }
 
 func newPromotion(trigger time.Time, reason election.Fault, replaced string) *promotion {
@@ -185,6 +190,8 @@ func (r *Reconciler) startNotify(ctx context.Context, req reconcile.Request, g *
 		log := logf.FromContext(ctx).WithValues("pod", pod.Name, "role", role, "epoch", epoch)
 		if promo != nil {
 			r.reportPromotion(ctx, pod, role, epoch, promo, res, acked)
+			r.status.promoted(types.NamespacedName{Namespace: pod.Namespace, Name: GroupOf(pod, r.Config.GroupLabel)},
+				failoverStatus(pod.Name, epoch, promo, res, acked, promo.labelledAt(ctx), result), promo.switchoverID, switchoverGap(promo, res, acked))
 			if r.OnPromotion != nil {
 				p := record.Record{Kind: record.Promoted, Group: req.String(), Pod: pod.Name, UID: string(pod.UID),
 					Epoch: epoch, Reason: string(promo.reason), Replaced: promo.replaced,

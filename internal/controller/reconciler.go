@@ -64,6 +64,8 @@ type Reconciler struct {
 	// leases are the active pods' role leases and their renewal loop
 	// (lease.go).
 	leases *leases
+	// status writes HAGroup statuses (hagroup.go).
+	status *statusWriter
 }
 
 // Deps are what a Reconciler talks to. Client, APIReader, Recorder and
@@ -113,6 +115,7 @@ func New(cfg config.Config, d Deps) *Reconciler {
 		},
 		roles: election.Roles{Active: cfg.ActiveValue, Standby: cfg.StandbyValue},
 	}
+	r.status = newStatusWriter(d.Client, d.Leader, d.Now, d.Metrics.StatusWrites.Inc)
 	r.leases = newLeases(cfg, d, func(key types.NamespacedName, at time.Time) {
 		r.seen.note(key, at)
 		r.enqueue(key)
@@ -190,7 +193,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	// First of all, before anything that may fail: pods out of view are
 	// renewed no more (lease.go).
 	r.leases.inView(req.NamespacedName, pods.Items)
+	pol := r.policyOf(r.haGroup(ctx, req.NamespacedName))
 	if len(pods.Items) == 0 {
+		if pol.obj != nil {
+			r.status.set(req.NamespacedName, statusView(pol, g, nil, g.switchover, r.roles.Active))
+		}
 		// Nothing to manage; the Lease stays so the epoch survives.
 		if g.pending != nil {
 			g.pending.promo.finishLabel(time.Time{})
@@ -203,9 +210,17 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, err
 	}
 
-	members, present := r.assess(ctx, pods.Items, g, now)
+	opts := r.opts
+	if pol.notReadyGrace > 0 {
+		opts.NotReadyGrace = pol.notReadyGrace
+	}
+	members, present := r.assess(ctx, pods.Items, g, now, opts)
 	r.confirmPending(g, members, now)
-	in := election.Input{Roles: r.roles, Epoch: g.epoch, Now: now}
+	in := election.Input{Roles: r.roles, Epoch: g.epoch, Now: now, Paused: pol.paused, SwitchoverOnCordon: pol.onCordon}
+	swReq := switchoverRequest(pol.obj, g, activeOf(members, r.roles.Active))
+	if swReq != nil && !pol.paused {
+		in.Switchover = &election.Switchover{To: swReq.To}
+	}
 	for _, m := range members {
 		in.Members = append(in.Members, m.Member)
 		in.Epoch = max(in.Epoch, m.Epoch)
@@ -222,10 +237,34 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	for i := range members {
 		byUID[members[i].UID] = &members[i]
 	}
-	d = r.gateLease(ctx, req, g, d, byUID, present, trigger)
+	asked := d
+	d = keepPlannedReason(g, r.gateLease(ctx, req, g, d, byUID, present, trigger))
+	if planned(asked) && d.Promote == nil {
+		if g.plannedMove == nil || g.plannedMove.from != asked.Demote[0].Member.UID {
+			g.plannedMove = &plannedMove{from: asked.Demote[0].Member.UID, reason: asked.Reason, at: now}
+		}
+	}
+	g.switchoverID = ""
+	if swReq != nil && d.Reason == election.PlannedSwitchover {
+		g.switchoverID = swReq.ID
+	}
 	err := r.apply(ctx, req, g, d, byUID, trigger)
+	if d.Promote != nil && err == nil {
+		g.plannedMove = nil
+		g.podsAtSwitch = g.podsAtSwitch[:0]
+		for _, m := range members {
+			g.podsAtSwitch = append(g.podsAtSwitch, m.Name)
+		}
+	}
 	r.notifyAll(ctx, req, g, d, members)
 	g.forget(present)
+	if swReq != nil {
+		g.switchover = switchoverOutcome(swReq, g.switchover, pol.paused, podName(activeOf(members, r.roles.Active)), asked, d, err)
+	}
+	if pol.obj != nil {
+		// After the switch, and only handed over: the writer coalesces.
+		r.status.set(req.NamespacedName, statusView(pol, g, members, g.switchover, r.roles.Active))
+	}
 	if err == nil && g.epoch >= g.reserved && g.active != "" {
 		// Keep a reserve so that the next failover needs no Lease write.
 		err = r.reserveEpochs(ctx, req, g, g.activeName, g.epoch+epochBlock)
@@ -326,7 +365,7 @@ func (r *Reconciler) epochsExhausted(req reconcile.Request, g *groupState, membe
 
 // assess builds the election view of every pod, overlaying the controller's
 // own recent label writes where the cache has not caught up.
-func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupState, now time.Time) ([]member, map[types.UID]bool) {
+func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupState, now time.Time, opts election.Options) ([]member, map[types.UID]bool) {
 	members := make([]member, 0, len(pods))
 	present := make(map[types.UID]bool, len(pods))
 	for i := range pods {
@@ -339,7 +378,7 @@ func (r *Reconciler) assess(ctx context.Context, pods []corev1.Pod, g *groupStat
 				node = &n
 			}
 		}
-		st := election.Assess(pod, node, now, r.opts)
+		st := election.Assess(pod, node, now, opts)
 		if w := (warning{pod.UID, ReasonUnknownCriticality}); len(st.UnknownCriticality) > 0 && !g.warned[w] {
 			g.warned[w] = true
 			r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonUnknownCriticality, "Assess",
@@ -475,6 +514,10 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	if err := r.fenceOldActives(ctx, req, g, olds); err != nil { // (a)
 		return err
 	}
+	fenced := r.Now() // from here no app holds the role: a switchover's gap
+	if g.plannedMove != nil {
+		fenced = g.plannedMove.at // told standby then, by the lease gate
+	}
 	if b := r.plainBlocker(g, maps.Values(byUID), m); b != nil {
 		r.reportStuck(g, b, epoch, plainStuck, nil)
 		return &retryAfter{after: r.Config.NotifyRetry, err: fmt.Errorf("pod %s: %w", b.Name, errPlainWait)}
@@ -490,6 +533,9 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 		}
 		p = &pending{uid: m.pod.UID, name: m.Name, epoch: epoch, promo: newPromotion(trigger, d.Reason, g.activeName)}
 		g.pending = p
+	}
+	if p.promo.fenced.IsZero() {
+		p.promo.fenced, p.promo.switchoverID = fenced, g.switchoverID
 	}
 	if _, ok := r.Leader.Remaining(); !ok {
 		return errNotLeader
@@ -530,7 +576,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	}
 
 	old := p.promo.replaced
-	if err := r.writeRole(ctx, m.pod, r.roles.Active, epoch); err != nil {
+	if err := r.writeRole(ctx, m.pod, r.roles.Active, epoch, g.switchoverID); err != nil {
 		r.reportStuck(g, m, epoch, "the new active could not be labelled active", err)
 		return fmt.Errorf("promoting %s: %w", m.Name, err)
 	}
@@ -604,7 +650,7 @@ func (r *Reconciler) setStandby(ctx context.Context, g *groupState, ms []*member
 	)
 	for _, m := range ms {
 		wg.Go(func() {
-			err := r.writeRole(ctx, m.pod, r.roles.Standby, 0)
+			err := r.writeRole(ctx, m.pod, r.roles.Standby, 0, "")
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -684,13 +730,17 @@ func (r *Reconciler) writeLease(ctx context.Context, req reconcile.Request, old 
 
 // patchRole sets the role label (and, for a promotion, the epoch). The uid
 // in the patch makes it fail rather than touch a same-named successor.
-func (r *Reconciler) patchRole(ctx context.Context, pod *corev1.Pod, value string, epoch uint64) error {
+func (r *Reconciler) patchRole(ctx context.Context, pod *corev1.Pod, value string, epoch uint64, switchoverID string) error {
 	meta := map[string]any{
 		"uid":    pod.UID,
 		"labels": map[string]string{r.Config.RoleLabel: value},
 	}
 	if epoch > 0 {
-		meta["annotations"] = map[string]string{role.EpochAnnotation: strconv.FormatUint(epoch, 10)}
+		ann := map[string]string{role.EpochAnnotation: strconv.FormatUint(epoch, 10)}
+		if switchoverID != "" {
+			ann[role.SwitchoverAnnotation] = switchoverID
+		}
+		meta["annotations"] = ann
 	}
 	data, err := json.Marshal(map[string]any{"metadata": meta})
 	if err != nil {

@@ -2,11 +2,14 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
+	"github.com/hapod/hapod/api/v1alpha1"
 	"github.com/hapod/hapod/internal/election"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
@@ -40,9 +43,22 @@ func GroupOf(pod *corev1.Pod, groupLabel string) string {
 }
 
 // SetupWithManager wires the reconciler into mgr: field indexes, watches on
-// pods (and nodes) and the controller's worker pool. It changes nothing in
-// the reconciler itself, which New made complete.
+// pods (and nodes, and HAGroups), the status writer and the controller's
+// worker pool. It changes one thing in the reconciler, which New made
+// complete otherwise: HAGroups are turned off when the API server does not
+// serve the CRD, so that a controller installed without it runs as before
+// (installing the CRD later takes a restart).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Config.HAGroups {
+		gk := v1alpha1.GroupVersion.WithKind("HAGroup").GroupKind()
+		if _, err := mgr.GetRESTMapper().RESTMapping(gk, v1alpha1.GroupVersion.Version); err != nil {
+			if !meta.IsNoMatchError(err) {
+				return fmt.Errorf("looking up the HAGroup CRD: %w", err)
+			}
+			mgr.GetLogger().Info("HAGroup CRD not installed; groups are managed from the flags alone", "crd", "hagroups.hapod.io")
+			r.Config.HAGroups = false
+		}
+	}
 	ctx := context.Background() // index functions ignore it; the manager owns the cache's lifetime
 	idx := mgr.GetFieldIndexer()
 	if err := idx.IndexField(ctx, &corev1.Pod{}, groupIndex, func(o client.Object) []string {
@@ -63,6 +79,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.Add(r.leases); err != nil {
 		return err
 	}
+	if r.Config.HAGroups {
+		if err := mgr.Add(r.status); err != nil {
+			return err
+		}
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("hapod").
 		WithOptions(controller.Options{
@@ -79,7 +100,14 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}))
 	if r.Config.WatchNodes {
 		b = b.Watches(&corev1.Node{}, seenHandler{r: r, groups: r.nodeToGroups},
-			builder.WithPredicates(nodeReadyChanged()))
+			builder.WithPredicates(nodeChanged()))
+	}
+	if r.Config.HAGroups {
+		// A spec change (pause, a switchover request) is acted on at
+		// once; the controller's own status writes are not spec changes.
+		b = b.Watches(&v1alpha1.HAGroup{}, seenHandler{r: r, groups: func(_ context.Context, o client.Object) []reconcile.Request {
+			return []reconcile.Request{{NamespacedName: client.ObjectKeyFromObject(o)}}
+		}}, builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	}
 	return b.Complete(r)
 }
@@ -167,14 +195,16 @@ func (r *Reconciler) nodeToGroups(ctx context.Context, o client.Object) []reconc
 	return reqs
 }
 
-// nodeReadyChanged passes node events whose Ready condition changed;
-// heartbeats, which update nodes all the time, are dropped.
-func nodeReadyChanged() predicate.Predicate {
+// nodeChanged passes node events whose Ready condition or
+// schedulability (a cordon, a drain) changed; heartbeats, which update
+// nodes all the time, are dropped.
+func nodeChanged() predicate.Predicate {
 	return predicate.Funcs{
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			o, ok1 := e.ObjectOld.(*corev1.Node)
 			n, ok2 := e.ObjectNew.(*corev1.Node)
-			return !ok1 || !ok2 || election.NodeReadyStatus(o) != election.NodeReadyStatus(n)
+			return !ok1 || !ok2 || election.NodeReadyStatus(o) != election.NodeReadyStatus(n) ||
+				o.Spec.Unschedulable != n.Spec.Unschedulable
 		},
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}

@@ -198,8 +198,8 @@ func (e *retryAfter) Unwrap() error { return e.err }
 // writeRole patches a pod's role (and, for a promotion, its epoch). When
 // the patch fails in a way that may have committed it anyway, the pod is
 // read back from the API (uncached) to find out, instead of guessing.
-func (r *Reconciler) writeRole(ctx context.Context, pod *corev1.Pod, value string, epoch uint64) error {
-	err := r.patchRole(ctx, pod, value, epoch)
+func (r *Reconciler) writeRole(ctx context.Context, pod *corev1.Pod, value string, epoch uint64, switchoverID string) error {
+	err := r.patchRole(ctx, pod, value, epoch, switchoverID)
 	if err == nil || errors.Is(err, errNotLeader) || !ambiguous(err) {
 		return err
 	}

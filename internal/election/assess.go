@@ -21,6 +21,10 @@ const (
 	CriticalDied    Fault = "CriticalContainerDied"
 	NodeNotReady    Fault = "NodeNotReady"
 	NotReadyTooLong Fault = "NotReadyTimeout"
+	// Evicting: the pod carries the DisruptionTarget condition (an
+	// eviction, a preemption, a taint's NoExecute): it is about to be
+	// deleted, and an active is moved off it while its app still runs.
+	Evicting Fault = "PodEvicting"
 	// Gone is never returned by Assess: the controller uses it for an active
 	// pod that vanished from the API before any other fault was seen.
 	Gone Fault = "PodDeleted"
@@ -76,7 +80,11 @@ type Status struct {
 	// container died and runs again, so it can still serve: Decide keeps
 	// one such pod rather than leave the group with nothing warm.
 	Warm  bool
-	Death *ContainerDeath
+	// Cordoned: the pod's node is unschedulable (cordoned or being
+	// drained). Such a pod is still eligible, but taken last, and an
+	// active on it may be moved (Input.SwitchoverOnCordon).
+	Cordoned bool
+	Death    *ContainerDeath
 	// ReadyDeadline is when a pod that is not Ready now will count as
 	// failed (zero when the pod is Ready or already faulty).
 	ReadyDeadline time.Time
@@ -129,6 +137,8 @@ func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Sta
 		s.Fault = CriticalDied
 	case nodeIsDown:
 		s.Fault = NodeNotReady
+	case disruptionTarget(pod):
+		s.Fault = Evicting
 	case !ready && !readySince.IsZero():
 		// Ready was seen to turn false at readySince: the pod had been up.
 		deadline := readySince.Add(opts.NotReadyGrace)
@@ -141,7 +151,20 @@ func Assess(pod *corev1.Pod, node *corev1.Node, now time.Time, opts Options) Sta
 	serving := ready && pod.Status.Phase == corev1.PodRunning && criticalRunning(pod, cr.critical)
 	s.Eligible = s.Fault == NoFault && serving
 	s.Warm = s.Fault == CriticalDied && !nodeIsDown && serving
+	s.Cordoned = node != nil && node.Spec.Unschedulable
 	return s
+}
+
+// disruptionTarget reports the DisruptionTarget condition, which the API
+// server (an eviction), the scheduler (a preemption) or the taint manager
+// set just before they delete the pod.
+func disruptionTarget(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
 }
 
 // criticality sorts a pod's containers by what their marker says.

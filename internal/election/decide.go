@@ -32,6 +32,21 @@ type Input struct {
 	// Epoch is the group's current epoch (the highest ever handed out).
 	Epoch uint64
 	Now   time.Time
+	// Paused: no automatic failover (an HAGroup's spec.paused). The best
+	// active is kept whatever its faults; duplicates are still demoted, so
+	// pausing never allows two actives; nobody is promoted or deleted.
+	Paused bool
+	// Switchover asks to move the role off the kept active, planned.
+	Switchover *Switchover
+	// SwitchoverOnCordon moves the kept active off a cordoned node when a
+	// pod on a schedulable node is eligible.
+	SwitchoverOnCordon bool
+}
+
+// Switchover is a planned switchover request.
+type Switchover struct {
+	// To names the pod to promote; empty means the best eligible pod.
+	To string
 }
 
 // Demotion is an active pod that must lose the active role.
@@ -70,8 +85,15 @@ type Decision struct {
 	RequeueAfter time.Duration
 }
 
-// Initial is the promotion reason when a group had no active pod.
-const Initial Fault = "Initial"
+// Promotion reasons that are not faults of the old active.
+const (
+	// Initial: the group had no active pod.
+	Initial Fault = "Initial"
+	// PlannedSwitchover: asked for (Input.Switchover).
+	PlannedSwitchover Fault = "PlannedSwitchover"
+	// NodeCordoned: the active's node was cordoned (Input.SwitchoverOnCordon).
+	NodeCordoned Fault = "NodeCordoned"
+)
 
 // Decide applies hapod's rules to one group:
 //   - at most one active: among the healthy actives keep the highest epoch,
@@ -82,8 +104,11 @@ const Initial Fault = "Initial"
 //     and runs again) stays or becomes active: see lastWarm;
 //   - pods without a role become standby; pods whose critical container
 //     died are deleted, except the one lastWarm keeps.
+//
+// A planned switchover (or a cordon) moves the role from a healthy kept
+// active to another eligible pod: the kept active is demoted with that
+// reason and the target promoted, the same switch as a failover.
 func Decide(in Input) Decision {
-	var d Decision
 	members := slices.Clone(in.Members)
 	slices.SortFunc(members, byAge)
 
@@ -102,6 +127,10 @@ func Decide(in Input) Decision {
 		}
 		return byAge(a, b)
 	})
+	if in.Paused {
+		return decidePaused(in, members, actives)
+	}
+	var d Decision
 	reason := Initial
 	for _, a := range actives {
 		switch {
@@ -118,13 +147,16 @@ func Decide(in Input) Decision {
 		}
 	}
 
-	if d.Keep == nil {
-		for _, m := range members {
-			if m.Status.Eligible {
-				p := m
-				d.Promote, d.Epoch, d.Reason = &p, in.Epoch+1, reason
-				break
-			}
+	if d.Keep != nil {
+		if t, why := moveTarget(in, *d.Keep, members); t != nil {
+			d.Demote = append(d.Demote, Demotion{Member: *d.Keep, Reason: why})
+			d.Keep, d.Promote, d.Epoch, d.Reason = nil, t, in.Epoch+1, why
+		}
+	}
+	if d.Keep == nil && d.Promote == nil {
+		d.Promote = best(members, "")
+		if d.Promote != nil {
+			d.Epoch, d.Reason = in.Epoch+1, reason
 		}
 		if d.Promote == nil {
 			if w := lastWarm(actives, members); w != nil && w.Role == in.Roles.Active {
@@ -135,7 +167,7 @@ func Decide(in Input) Decision {
 			}
 		}
 		d.NoCandidate = d.Keep == nil && d.Promote == nil
-	} else if !d.Keep.Status.ReadyDeadline.IsZero() {
+	} else if d.Keep != nil && !d.Keep.Status.ReadyDeadline.IsZero() {
 		d.RequeueAfter = max(d.Keep.Status.ReadyDeadline.Sub(in.Now), time.Millisecond)
 	}
 
@@ -148,6 +180,76 @@ func Decide(in Input) Decision {
 			d.LabelStandby = append(d.LabelStandby, m)
 		}
 	}
+	return d
+}
+
+// best is the pod to promote: the earliest-created eligible one other
+// than except, on a schedulable node if any is (a cordoned node is about
+// to be drained).
+func best(members []Member, except string) *Member {
+	var fallback *Member
+	for _, m := range members {
+		if !m.Status.Eligible || m.UID == except {
+			continue
+		}
+		p := m
+		if !m.Status.Cordoned {
+			return &p
+		}
+		if fallback == nil {
+			fallback = &p
+		}
+	}
+	return fallback
+}
+
+// moveTarget is the pod a healthy kept active hands the role to, and why:
+// the pod a switchover names (if eligible), else the best eligible pod on
+// a schedulable node; nil when the active stays.
+func moveTarget(in Input, keep Member, members []Member) (*Member, Fault) {
+	switch {
+	case in.Switchover != nil && in.Switchover.To != "":
+		if in.Switchover.To == keep.Name {
+			return nil, ""
+		}
+		for _, m := range members {
+			if m.Name == in.Switchover.To && m.Status.Eligible {
+				p := m
+				return &p, PlannedSwitchover
+			}
+		}
+		return nil, ""
+	case in.Switchover != nil:
+		return best(members, keep.UID), PlannedSwitchover
+	case in.SwitchoverOnCordon && keep.Status.Cordoned:
+		if t := best(members, keep.UID); t != nil && !t.Status.Cordoned {
+			return t, NodeCordoned
+		}
+	}
+	return nil, ""
+}
+
+// decidePaused keeps the group as it is: the best active by epoch stays
+// whatever its faults (no failover), every other active is demoted (never
+// two), and pods without a role are labelled standby. Nothing is promoted
+// or deleted.
+func decidePaused(in Input, members, actives []Member) Decision {
+	var d Decision
+	for i, a := range actives {
+		if i == 0 {
+			keep := a
+			d.Keep = &keep
+			continue
+		}
+		d.Demote = append(d.Demote, Demotion{Member: a, Reason: a.Status.Fault})
+	}
+	for _, m := range members {
+		if m.Role != in.Roles.Active && m.Role != in.Roles.Standby && m.Status.Fault != Deleting {
+			d.LabelStandby = append(d.LabelStandby, m)
+		}
+	}
+	// NoCandidate stays false: a paused group promotes nobody, so the
+	// "next Ready pod will be promoted" warning would be wrong.
 	return d
 }
 

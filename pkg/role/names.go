@@ -17,6 +17,11 @@ const (
 	// an application can read it through the downward API to tag what it
 	// writes downstream.
 	EpochAnnotation = "hapod.io/epoch"
+	// SwitchoverAnnotation on a pod records the HAGroup switchover request
+	// (its spec.switchover.id) the pod was promoted for, written with its
+	// label, so that a controller restarted before the status write does
+	// not carry the request out twice.
+	SwitchoverAnnotation = "hapod.io/switchover"
 	// GroupLabel on an epoch Lease names the group whose epoch it keeps.
 	GroupLabel = "hapod.io/group"
 

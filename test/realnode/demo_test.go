@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/crdinstall"
 	"github.com/hapod/hapod/internal/dev/localcluster"
 	"github.com/hapod/hapod/internal/dev/realpod"
 	"github.com/hapod/hapod/internal/dev/realtour"
@@ -32,6 +33,7 @@ func TestDemoOnRealNodes(t *testing.T) {
 	res, err := realtour.Run(t.Context(), realtour.Options{
 		Kubeconfig:    kc,
 		ExampleDir:    filepath.Join(root, "deploy", "example"),
+		CRDFile:       crdinstall.Path(root),
 		ControllerBin: filepath.Join(binDir, "hapod-controller"),
 		LogDir:        t.TempDir(),
 		Records:       records,

@@ -14,7 +14,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/hapod/hapod/internal/config"
 	"github.com/hapod/hapod/internal/controller"
@@ -38,6 +40,9 @@ type Options struct {
 	Kubeconfig string
 	// ExampleDir holds the example's manifests (deploy/example; required).
 	ExampleDir string
+	// CRDFile is the HAGroup CRD (crdinstall.Path): the tour installs it,
+	// gives each group an HAGroup and plays a planned switchover.
+	CRDFile string
 	// ControllerBin is the built hapod-controller (required).
 	ControllerBin string
 	// LogDir receives the controller's log, its records and nft's output
@@ -63,6 +68,8 @@ type Options struct {
 type run struct {
 	o    Options
 	cs   kubernetes.Interface
+	rc   *rest.Config
+	hg   client.Client // HAGroups (hagroup.go)
 	cfg  config.Config
 	nft  *nftwatch.Watch
 	ctrl *ctrlproc.Controller
@@ -97,8 +104,8 @@ func (r *run) say(format string, args ...any) { fmt.Fprintf(r.o.Out, "• "+form
 // tour could not be set up (or was interrupted). Whatever it started is
 // stopped and its namespace deleted before it returns.
 func Run(ctx context.Context, o Options) (res *Result, err error) {
-	if o.Kubeconfig == "" || o.ExampleDir == "" || o.ControllerBin == "" || o.LogDir == "" || o.Records == "" {
-		return nil, errors.New("realtour: Kubeconfig, ExampleDir, ControllerBin, LogDir and Records are required")
+	if o.Kubeconfig == "" || o.ExampleDir == "" || o.CRDFile == "" || o.ControllerBin == "" || o.LogDir == "" || o.Records == "" {
+		return nil, errors.New("realtour: Kubeconfig, ExampleDir, CRDFile, ControllerBin, LogDir and Records are required")
 	}
 	if o.Namespace == "" {
 		o.Namespace = tour.DefaultNamespace
@@ -139,6 +146,10 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	rc.QPS, rc.Burst, rc.UserAgent = 100, 200, FieldManager
 	if r.cs, err = kubernetes.NewForConfig(rc); err != nil {
+		return res, err
+	}
+	r.rc = rc
+	if r.hg, err = hagroupClient(rc); err != nil {
 		return res, err
 	}
 	defer func() {
@@ -189,6 +200,9 @@ func (r *run) setUp(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+	}
+	if err := r.haGroups(ctx); err != nil {
+		return err
 	}
 	var err error
 	if r.nft, err = nftwatch.Start(ctx); err != nil {

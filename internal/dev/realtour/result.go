@@ -43,6 +43,9 @@ type Scene struct {
 	// Service at it, and the first request through the ClusterIP it
 	// answered.
 	TerminatedMs, AppMs, LabelMs, SliceMs, RuleMs, AnswerMs float64
+	// GapMs, for a planned switchover: from the old app's record of
+	// standby to the new one's of active, the time no app held the role.
+	GapMs float64
 	// Failed counts the requests through the ClusterIP that got no 200 in
 	// the scene; Requests all of them.
 	Failed, Requests int
@@ -60,13 +63,13 @@ func (s *Scene) problem(format string, args ...any) {
 func newScene(id, title string, wantFailover bool) *Scene {
 	nan := math.NaN()
 	return &Scene{ID: id, Title: title, WantFailover: wantFailover,
-		TerminatedMs: nan, AppMs: nan, LabelMs: nan, SliceMs: nan, RuleMs: nan, AnswerMs: nan}
+		TerminatedMs: nan, AppMs: nan, LabelMs: nan, SliceMs: nan, RuleMs: nan, AnswerMs: nan, GapMs: nan}
 }
 
 // WriteSummary prints one row per scene.
 func WriteSummary(w io.Writer, scenes []*Scene) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scene\tfailover\tterminated\tapp active\tlabel\tslice\tkube-proxy rule\tfirst answer\trequests failed\tresult")
+	fmt.Fprintln(tw, "scene\tfailover\tterminated\tapp active\tlabel\tslice\tkube-proxy rule\tfirst answer\tno app active\trequests failed\tresult")
 	for _, s := range scenes {
 		fo, res := "no", "ok"
 		if s.Failover {
@@ -78,9 +81,9 @@ func WriteSummary(w io.Writer, scenes []*Scene) error {
 		case len(s.Problems) > 0:
 			res = "UNEXPECTED"
 		}
-		fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", s.ID, s.Title, fo,
+		fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", s.ID, s.Title, fo,
 			tour.FormatMs(s.TerminatedMs), tour.FormatMs(s.AppMs), tour.FormatMs(s.LabelMs), tour.FormatMs(s.SliceMs),
-			tour.FormatMs(s.RuleMs), tour.FormatMs(s.AnswerMs), s.Failed, s.Requests, res)
+			tour.FormatMs(s.RuleMs), tour.FormatMs(s.AnswerMs), tour.FormatMs(s.GapMs), s.Failed, s.Requests, res)
 	}
 	return tw.Flush()
 }

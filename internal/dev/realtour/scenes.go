@@ -40,6 +40,7 @@ func (r *run) scenes() []scene {
 		{"e", "the standby's critical process is SIGKILLed", false, ex.killStandby},
 		{"f", fileGroup + " applied: a role-file app, hapod-agent beside it", true, file.initial},
 		{"g", fileGroup + "'s active app is SIGKILLed", true, file.killActive},
+		{"h", "a planned switchover of the example (HAGroup spec.switchover)", true, ex.switchover},
 	}
 }
 
