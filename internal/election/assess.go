@@ -79,7 +79,7 @@ type Status struct {
 	// Warm: the pod would be Eligible but for being Doomed. Its critical
 	// container died and runs again, so it can still serve: Decide keeps
 	// one such pod rather than leave the group with nothing warm.
-	Warm  bool
+	Warm bool
 	// Cordoned: the pod's node is unschedulable (cordoned or being
 	// drained). Such a pod is still eligible, but taken last, and an
 	// active on it may be moved (Input.SwitchoverOnCordon).

@@ -16,7 +16,9 @@ var (
 	eligible = election.Status{Eligible: true}
 )
 
-func pod(name string, st election.Status) Pod { return Pod{Name: name, Node: "n-" + name, Created: t0, Status: st} }
+func pod(name string, st election.Status) Pod {
+	return Pod{Name: name, Node: "n-" + name, Created: t0, Status: st}
+}
 
 func TestReason(t *testing.T) {
 	for _, tc := range []struct {
@@ -86,7 +88,7 @@ func TestBuild(t *testing.T) {
 			active: "b", summary: "1/1", history: 1},
 		// The history keeps the newest ten.
 		{name: "history capped", prev: v1alpha1.HAGroupStatus{History: make([]v1alpha1.FailoverStatus, 10)},
-			view: View{Active: "b", Pods: []Pod{pod("b", eligible)}, Failovers: []v1alpha1.FailoverStatus{failover}},
+			view:   View{Active: "b", Pods: []Pod{pod("b", eligible)}, Failovers: []v1alpha1.FailoverStatus{failover}},
 			active: "b", summary: "0/0", history: 10},
 	}
 	for _, tc := range tests {
