@@ -33,6 +33,12 @@ func (r *run) haGroups(ctx context.Context) error {
 	if err := crdinstall.Apply(ctx, r.rc, r.o.CRDFile, FieldManager); err != nil {
 		return err
 	}
+	// Made only now: a client's RESTMapper made before the CRD was served
+	// would not know the kind.
+	var err error
+	if r.hg, err = hagroupClient(r.rc); err != nil {
+		return err
+	}
 	for _, g := range r.groups() {
 		hg := &v1alpha1.HAGroup{ObjectMeta: metav1.ObjectMeta{Name: g.plan.group, Namespace: r.o.Namespace}}
 		if err := r.hg.Create(ctx, hg, client.FieldOwner(FieldManager)); err != nil {

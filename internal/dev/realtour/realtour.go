@@ -149,9 +149,6 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return res, err
 	}
 	r.rc = rc
-	if r.hg, err = hagroupClient(rc); err != nil {
-		return res, err
-	}
 	defer func() {
 		if cerr := r.cleanup(context.WithoutCancel(ctx)); cerr != nil && err == nil {
 			err = cerr
