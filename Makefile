@@ -48,7 +48,7 @@ FUZZTIME ?= 30s
 fuzz: ## fuzz the decision rules and the wire decoder for FUZZTIME (30s) each
 	GO=$(GO) bash .ci/fuzz $(FUZZTIME) ./internal/election/:FuzzDecide ./internal/wire/:FuzzDecode ./internal/wire/:FuzzFastPath
 
-demo: ## run: two real nodes (as root; kwok otherwise), the controller, the example and a role-file app with hapod-agent as real containers, seven scenes (~40 s built)
+demo: ## run: two real nodes (as root; kwok otherwise), the controller, the example and a role-file app with hapod-agent as real containers, eight scenes (~45 s built)
 	$(GO) run ./cmd/hapod-tour
 
 bench: ## failover latency against the baselines, kill -9 via the role lease, renewal cost, scale, and end to end on real nodes (~35 min; BENCH_FLAGS=-short ~4 min)

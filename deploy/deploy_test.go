@@ -105,10 +105,10 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 			}
 		})
 	}
-	// default is exactly the other two.
-	want := len(mustLoad(t, "controller")) + len(mustLoad(t, "example"))
+	// default is exactly the other three.
+	want := len(mustLoad(t, "crd")) + len(mustLoad(t, "controller")) + len(mustLoad(t, "example"))
 	if got := len(mustLoad(t, "default")); got != want {
-		t.Errorf("default has %d objects, want %d (controller and example)", got, want)
+		t.Errorf("default has %d objects, want %d (crd, controller and example)", got, want)
 	}
 }
 

@@ -28,6 +28,9 @@ import (
 func TestControllerRunsWithItsRBAC(t *testing.T) { forEachInstall(t, testControllerRuns) }
 
 func testControllerRuns(t *testing.T, s *server, in *installed) {
+	// With the HAGroup CRD served, the controller watches HAGroups and
+	// writes their status: under its RBAC too.
+	clustertest.InstallCRD(t)
 	cs := clustertest.Clientset(t)
 	ctx := t.Context()
 	ns, appNS := in.ns, in.appNS

@@ -6,13 +6,14 @@
 // namespace of its own, starts a local cluster with two real nodes (kubelet,
 // containerd, runc, CNI bridge, kube-proxy), runs the controller as its own
 // process, applies the seed's example (deploy/example) as real containers,
-// sends its load to the Service's ClusterIP and plays seven scenes: the
+// sends its load to the Service's ClusterIP and plays eight scenes: the
 // initial election, the active's critical process SIGKILLed, the active pod
 // deleted, the active's sidecar SIGKILLed (no failover) and the standby's
 // critical process SIGKILLed (standby replaced, active untouched); then a
 // second group whose app knows hapod only by the role file hapod-agent
 // writes (cmd/hapod-file-app): its initial election, and its active app
-// SIGKILLed. Each scene prints a timeline in milliseconds from its trigger,
+// SIGKILLed; last, a planned switchover of the example through its
+// HAGroup. Each scene prints a timeline in milliseconds from its trigger,
 // from the kubelet's report to the first request answered through the
 // ClusterIP.
 //

@@ -3,6 +3,7 @@ package controller_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/hapod/hapod/api/v1alpha1"
@@ -74,6 +76,37 @@ func (e *env) status(c client.Client, name string, cond func(s v1alpha1.HAGroupS
 	return hg.Status
 }
 
+// hagroupTable gets the HAGroup as kubectl get does (as a meta.k8s.io
+// Table) and returns the column names and the group's row.
+func (e *env) hagroupTable(name string) ([]string, []any) {
+	e.t.Helper()
+	rc := clustertest.RESTConfig(e.t)
+	hc, err := rest.HTTPClientFor(rc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	url := fmt.Sprintf("%s/apis/hapod.io/v1alpha1/namespaces/%s/hagroups/%s", rc.Host, e.ns, name)
+	req, err := http.NewRequestWithContext(e.t.Context(), http.MethodGet, url, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/json;as=Table;g=meta.k8s.io;v=v1")
+	resp, err := hc.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var tbl metav1.Table
+	if err := json.NewDecoder(resp.Body).Decode(&tbl); err != nil || len(tbl.Rows) != 1 {
+		e.t.Fatalf("table of hagroups/%s: %v, %d rows", name, err, len(tbl.Rows))
+	}
+	var cols []string
+	for _, c := range tbl.ColumnDefinitions {
+		cols = append(cols, c.Name)
+	}
+	return cols, tbl.Rows[0].Cells
+}
+
 func condition(s v1alpha1.HAGroupStatus, typ string) metav1.ConditionStatus {
 	if c := meta.FindStatusCondition(s.Conditions, typ); c != nil {
 		return c.Status
@@ -105,6 +138,19 @@ func TestHAGroupStatus(t *testing.T) {
 	}
 	if condition(s, v1alpha1.ConditionDegraded) != metav1.ConditionFalse || condition(s, v1alpha1.ConditionPaused) != metav1.ConditionFalse {
 		t.Errorf("conditions %+v", s.Conditions)
+	}
+	// What kubectl get hagroups prints: the API server's Table of the
+	// CRD's printer columns.
+	cols, row := e.hagroupTable("hapod")
+	want := map[string]string{"Active": act.Name, "Epoch": fmt.Sprint(epochOf(act)), "Standbys": "1/1", "Ready": "True"}
+	for i, c := range cols {
+		if w, ok := want[c]; ok && fmt.Sprint(row[i]) != w {
+			t.Errorf("kubectl get hagroups column %s = %v, want %s", c, row[i], w)
+		}
+		delete(want, c)
+	}
+	if len(want) > 0 {
+		t.Errorf("kubectl get hagroups lacks columns %v (has %v)", want, cols)
 	}
 
 	e.deletePod(act.Name, ls)

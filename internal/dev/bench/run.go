@@ -31,6 +31,10 @@ type Options struct {
 	Groups []int
 	// Mass is the mass failover's trigger: MassNode or MassDelete.
 	Mass string
+	// HAGroupScale are the sizes whose mass failover is run once more
+	// with an HAGroup per group, so that the controller also writes each
+	// group's status: the requests per failover with and without.
+	HAGroupScale []int
 	// Controller settings (cmd/hapod-controller flags of the same names).
 	Workers int
 	QPS     float64
@@ -82,6 +86,7 @@ func Full() Options {
 		NoStandby:          20,
 		InitDelay:          DemoInitDelay,
 		Groups:             []int{1, 100, 1000},
+		HAGroupScale:       []int{1000},
 		Mass:               MassNode,
 		Workers:            1000,
 		QPS:                2000,
@@ -105,6 +110,7 @@ func Short() Options {
 	o.ElectionAggressive = ElectionRun{Groups: 5, Rounds: 2}
 	o.NoStandby = 5
 	o.Groups = []int{1, 100}
+	o.HAGroupScale = []int{100}
 	o.ProfileGroups = 100
 	o.LeaseKills = 10
 	o.RenewalGroups = 200
@@ -251,14 +257,26 @@ func Run(ctx context.Context, e *Env, o Options) (*Results, error) {
 			r.Renewals = res
 		}
 	}
+	type scaleRun struct {
+		n        int
+		haGroups bool
+	}
+	var runs []scaleRun
 	for _, n := range o.Groups {
+		runs = append(runs, scaleRun{n, false})
+	}
+	for _, n := range o.HAGroupScale {
+		runs = append(runs, scaleRun{n, true})
+	}
+	for _, sr := range runs {
 		if !o.runs("scale") {
 			break
 		}
-		e.Log.Info("scale: mass failover", "groups", n, "trigger", o.Mass)
-		res, err := e.scale(ctx, o, n)
+		n := sr.n
+		e.Log.Info("scale: mass failover", "groups", n, "trigger", o.Mass, "haGroups", sr.haGroups)
+		res, err := e.scale(ctx, o, n, sr.haGroups)
 		if err != nil {
-			fail(fmt.Sprintf("scale %d groups", n), err)
+			fail(fmt.Sprintf("scale %d groups (HAGroups %v)", n, sr.haGroups), err)
 		}
 		if res != nil {
 			r.Scale = append(r.Scale, *res)

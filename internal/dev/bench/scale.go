@@ -31,9 +31,12 @@ const (
 
 // ScaleResult is one mass failover of n groups.
 type ScaleResult struct {
-	Groups    int    `json:"groups"`
-	Trigger   string `json:"trigger"`
-	Completed int    `json:"completed"` // groups whose new active was labelled and acked
+	Groups  int    `json:"groups"`
+	Trigger string `json:"trigger"`
+	// HAGroups: every group had an HAGroup, whose status the controller
+	// wrote too.
+	HAGroups  bool `json:"haGroups,omitempty"`
+	Completed int  `json:"completed"` // groups whose new active was labelled and acked
 	// FalseBefore are groups whose standby had taken over before the
 	// trigger (its active's role lease lapsed while the groups were set
 	// up, on a starved machine): not failed over by the trigger, not
@@ -66,8 +69,8 @@ type ScaleResult struct {
 // scale runs n groups of two pods on one controller, with every active on
 // one node and every standby on another, then fails all of them over at
 // once. Pod IPs are on loopback, each pod's listener bound to its IP.
-func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error) {
-	s := &scaleRun{e: e, o: o, n: n, port: 20000 + rand.IntN(40000)}
+func (e *Env) scale(ctx context.Context, o Options, n int, haGroups bool) (*ScaleResult, error) {
+	s := &scaleRun{e: e, o: o, n: n, port: 20000 + rand.IntN(40000), haGroups: haGroups}
 	defer s.tearDown()
 	if err := s.setUp(ctx); err != nil {
 		return nil, err
@@ -75,7 +78,7 @@ func (e *Env) scale(ctx context.Context, o Options, n int) (*ScaleResult, error)
 	if err := s.createGroups(ctx); err != nil {
 		return nil, err
 	}
-	res := &ScaleResult{Groups: n, Trigger: o.Mass}
+	res := &ScaleResult{Groups: n, Trigger: o.Mass, HAGroups: haGroups}
 	before, err := s.measureBefore(ctx, res)
 	if err != nil {
 		return nil, err
@@ -106,6 +109,8 @@ type scaleRun struct {
 	o    Options
 	n    int
 	port int // every listener's
+	// haGroups: an HAGroup per group (hagroups.go).
+	haGroups bool
 
 	ns                string
 	nodeA, nodeB      string
@@ -154,6 +159,13 @@ func (s *scaleRun) setUp(ctx context.Context) error {
 	s.cleanups = append(s.cleanups, s.pw.stop)
 	s.ap = newApps()
 	s.cleanups = append(s.cleanups, s.ap.closeAll)
+	if s.haGroups {
+		// Before the controller starts, so that its first reconcile of
+		// each group already writes the status.
+		if err := s.createHAGroups(ctx); err != nil {
+			return err
+		}
+	}
 	if s.ctl, err = s.o.startController(ctx, e, ns, s.port, fmt.Sprintf("controller-scale-%d", s.n)); err != nil {
 		return err
 	}
@@ -194,8 +206,17 @@ func (s *scaleRun) createGroups(ctx context.Context) error {
 	if err := waitUntil(ctx, setup, "every group settled, one app active and one standby, labelled so", s.settled, s.ap.board.wait, s.pw.changed); err != nil {
 		return err
 	}
-	_, err := quiet(ctx, s.ctl, time.Second, 30*time.Second)
+	_, err := quiet(ctx, s.ctl, time.Second, s.quietLimit())
 	return err
+}
+
+// quietLimit bounds the wait for the controller's requests to stop: with
+// HAGroups the status writes run on after the failovers, rate-limited.
+func (s *scaleRun) quietLimit() time.Duration {
+	if s.haGroups {
+		return 30*time.Second + time.Duration(s.n)*50*time.Millisecond
+	}
+	return 30 * time.Second
 }
 
 // create binds each pod's listener, then creates the pods.
@@ -262,7 +283,7 @@ func (s *scaleRun) measureBefore(ctx context.Context, res *ScaleResult) (snapsho
 // startProfile asks for a CPU profile of the controller if this is the
 // profiled size, and returns once the request is on its way (nil if none).
 func (s *scaleRun) startProfile(ctx context.Context, res *ScaleResult) chan error {
-	if s.o.ProfileDir == "" || s.n != s.o.ProfileGroups {
+	if s.o.ProfileDir == "" || s.n != s.o.ProfileGroups || s.haGroups {
 		return nil
 	}
 	res.Profile = filepath.Join(s.o.ProfileDir, fmt.Sprintf("controller-cpu-%d.pprof", s.n))
@@ -340,7 +361,7 @@ func (s *scaleRun) failedOver() bool {
 // measureAfter waits until the controller's API requests stop, and fills in
 // the cost of the window from t0 until then.
 func (s *scaleRun) measureAfter(ctx context.Context, res *ScaleResult, before snapshot, t0 time.Time) error {
-	window, err := quiet(ctx, s.ctl, time.Second, 30*time.Second)
+	window, err := quiet(ctx, s.ctl, time.Second, s.quietLimit())
 	if err != nil {
 		return err
 	}

@@ -20,12 +20,15 @@ import (
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
+
+	"github.com/hapod/hapod/api/v1alpha1"
 )
 
 // Object is one document of a manifest file.
@@ -84,9 +87,20 @@ func (t target) matches(o Object) bool {
 	return true
 }
 
-// strict decodes into client-go types and fails on unknown or duplicate
-// fields and on kinds client-go does not know.
-var strict = serializer.NewCodecFactory(clientgoscheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+// strict decodes into client-go types (and CRDs and HAGroups) and fails on
+// unknown or duplicate fields and on kinds it does not know.
+var strict = serializer.NewCodecFactory(scheme(), serializer.EnableStrict).UniversalDeserializer()
+
+// scheme knows client-go's types, CRDs (deploy/crd) and HAGroups.
+func scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme, v1alpha1.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err) // static registrations: a failure is a programming error
+		}
+	}
+	return s
+}
 
 // Load renders the kustomization in dir.
 func Load(dir string) ([]Object, error) {
