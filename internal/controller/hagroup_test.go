@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -315,4 +316,28 @@ func TestCordonMovesActive(t *testing.T) {
 	if cnd := meta.FindStatusCondition(s.Conditions, v1alpha1.ConditionAccepted); cnd.Reason != "SpecUnsupported" {
 		t.Errorf("Accepted %+v, want reason SpecUnsupported", cnd)
 	}
+}
+
+// An eviction (a drain's, through the Eviction API) fails the active over
+// while its app still runs: the API server marks the pod DisruptionTarget
+// and then deletes it, and either is a trigger.
+func TestEvictionFailsOver(t *testing.T) {
+	e := newEnv(t)
+	e.history = &controller.AppHistory{}
+	e.neverTwoActive("hapod")
+	e.replicaSet("hapod", 2)
+	ls := e.listeners(e.runningPods("hapod", 2))
+	e.startController()
+	act := e.active("hapod")
+	waitRole(t, ls[act.Name], role.Active, 1)
+	ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: act.Name, Namespace: e.ns}}
+	if err := e.cs.CoreV1().Pods(e.ns).EvictV1(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+	next := e.active("hapod", act.Name)
+	waitRole(t, ls[next.Name], role.Active, epochOf(next))
+	if st := ls[act.Name].State(); st.Role != role.Standby {
+		t.Errorf("evicted pod's app holds %+v, want standby", st)
+	}
+	e.history.Check(t)
 }

@@ -117,6 +117,10 @@ func TestAssess(t *testing.T) {
 		{name: "sidecar restarted", pod: newPod(restarted("sidecar")), wantEligible: true},
 		{name: "node not ready", pod: newPod(), node: node(corev1.ConditionFalse), wantFault: NodeNotReady},
 		{name: "node unreachable", pod: newPod(), node: node(corev1.ConditionUnknown), wantFault: NodeNotReady},
+		// An eviction marks the pod before it deletes it: fail over then.
+		{name: "disruption target", pod: newPod(func(p *corev1.Pod) {
+			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "EvictionByEvictionAPI"})
+		}), wantFault: Evicting},
 		{name: "not ready within grace", pod: newPod(notReadySince(now.Add(-time.Second))), wantDeadline: now.Add(time.Second)},
 		{name: "not ready past grace", pod: newPod(notReadySince(now.Add(-3 * time.Second))), wantFault: NotReadyTooLong},
 		// Never reported: starting up, not a fault, not promotable.
@@ -391,5 +395,18 @@ func TestAssessRestartsInPlace(t *testing.T) {
 				t.Errorf("RestartsInPlace = %q, want %q", s.RestartsInPlace, tc.want)
 			}
 		})
+	}
+}
+
+// A pod on a cordoned node is still eligible (taken last by Decide).
+func TestAssessCordoned(t *testing.T) {
+	n := node(corev1.ConditionTrue)
+	n.Spec.Unschedulable = true
+	s := Assess(newPod(), n, t0, opts)
+	if !s.Eligible || !s.Cordoned || s.Fault != NoFault {
+		t.Errorf("on a cordoned node: %+v, want eligible and cordoned", s)
+	}
+	if s := Assess(newPod(), node(corev1.ConditionTrue), t0, opts); s.Cordoned {
+		t.Errorf("on a schedulable node: cordoned")
 	}
 }

@@ -12,7 +12,9 @@ import (
 // decision leaves at most one active, never promotes a faulty pod (only a
 // warm one, and only when no pod is eligible), never deletes the pod it
 // keeps or promotes, hands out exactly the next epoch, and does not depend
-// on the order the members come in. `go test` runs the seed corpus;
+// on the order the members come in; paused, it promotes and deletes
+// nothing; and the HAGroup policies (pause, a switchover, the cordon
+// rule) never make it break any of these. `go test` runs the seed corpus;
 // `go test -fuzz FuzzDecide ./internal/election/` searches further (make
 // fuzz does, for a bounded time).
 func FuzzDecide(f *testing.F) {
@@ -24,13 +26,15 @@ func FuzzDecide(f *testing.F) {
 		{0x31, 0x41, 0x51, 0x61, 0x71, 0x81}, // six of everything
 		{0xff, 0x00, 0x7f, 0x80, 0x01, 0xfe},
 	} {
-		f.Add(uint64(3), seed)
+		f.Add(uint64(3), byte(0), seed)
+		f.Add(uint64(3), byte(0x3a), seed) // a switchover to p1, the cordon rule, p0 cordoned
 	}
-	f.Fuzz(func(t *testing.T, epoch uint64, data []byte) {
+	f.Fuzz(func(t *testing.T, epoch uint64, policy byte, data []byte) {
 		if epoch == ^uint64(0) {
 			epoch-- // the controller refuses to hand out past the maximum
 		}
 		in := fuzzInput(epoch, data)
+		fuzzPolicy(&in, policy)
 		d := Decide(in)
 		if err := checkDecision(in, d); err != nil {
 			t.Fatalf("%v\ninput %+v\ndecision %+v", err, in, d)
@@ -71,8 +75,30 @@ func fuzzInput(epoch uint64, data []byte) Input {
 	return in
 }
 
+// fuzzPolicy sets the HAGroup policies from one byte: bit 0 paused, bit 1
+// a switchover, bit 2 to a named pod (p<bits 5-7>), bit 3 the cordon rule,
+// bit 4 the first two members cordoned.
+func fuzzPolicy(in *Input, b byte) {
+	in.Paused = b&1 != 0
+	if b&2 != 0 {
+		in.Switchover = &Switchover{}
+		if b&4 != 0 {
+			in.Switchover.To = fmt.Sprintf("p%d", b>>5)
+		}
+	}
+	in.SwitchoverOnCordon = b&8 != 0
+	if b&0x10 != 0 {
+		for i := range min(2, len(in.Members)) {
+			in.Members[i].Status.Cordoned = true
+		}
+	}
+}
+
 // checkDecision is the list of properties.
 func checkDecision(in Input, d Decision) error {
+	if in.Paused {
+		return checkPaused(in, d)
+	}
 	if d.Keep != nil && d.Promote != nil {
 		return fmt.Errorf("keeps %s and promotes %s", d.Keep.Name, d.Promote.Name)
 	}
@@ -125,6 +151,28 @@ func checkDecision(in Input, d Decision) error {
 		if !m.Status.Doomed {
 			return fmt.Errorf("deletes %s, which is not doomed", m.Name)
 		}
+	}
+	return nil
+}
+
+// checkPaused: a paused group keeps at most one active, whatever its
+// faults, and promotes and deletes nothing.
+func checkPaused(in Input, d Decision) error {
+	if d.Promote != nil || len(d.Delete) > 0 {
+		return fmt.Errorf("paused, yet promotes %v and deletes %d", d.Promote != nil, len(d.Delete))
+	}
+	demoted := map[string]bool{}
+	for _, dm := range d.Demote {
+		demoted[dm.Member.UID] = true
+	}
+	left := 0
+	for _, m := range in.Members {
+		if m.Role == in.Roles.Active && !demoted[m.UID] {
+			left++
+		}
+	}
+	if left > 1 {
+		return fmt.Errorf("paused, leaves %d actives", left)
 	}
 	return nil
 }
