@@ -785,6 +785,15 @@ func (r *Reconciler) gateLease(ctx context.Context, req reconcile.Request, g *gr
 	if wait == 0 && !blocked {
 		return d
 	}
+	if planned(d) && len(fence) > 0 && r.fenceNow(ctx, fence) {
+		// The old active of a planned move is alive and acked standby
+		// here: the switch goes on in this reconcile instead of the next,
+		// so no app is active for one round trip rather than a requeue.
+		if wait, blocked, _ = r.leases.grantWait(req.NamespacedName, types.UID(d.Promote.UID), r.Now(), g.epoch); wait == 0 && !blocked {
+			return d
+		}
+		fence = nil
+	}
 	for _, t := range fence {
 		r.fence(ctx, req, t)
 	}
@@ -832,6 +841,31 @@ func (r *Reconciler) fence(ctx context.Context, req reconcile.Request, t notify.
 			r.enqueue(req.NamespacedName)
 		}
 	}()
+}
+
+// fenceNow tells the pods that may hold a lease that they are standby, as
+// fence does, but waits for their acks (at most -demote-ack-timeout) and
+// reports whether every one acked.
+func (r *Reconciler) fenceNow(ctx context.Context, ts []notify.Target) bool {
+	sendCtx, cancel, err := r.callCtx(ctx, r.Config.DemoteAckTimeout)
+	if err != nil {
+		return false
+	}
+	defer cancel()
+	acked := make(chan bool, len(ts))
+	for _, t := range ts {
+		go func() {
+			res := r.Notifier.Send(sendCtx, t)
+			r.Metrics.Notifications.WithLabelValues(wire.RoleStandby, resultOf(res)).Inc()
+			r.leases.fenced(t, res)
+			acked <- res.Acked
+		}()
+	}
+	all := true
+	for range ts {
+		all = <-acked && all
+	}
+	return all
 }
 
 func resultOf(res notify.Result) string {

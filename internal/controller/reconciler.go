@@ -238,11 +238,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		byUID[members[i].UID] = &members[i]
 	}
 	asked := d
+	if planned(asked) && (g.plannedMove == nil || g.plannedMove.from != asked.Demote[0].Member.UID) {
+		g.plannedMove = &plannedMove{from: asked.Demote[0].Member.UID, reason: asked.Reason, at: r.Now()}
+	}
 	d = keepPlannedReason(g, r.gateLease(ctx, req, g, d, byUID, present, trigger))
-	if planned(asked) && d.Promote == nil {
-		if g.plannedMove == nil || g.plannedMove.from != asked.Demote[0].Member.UID {
-			g.plannedMove = &plannedMove{from: asked.Demote[0].Member.UID, reason: asked.Reason, at: now}
-		}
+	if !planned(asked) && d.Promote == nil {
+		g.plannedMove = nil // the move is off (the request withdrawn, the group paused)
 	}
 	g.switchoverID = ""
 	if swReq != nil && d.Reason == election.PlannedSwitchover {
