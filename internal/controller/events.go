@@ -9,6 +9,11 @@ const (
 	// ReasonPromotedNotAcked: a pod was labelled active but its app did not
 	// ack within -notify-deadline.
 	ReasonPromotedNotAcked = "PromotedNotAcked"
+	// ReasonPromotionsSummarized: under a mass failover, promotions whose
+	// own Promoted/PromotedNotAcked Events were held back (more than 20 a
+	// second), counted by reason; one a second per namespace
+	// (eventbudget.go).
+	ReasonPromotionsSummarized = "PromotionsSummarized"
 	// ReasonDemoted: an active pod lost the role with no promotion going
 	// with it (a duplicate active).
 	ReasonDemoted = "Demoted"

@@ -12,6 +12,9 @@ type Metrics struct {
 	Demotions         prometheus.Counter
 	// StatusWrites counts HAGroup status writes (hagroup.go).
 	StatusWrites prometheus.Counter
+	// EventsHeld counts promotion Events held back for a summary
+	// (eventbudget.go).
+	EventsHeld *prometheus.CounterVec
 	// The role lease (lease.go).
 	LeaseRenewals *prometheus.CounterVec
 	LeaseLapses   *prometheus.CounterVec
@@ -50,6 +53,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hapod_demotions_total",
 			Help: "Pods whose active label was removed.",
 		}),
+		EventsHeld: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapod_promotion_events_held_total",
+			Help: "Promotion Events not written one by one under a mass failover, summarised instead (PromotionsSummarized), by the Event's reason.",
+		}, []string{"reason"}),
 		StatusWrites: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hapod_status_writes_total",
 			Help: "HAGroup status writes (coalesced, after the switch).",
@@ -57,7 +64,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.addLease()
 	if reg != nil {
-		reg.MustRegister(m.Promotions, m.FailoverSeconds, m.CriticalDeletions, m.NoStandby, m.Notifications, m.Demotions, m.StatusWrites,
+		reg.MustRegister(m.Promotions, m.FailoverSeconds, m.CriticalDeletions, m.NoStandby, m.Notifications, m.Demotions, m.StatusWrites, m.EventsHeld,
 			m.LeaseRenewals, m.LeaseLapses, m.LeaseWait, m.LeasesRenewed)
 	}
 	return m

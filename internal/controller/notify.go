@@ -235,12 +235,12 @@ func (r *Reconciler) reportPromotion(ctx context.Context, pod *corev1.Pod, role 
 	}
 	if res.Acked {
 		r.Metrics.FailoverSeconds.WithLabelValues("ack").Observe(done.Sub(p.trigger).Seconds())
-		r.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonPromoted, "Promote",
+		r.promotionEvents.record(pod, done, string(p.reason), corev1.EventTypeNormal, ReasonPromoted,
 			"%s at epoch %d (reason %s, replaced %s): label committed %sms and app acked %sms after the trigger was seen",
 			role, epoch, p.reason, replaced, labelMs, ms(done.Sub(p.trigger)))
 		return
 	}
-	r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonPromotedNotAcked, "Promote",
+	r.promotionEvents.record(pod, done, string(p.reason), corev1.EventTypeWarning, ReasonPromotedNotAcked,
 		"%s at epoch %d (reason %s, replaced %s): label committed %sms after the trigger; the app did not ack (%s, %d attempts)",
 		role, epoch, p.reason, replaced, labelMs, res.Status, res.Attempts)
 }

@@ -236,11 +236,11 @@ func (r *Reconciler) reportPlainPromotion(ctx context.Context, req reconcile.Req
 	status := "plain-sent"
 	if err != nil {
 		status = "plain-error"
-		r.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonPromotedNotAcked, "Promote",
+		r.promotionEvents.record(pod, r.Now(), string(p.reason), corev1.EventTypeWarning, ReasonPromotedNotAcked,
 			"active at epoch %d (reason %s, replaced %s): label committed %sms after the trigger; only %d of %d plain datagrams to %s left: %v",
 			epoch, p.reason, replaced, ms(labelled.Sub(p.trigger)), sent, repeats, addr, err)
 	} else {
-		r.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonPromoted, "Promote",
+		r.promotionEvents.record(pod, r.Now(), string(p.reason), corev1.EventTypeNormal, ReasonPromoted,
 			"active at epoch %d (reason %s, replaced %s): label committed %sms after the trigger; %d plain datagrams sent to %s (plain mode: the app does not ack)",
 			epoch, p.reason, replaced, ms(labelled.Sub(p.trigger)), sent, addr)
 	}

@@ -66,6 +66,8 @@ type Reconciler struct {
 	leases *leases
 	// status writes HAGroup statuses (hagroup.go).
 	status *statusWriter
+	// promotionEvents bounds the promotions' Events (eventbudget.go).
+	promotionEvents *promotionEvents
 }
 
 // Deps are what a Reconciler talks to. Client, APIReader, Recorder and
@@ -115,6 +117,7 @@ func New(cfg config.Config, d Deps) *Reconciler {
 		},
 		roles: election.Roles{Active: cfg.ActiveValue, Standby: cfg.StandbyValue},
 	}
+	r.promotionEvents = newPromotionEvents(d.Recorder, d.Metrics.EventsHeld)
 	r.status = newStatusWriter(d.Client, d.Leader, d.Now, d.Metrics.StatusWrites.Inc)
 	r.leases = newLeases(cfg, d, func(key types.NamespacedName, at time.Time) {
 		r.seen.note(key, at)

@@ -84,6 +84,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return err
 		}
 	}
+	if err := mgr.Add(r.promotionEvents); err != nil {
+		return err
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("hapod").
 		WithOptions(controller.Options{
