@@ -67,6 +67,8 @@ type groupState struct {
 	// podsAtSwitch are the pods present at the last promotion, for the
 	// status's replacement (hagroup.go).
 	podsAtSwitch []string
+	// lastPods are the pods of the group's last reconcile.
+	lastPods []string
 	// plannedMove is a switchover (or a move off a cordoned node) that the
 	// lease gate held back until the old active acks standby.
 	plannedMove *plannedMove

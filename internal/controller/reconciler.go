@@ -255,10 +255,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	err := r.apply(ctx, req, g, d, byUID, trigger)
 	if d.Promote != nil && err == nil {
 		g.plannedMove = nil
-		g.podsAtSwitch = g.podsAtSwitch[:0]
-		for _, m := range members {
-			g.podsAtSwitch = append(g.podsAtSwitch, m.Name)
-		}
+		// The pods of the reconcile before: a replacement the ReplicaSet
+		// made at the trigger may already be among this one's.
+		g.podsAtSwitch = g.lastPods
+	}
+	g.lastPods = make([]string, 0, len(members))
+	for _, m := range members {
+		g.lastPods = append(g.lastPods, m.Name)
 	}
 	r.notifyAll(ctx, req, g, d, members)
 	g.forget(present)
