@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/hapod/hapod/api/v1alpha1"
 	"github.com/hapod/hapod/internal/config"
@@ -124,6 +125,72 @@ func switchoverRequest(hg *v1alpha1.HAGroup, g *groupState, active *corev1.Pod) 
 		return nil
 	}
 	return hg.Spec.Switchover
+}
+
+// decisionInput is the election input of a group with policy pol, and
+// the switchover request (if any) it carries out.
+func (r *Reconciler) decisionInput(pol policy, g *groupState, members []member, now time.Time) (election.Input, *v1alpha1.SwitchoverRequest) {
+	in := election.Input{Roles: r.roles, Epoch: g.epoch, Now: now, Paused: pol.paused, SwitchoverOnCordon: pol.onCordon}
+	swReq := switchoverRequest(pol.obj, g, activeOf(members, r.roles.Active))
+	if swReq != nil && !pol.paused {
+		in.Switchover = &election.Switchover{To: swReq.To}
+	}
+	return in, swReq
+}
+
+// gatePlanned runs the lease gate (gateLease) and keeps track of a planned
+// move across it: when it started (the gap), and its reason.
+func (r *Reconciler) gatePlanned(ctx context.Context, req reconcile.Request, g *groupState, d election.Decision, swReq *v1alpha1.SwitchoverRequest,
+	byUID map[string]*member, present map[types.UID]bool, trigger time.Time) election.Decision {
+	asked := d
+	if planned(asked) && (g.plannedMove == nil || g.plannedMove.from != asked.Demote[0].Member.UID) {
+		g.plannedMove = &plannedMove{from: asked.Demote[0].Member.UID, reason: asked.Reason, at: r.Now()}
+	}
+	d = keepPlannedReason(g, r.gateLease(ctx, req, g, d, byUID, present, trigger))
+	if !planned(asked) && d.Promote == nil {
+		g.plannedMove = nil // the move is off (the request withdrawn, the group paused)
+	}
+	g.switchoverID = ""
+	if swReq != nil && d.Reason == election.PlannedSwitchover {
+		g.switchoverID = swReq.ID
+	}
+	return d
+}
+
+// gapStart is when the old active gave the role up, for a switchover's
+// gap: when the lease gate told it standby, or now.
+func (r *Reconciler) gapStart(g *groupState) time.Time {
+	if g.plannedMove != nil {
+		return g.plannedMove.at
+	}
+	return r.Now()
+}
+
+// noteSwitch remembers, after a promotion, the pods from before it (for
+// the status's replacement), and the pods of this reconcile.
+func noteSwitch(g *groupState, d election.Decision, members []member, err error) {
+	if d.Promote != nil && err == nil {
+		g.plannedMove = nil
+		// The pods of the reconcile before: a replacement the ReplicaSet
+		// made at the trigger may already be among this one's.
+		g.podsAtSwitch = g.lastPods
+	}
+	g.lastPods = make([]string, 0, len(members))
+	for _, m := range members {
+		g.lastPods = append(g.lastPods, m.Name)
+	}
+}
+
+// reportGroup records the switchover request's outcome and hands the
+// group's view to the status writer: after the switch, and only handed
+// over (the writer coalesces and writes later).
+func (r *Reconciler) reportGroup(key types.NamespacedName, g *groupState, pol policy, swReq *v1alpha1.SwitchoverRequest, asked, d election.Decision, members []member, err error) {
+	if swReq != nil {
+		g.switchover = switchoverOutcome(swReq, g.switchover, pol.paused, podName(activeOf(members, r.roles.Active)), asked, d, err)
+	}
+	if pol.obj != nil {
+		r.status.set(key, statusView(pol, g, members, g.switchover, r.roles.Active))
+	}
 }
 
 // planned reports whether d moves the role off a healthy active on
@@ -306,14 +373,6 @@ func (w *statusWriter) set(key types.NamespacedName, v groupstatus.View) {
 	}
 	w.views[key] = v
 	w.signal(key)
-}
-
-// drop forgets a group without pods.
-func (w *statusWriter) drop(key types.NamespacedName) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	delete(w.views, key)
-	delete(w.failovers, key)
 }
 
 // promoted records one promotion's timeline, and for a planned switchover

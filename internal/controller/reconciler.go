@@ -219,11 +219,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	members, present := r.assess(ctx, pods.Items, g, now, opts)
 	r.confirmPending(g, members, now)
-	in := election.Input{Roles: r.roles, Epoch: g.epoch, Now: now, Paused: pol.paused, SwitchoverOnCordon: pol.onCordon}
-	swReq := switchoverRequest(pol.obj, g, activeOf(members, r.roles.Active))
-	if swReq != nil && !pol.paused {
-		in.Switchover = &election.Switchover{To: swReq.To}
-	}
+	in, swReq := r.decisionInput(pol, g, members, now)
 	for _, m := range members {
 		in.Members = append(in.Members, m.Member)
 		in.Epoch = max(in.Epoch, m.Epoch)
@@ -241,37 +237,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		byUID[members[i].UID] = &members[i]
 	}
 	asked := d
-	if planned(asked) && (g.plannedMove == nil || g.plannedMove.from != asked.Demote[0].Member.UID) {
-		g.plannedMove = &plannedMove{from: asked.Demote[0].Member.UID, reason: asked.Reason, at: r.Now()}
-	}
-	d = keepPlannedReason(g, r.gateLease(ctx, req, g, d, byUID, present, trigger))
-	if !planned(asked) && d.Promote == nil {
-		g.plannedMove = nil // the move is off (the request withdrawn, the group paused)
-	}
-	g.switchoverID = ""
-	if swReq != nil && d.Reason == election.PlannedSwitchover {
-		g.switchoverID = swReq.ID
-	}
+	d = r.gatePlanned(ctx, req, g, d, swReq, byUID, present, trigger)
 	err := r.apply(ctx, req, g, d, byUID, trigger)
-	if d.Promote != nil && err == nil {
-		g.plannedMove = nil
-		// The pods of the reconcile before: a replacement the ReplicaSet
-		// made at the trigger may already be among this one's.
-		g.podsAtSwitch = g.lastPods
-	}
-	g.lastPods = make([]string, 0, len(members))
-	for _, m := range members {
-		g.lastPods = append(g.lastPods, m.Name)
-	}
+	noteSwitch(g, d, members, err)
 	r.notifyAll(ctx, req, g, d, members)
 	g.forget(present)
-	if swReq != nil {
-		g.switchover = switchoverOutcome(swReq, g.switchover, pol.paused, podName(activeOf(members, r.roles.Active)), asked, d, err)
-	}
-	if pol.obj != nil {
-		// After the switch, and only handed over: the writer coalesces.
-		r.status.set(req.NamespacedName, statusView(pol, g, members, g.switchover, r.roles.Active))
-	}
+	r.reportGroup(req.NamespacedName, g, pol, swReq, asked, d, members, err)
 	if err == nil && g.epoch >= g.reserved && g.active != "" {
 		// Keep a reserve so that the next failover needs no Lease write.
 		err = r.reserveEpochs(ctx, req, g, g.activeName, g.epoch+epochBlock)
@@ -521,10 +492,7 @@ func (r *Reconciler) switchActive(ctx context.Context, req reconcile.Request, g 
 	if err := r.fenceOldActives(ctx, req, g, olds); err != nil { // (a)
 		return err
 	}
-	fenced := r.Now() // from here no app holds the role: a switchover's gap
-	if g.plannedMove != nil {
-		fenced = g.plannedMove.at // told standby then, by the lease gate
-	}
+	fenced := r.gapStart(g)
 	if b := r.plainBlocker(g, maps.Values(byUID), m); b != nil {
 		r.reportStuck(g, b, epoch, plainStuck, nil)
 		return &retryAfter{after: r.Config.NotifyRetry, err: fmt.Errorf("pod %s: %w", b.Name, errPlainWait)}

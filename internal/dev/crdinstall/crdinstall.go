@@ -11,6 +11,7 @@ import (
 	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,11 +34,16 @@ func Apply(ctx context.Context, rc *rest.Config, path, fieldManager string) erro
 	if err != nil {
 		return fmt.Errorf("crdinstall: %w", err)
 	}
+	// Decoded strictly as a CRD first: a typo in the file fails here, with
+	// its path, not as a server-side apply of unknown fields.
 	crd := &apiextensionsv1.CustomResourceDefinition{}
 	if err := yaml.UnmarshalStrict(b, crd); err != nil {
 		return fmt.Errorf("crdinstall: %s: %w", path, err)
 	}
-	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(b, &u.Object); err != nil {
+		return fmt.Errorf("crdinstall: %s: %w", path, err)
+	}
 	scheme := runtime.NewScheme()
 	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
 		return err
@@ -46,7 +52,7 @@ func Apply(ctx context.Context, rc *rest.Config, path, fieldManager string) erro
 	if err != nil {
 		return err
 	}
-	if err := c.Patch(ctx, crd, client.Apply, client.FieldOwner(fieldManager), client.ForceOwnership); err != nil {
+	if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(fieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("crdinstall: apply %s: %w", crd.Name, err)
 	}
 	return poll.Until(ctx, 30*time.Second, func() (bool, error) {
