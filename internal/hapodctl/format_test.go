@@ -10,7 +10,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/hapod/hapod/api/v1alpha1"
 )
@@ -224,7 +226,7 @@ func TestGroupEvents(t *testing.T) {
 	evs := []eventsv1.Event{
 		event("promoted", "Promoted", "web-b", 5*time.Minute),
 		event("died", "CriticalContainerDied", "web-a", 6*time.Minute),
-		event("old", "Promoted", "web-old", 3*time.Hour),           // named only by the history
+		event("old", "Promoted", "web-old", 3*time.Hour),            // named only by the history
 		event("labelled", "NoStandbyReady", "web-now", time.Minute), // labelled as the group's now
 		event("stranger", "Promoted", "db-0", time.Second),          // another group's pod
 		event("scheduled", "Scheduled", "web-b", time.Second),       // not a controller reason
@@ -337,5 +339,18 @@ func TestOneLine(t *testing.T) {
 	err := errors.New("HAGroup.hapod.io \"web\" is invalid:\n  * spec.switchover.id: Required value\n  * spec.rolePort: Invalid value")
 	if got, want := OneLine(err), `HAGroup.hapod.io "web" is invalid: * spec.switchover.id: Required value * spec.rolePort: Invalid value`; got != want {
 		t.Errorf("OneLine = %q, want %q", got, want)
+	}
+}
+
+// TestExplainNoMatch: a cluster without the CRD gets a sentence that says
+// what to install, any other error is passed on as it is.
+func TestExplainNoMatch(t *testing.T) {
+	err := explain(&meta.NoKindMatchError{GroupKind: schema.GroupKind{Group: "hapod.io", Kind: "HAGroup"}, SearchedVersions: []string{"v1alpha1"}})
+	if !strings.Contains(err.Error(), "install the CRD") {
+		t.Errorf("explain = %v", err)
+	}
+	plain := errors.New("boom")
+	if !errors.Is(explain(plain), plain) {
+		t.Error("explain changed another error")
 	}
 }
