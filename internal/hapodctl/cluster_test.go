@@ -333,10 +333,43 @@ func TestSwitchoverWait(t *testing.T) {
 
 	t.Run("no controller", func(t *testing.T) {
 		r := kubectlHapod(t, ns, "switchover", "web", "--timeout", "1s")
-		if r.err == nil || !strings.Contains(r.err.Error(), "no outcome within 1s: the controller has not reported it") {
+		if r.err == nil || !strings.Contains(r.err.Error(), "no outcome within 1s: the controller has not reported it") ||
+			!strings.Contains(r.err.Error(), "the request stands") {
 			t.Errorf("switchover with nobody to carry it out: err %v", r.err)
 		}
 	})
+}
+
+// TestSwitchoverInterrupted: ^C during --wait says the request stands,
+// not that the controller was too slow.
+func TestSwitchoverInterrupted(t *testing.T) {
+	c, ns := setup(t)
+	createGroup(t, c, ns, "web", reportedStatus("web"))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	// Interrupt once the request is written, as a user would while waiting.
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var g v1alpha1.HAGroup
+			if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "web"}, &g); err == nil && g.Spec.Switchover != nil {
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var out, errOut bytes.Buffer
+	err := Run(ctx, []string{"switchover", "web", "--timeout", "1m", "--kubeconfig", clustertest.Kubeconfig(t), "-n", ns},
+		genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut})
+	if err == nil || !strings.Contains(err.Error(), "interrupted before its outcome; the request stands") {
+		t.Errorf("interrupted switchover: err %v", err)
+	}
 }
 
 // TestRefusals checks the errors a user meets first: each one line, and

@@ -183,6 +183,11 @@ func describe(g *v1alpha1.HAGroup, now time.Time) string {
 	}
 
 	field(&b, "Switchover", switchoverText(g))
+	// A spec written since the controller's last status (a pause, a
+	// switchover request) is not reflected above yet.
+	if st.ObservedGeneration != 0 && st.ObservedGeneration < g.Generation {
+		field(&b, "Note", fmt.Sprintf("status is of spec generation %d, the spec is at %d: the controller has not caught up", st.ObservedGeneration, g.Generation))
+	}
 	return b.String()
 }
 
@@ -317,9 +322,18 @@ func historyHeader() []string {
 	return []string{"TIME", "AGE", "REASON", "SWITCH", "EPOCH", "ACK-MS", "LABEL-MS"}
 }
 
-// historyRows is status.history, newest first as the controller keeps it,
-// at most limit rows (0: all). ACK-MS shows the ack's status when there was
-// no ack (timeout).
+// promotions is status.history, or, from a controller that keeps only
+// lastFailover, that one.
+func promotions(st *v1alpha1.HAGroupStatus) []v1alpha1.FailoverStatus {
+	if len(st.History) == 0 && st.LastFailover != nil {
+		return []v1alpha1.FailoverStatus{*st.LastFailover}
+	}
+	return st.History
+}
+
+// historyRows is the promotions, newest first as the controller keeps
+// them, at most limit rows (0: all). ACK-MS shows the ack's status when
+// there was no ack (timeout).
 func historyRows(h []v1alpha1.FailoverStatus, now time.Time, limit int) [][]string {
 	if limit > 0 && len(h) > limit {
 		h = h[:limit]

@@ -176,6 +176,11 @@ Switchover:    s1 Succeeded: web-a -> web-b, gap 3ms
 	if got := describe(g, now); got != want {
 		t.Errorf("describe:\n%s\nwant:\n%s", got, want)
 	}
+	behind := fixture()
+	behind.Generation, behind.Status.ObservedGeneration = 3, 2
+	if got := describe(behind, now); !strings.HasSuffix(got, "Note:          status is of spec generation 2, the spec is at 3: the controller has not caught up\n") {
+		t.Errorf("describe of a status behind its spec:\n%s", got)
+	}
 	empty := describe(&v1alpha1.HAGroup{ObjectMeta: metav1.ObjectMeta{Name: "new", Namespace: "shop"}}, now)
 	for _, s := range []string{"Active:        <none>\n", "Standbys:      <none> eligible\n", "Conditions:    <none>\n", "Last failover: <none>\n", "Switchover:    <none>\n"} {
 		if !strings.Contains(empty, s) {
@@ -352,5 +357,20 @@ func TestExplainNoMatch(t *testing.T) {
 	plain := errors.New("boom")
 	if !errors.Is(explain(plain), plain) {
 		t.Error("explain changed another error")
+	}
+}
+
+func TestPromotions(t *testing.T) {
+	g := fixture()
+	// A controller that keeps only lastFailover: that one.
+	if got := promotions(&g.Status); len(got) != 1 || got[0].To != "web-b" {
+		t.Errorf("promotions without history = %+v", got)
+	}
+	g.Status.History = []v1alpha1.FailoverStatus{*g.Status.LastFailover, {Reason: "Initial", To: "web-a"}}
+	if got := promotions(&g.Status); len(got) != 2 {
+		t.Errorf("promotions = %+v, want the history", got)
+	}
+	if got := promotions(&v1alpha1.HAGroupStatus{}); len(got) != 0 {
+		t.Errorf("promotions of an unreported group = %+v", got)
 	}
 }

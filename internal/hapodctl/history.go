@@ -55,7 +55,7 @@ func newHistoryCommand(o *options) *cobra.Command {
 			now := time.Now()
 			out := o.streams.Out
 			fmt.Fprintf(out, "Promotions of hagroup/%s, newest first:\n", g.Name)
-			if rows := historyRows(g.Status.History, now, limit); len(rows) == 0 {
+			if rows := historyRows(promotions(&g.Status), now, limit); len(rows) == 0 {
 				fmt.Fprintf(out, "  %s\n", none)
 			} else if err := writeTable(indent(out), historyHeader(), rows); err != nil {
 				return err

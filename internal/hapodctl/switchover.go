@@ -174,7 +174,9 @@ func waitSwitchover(ctx context.Context, c client.Client, key client.ObjectKey, 
 			if apierrors.IsNotFound(err) {
 				return false, err
 			}
-			lastErr = err
+			if ctx.Err() == nil { // not the poll's own deadline cutting a read short
+				lastErr = err
+			}
 			return false, nil
 		}
 		st := g.Status.Switchover
@@ -191,13 +193,19 @@ func waitSwitchover(ctx context.Context, c client.Client, key client.ObjectKey, 
 		if !wait.Interrupted(err) {
 			return err
 		}
+		// Neither a timeout nor ^C withdraws the request: the controller
+		// may still carry it out, and status will say so.
+		stands := fmt.Sprintf("the request stands: kubectl hapod status %s shows its outcome", key.Name)
+		if ctx.Err() != nil {
+			return fmt.Errorf("switchover %s: interrupted before its outcome; %s", id, stands)
+		}
 		why := "the controller has not reported it (is hapod-controller running, and does it serve this HAGroup?)"
 		if last != nil {
 			why = "last reported " + string(last.Phase)
 		} else if lastErr != nil {
 			why = "last read failed: " + OneLine(lastErr)
 		}
-		return fmt.Errorf("switchover %s: no outcome within %v: %s", id, timeout, why)
+		return fmt.Errorf("switchover %s: no outcome within %v: %s; %s", id, timeout, why, stands)
 	}
 	fmt.Fprintf(out, "switchover %s\n", outcome(last))
 	if _, failed := switchoverDone(last, id); failed {
