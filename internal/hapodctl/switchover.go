@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -160,56 +159,67 @@ func switchoverDone(st *v1alpha1.SwitchoverStatus, id string) (done, failed bool
 	}
 }
 
+// readTimeout bounds one read of the group during a wait, so that a hung
+// API server cannot hold the wait much past its timeout.
+const readTimeout = 10 * time.Second
+
 // waitSwitchover polls the group until the controller reports switchover
 // id Succeeded or Failed, printing each phase it sees on the way, and
-// returns an error if it failed or timeout passed first.
+// returns an error if it failed or timeout passed first. The timeout is
+// checked between reads rather than put on their context: client-go's rate
+// limiter refuses a read early when it would wait past a context's
+// deadline, which would report a spurious error at the end of a wait.
 func waitSwitchover(ctx context.Context, c client.Client, key client.ObjectKey, id string, timeout time.Duration, out io.Writer) error {
+	// Neither a timeout nor ^C withdraws the request: the controller may
+	// still carry it out, and status will say so.
+	stands := fmt.Sprintf("the request stands: kubectl hapod status %s shows its outcome", key.Name)
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
 	var last *v1alpha1.SwitchoverStatus
 	var lastErr error
-	err := wait.PollUntilContextTimeout(ctx, pollInterval, timeout, true, func(ctx context.Context) (bool, error) {
-		g, err := getGroup(ctx, c, key.Namespace, key.Name)
-		if err != nil {
-			// A group deleted while we wait will never report; any other
-			// error may pass (an API server restarting): keep polling.
-			if apierrors.IsNotFound(err) {
-				return false, err
-			}
-			if ctx.Err() == nil { // not the poll's own deadline cutting a read short
-				lastErr = err
-			}
-			return false, nil
-		}
-		st := g.Status.Switchover
-		if st != nil && st.ID == id && (last == nil || last.Phase != st.Phase) {
-			if done, _ := switchoverDone(st, id); !done {
-				fmt.Fprintf(out, "switchover %s: %s\n", id, st.Phase)
-			}
-			last = st.DeepCopy()
-		}
-		done, _ := switchoverDone(st, id)
-		return done, nil
-	})
-	if err != nil {
-		if !wait.Interrupted(err) {
-			return err
-		}
-		// Neither a timeout nor ^C withdraws the request: the controller
-		// may still carry it out, and status will say so.
-		stands := fmt.Sprintf("the request stands: kubectl hapod status %s shows its outcome", key.Name)
-		if ctx.Err() != nil {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, readTimeout)
+		g, err := getGroup(rctx, c, key.Namespace, key.Name)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
 			return fmt.Errorf("switchover %s: interrupted before its outcome; %s", id, stands)
+		case apierrors.IsNotFound(err):
+			// Deleted while we wait: it will never report.
+			return err
+		case err != nil:
+			// May pass (an API server restarting): keep polling.
+			lastErr = err
+		default:
+			st := g.Status.Switchover
+			if st != nil && st.ID == id && (last == nil || last.Phase != st.Phase) {
+				last = st.DeepCopy()
+				if done, _ := switchoverDone(st, id); !done {
+					fmt.Fprintf(out, "switchover %s: %s\n", id, st.Phase)
+				}
+			}
+			if done, failed := switchoverDone(st, id); done {
+				fmt.Fprintf(out, "switchover %s\n", outcome(st))
+				if failed {
+					return fmt.Errorf("switchover %s failed: %s", id, orNone(oneLine(st.Message)))
+				}
+				return nil
+			}
 		}
-		why := "the controller has not reported it (is hapod-controller running, and does it serve this HAGroup?)"
-		if last != nil {
-			why = "last reported " + string(last.Phase)
-		} else if lastErr != nil {
-			why = "last read failed: " + OneLine(lastErr)
+		if time.Now().After(deadline) {
+			why := "the controller has not reported it (is hapod-controller running, and does it serve this HAGroup?)"
+			if last != nil {
+				why = "last reported " + string(last.Phase)
+			} else if lastErr != nil {
+				why = "last read failed: " + OneLine(lastErr)
+			}
+			return fmt.Errorf("switchover %s: no outcome within %v: %s; %s", id, timeout, why, stands)
 		}
-		return fmt.Errorf("switchover %s: no outcome within %v: %s; %s", id, timeout, why, stands)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("switchover %s: interrupted before its outcome; %s", id, stands)
+		case <-tick.C:
+		}
 	}
-	fmt.Fprintf(out, "switchover %s\n", outcome(last))
-	if _, failed := switchoverDone(last, id); failed {
-		return fmt.Errorf("switchover %s failed: %s", id, orNone(oneLine(last.Message)))
-	}
-	return nil
 }
