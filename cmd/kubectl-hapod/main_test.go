@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/hapod/hapod/internal/dev/clustertest"
 )
 
 // envBeMain makes the test binary run main instead of the tests, so that the
@@ -18,7 +20,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	clustertest.Main(m)
 }
 
 func command(args ...string) *exec.Cmd {
@@ -74,5 +76,31 @@ func TestHelpExits0(t *testing.T) {
 		if !strings.Contains(string(out), "\n  "+sub+" ") {
 			t.Errorf("--help does not list %s", sub)
 		}
+	}
+}
+
+// TestAgainstCluster runs the binary as kubectl runs a plugin, a process
+// with --kubeconfig and -n, against a real API server: what it prints and
+// exits with, on success and on a missing group. internal/hapodctl tests
+// the commands themselves.
+func TestAgainstCluster(t *testing.T) {
+	clustertest.InstallCRD(t)
+	ns := clustertest.Namespace(t)
+	flags := []string{"--kubeconfig", clustertest.Kubeconfig(t), "-n", ns}
+
+	var stdout, stderr bytes.Buffer
+	c := command(append([]string{"status"}, flags...)...)
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if code := exitStatus(t, c.Run()); code != 0 || stdout.Len() != 0 || stderr.String() != "No HAGroups found in namespace "+ns+".\n" {
+		t.Errorf("status of an empty namespace: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	c = command(append([]string{"switchover", "web"}, flags...)...)
+	c.Stdout, c.Stderr = &stdout, &stderr
+	want := "error: hagroup \"web\" not found in namespace \"" + ns + "\"\n"
+	if code := exitStatus(t, c.Run()); code != 1 || stdout.Len() != 0 || stderr.String() != want {
+		t.Errorf("switchover of a missing group: exit %d, stdout %q, stderr %q, want %q", code, stdout.String(), stderr.String(), want)
 	}
 }
