@@ -118,17 +118,45 @@ func ready(g *v1alpha1.HAGroup) string {
 	return string(metav1.ConditionUnknown)
 }
 
-// pausedText says whether the group is paused: spec.paused (what was asked
-// for), or else a Paused condition the controller set on its own (a spec it
-// refuses pauses the group) with its reason.
-func pausedText(g *v1alpha1.HAGroup) string {
+// pausedBy says whether the group is paused and, if the controller
+// paused it on its own, why. spec.paused is what was asked for. Beyond it,
+// the controller pauses a group whose spec it refuses (Accepted=False);
+// a Paused condition counts only if written for the current spec, since
+// status lags the spec: a group just resumed still shows Paused=True until
+// the controller's next status write, and is not paused.
+func pausedBy(g *v1alpha1.HAGroup) (paused bool, why string) {
 	if g.Spec.Paused {
+		return true, ""
+	}
+	current := func(c *metav1.Condition) bool {
+		obs := c.ObservedGeneration
+		if obs == 0 {
+			obs = g.Status.ObservedGeneration
+		}
+		return obs >= g.Generation
+	}
+	if c := meta.FindStatusCondition(g.Status.Conditions, v1alpha1.ConditionAccepted); c != nil && c.Status == metav1.ConditionFalse && current(c) {
+		return true, c.Reason + ": " + oneLine(c.Message)
+	}
+	if c := meta.FindStatusCondition(g.Status.Conditions, v1alpha1.ConditionPaused); c != nil && c.Status == metav1.ConditionTrue && current(c) {
+		return true, c.Reason + ": " + oneLine(c.Message)
+	}
+	return false, ""
+}
+
+// pausedText is pausedBy for the tables: true, false, or true with the
+// controller's reason.
+func pausedText(g *v1alpha1.HAGroup) string {
+	paused, why := pausedBy(g)
+	switch {
+	case !paused:
+		return "false"
+	case why == "":
 		return "true"
+	default:
+		reason, _, _ := strings.Cut(why, ":")
+		return "true (" + reason + ")"
 	}
-	if c := meta.FindStatusCondition(g.Status.Conditions, v1alpha1.ConditionPaused); c != nil && c.Status == metav1.ConditionTrue {
-		return "true (" + c.Reason + ")"
-	}
-	return "false"
 }
 
 // describe is the detailed view of one HAGroup (status GROUP), in

@@ -53,9 +53,9 @@ func fixture() *v1alpha1.HAGroup {
 func TestListRow(t *testing.T) {
 	paused := fixture()
 	paused.Spec.Paused = true
-	refused := fixture()
-	refused.Status.Conditions = append(refused.Status.Conditions,
-		cond(v1alpha1.ConditionPaused, metav1.ConditionTrue, "SpecUnsupported", "roleLabel differs"))
+	refused := refusedSpec()
+	resumed := pausedStatus()
+	resumed.Generation = 3 // spec.paused set false since the status was written
 	noSummary := fixture()
 	noSummary.Status.StandbySummary = ""
 	lonely := fixture()
@@ -76,6 +76,8 @@ func TestListRow(t *testing.T) {
 		{"spec.paused", paused, false, []string{"web", "web-b", "7", "1/2", "5m", "15", "True", "true"}},
 		// The controller paused a spec it refuses: say so and why.
 		{"paused by the controller", refused, false, []string{"web", "web-b", "7", "1/2", "5m", "15", "True", "true (SpecUnsupported)"}},
+		// Resumed, the controller not caught up: its Paused=True is stale.
+		{"just resumed", resumed, false, []string{"web", "web-b", "7", "1/2", "5m", "15", "True", "false"}},
 		// An older controller without standbySummary: counted from standbys.
 		{"summary counted", noSummary, false, []string{"web", "web-b", "7", "1/2", "5m", "15", "True", "false"}},
 		{"active without standbys", lonely, false, []string{"web", "web-b", "7", "0/0", "5m", "15", "True", "false"}},
@@ -280,15 +282,43 @@ func TestSwitchoverDone(t *testing.T) {
 	}
 }
 
+// pausedStatus is fixture as the controller reports it paused, at
+// generation 2.
+func pausedStatus() *v1alpha1.HAGroup {
+	g := fixture()
+	g.Generation, g.Status.ObservedGeneration = 2, 2
+	c := cond(v1alpha1.ConditionPaused, metav1.ConditionTrue, "SpecPaused", "spec.paused: no automatic failover")
+	c.ObservedGeneration = 2
+	g.Status.Conditions = append(g.Status.Conditions, c)
+	return g
+}
+
+// refusedSpec is fixture with a spec the controller refuses: it pauses the
+// group (Paused=True, SpecPaused) and says why in Accepted=False.
+func refusedSpec() *v1alpha1.HAGroup {
+	g := pausedStatus()
+	c := cond(v1alpha1.ConditionAccepted, metav1.ConditionFalse, "SpecUnsupported", "spec.roleLabel \"r\" differs from the controller's -role-label \"role\"")
+	c.ObservedGeneration = 2
+	g.Status.Conditions = append(g.Status.Conditions, c)
+	return g
+}
+
 func TestRefuseSwitchover(t *testing.T) {
 	paused := fixture()
 	paused.Spec.Paused = true
-	refused := fixture()
-	refused.Status.Conditions = append(refused.Status.Conditions,
-		cond(v1alpha1.ConditionPaused, metav1.ConditionTrue, "SpecUnsupported", "roleLabel differs"))
+	refused := refusedSpec()
 	resumed := fixture()
 	// Paused condition False: resumed, the controller caught up.
-	resumed.Status.Conditions = append(resumed.Status.Conditions, cond(v1alpha1.ConditionPaused, metav1.ConditionFalse, "Resumed", ""))
+	resumed.Status.Conditions = append(resumed.Status.Conditions, cond(v1alpha1.ConditionPaused, metav1.ConditionFalse, "NotPaused", ""))
+	justResumed := pausedStatus()
+	justResumed.Generation = 3
+	// Resumed with the status still of the paused spec; a controller that
+	// sets no observedGeneration on its conditions: the status's counts.
+	justResumedOld := pausedStatus()
+	justResumedOld.Generation = 3
+	for i := range justResumedOld.Status.Conditions {
+		justResumedOld.Status.Conditions[i].ObservedGeneration = 0
+	}
 	for _, tc := range []struct {
 		name string
 		g    *v1alpha1.HAGroup
@@ -296,8 +326,11 @@ func TestRefuseSwitchover(t *testing.T) {
 	}{
 		{"running group", fixture(), ""},
 		{"resumed group", resumed, ""},
-		{"spec.paused", paused, "hagroup/web is paused"},
-		{"paused by the controller", refused, "paused by the controller (SpecUnsupported: roleLabel differs)"},
+		{"just resumed, status stale", justResumed, ""},
+		{"just resumed, status stale, no condition generations", justResumedOld, ""},
+		{"spec.paused", paused, "hagroup/web is paused, and a paused group does not switch over: kubectl hapod resume web first"},
+		{"paused by the controller", refused, `paused by the controller (SpecUnsupported: spec.roleLabel "r" differs`},
+		{"paused condition of the current spec", pausedStatus(), "paused by the controller (SpecPaused: spec.paused: no automatic failover)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := refuseSwitchover(tc.g)

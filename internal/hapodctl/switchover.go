@@ -12,8 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -86,16 +84,18 @@ func newID(now time.Time, random io.Reader) (string, error) {
 }
 
 // refuseSwitchover says why a group cannot be asked for a switchover now,
-// or nil. A paused group would keep the request and carry it out on
-// resume, long after the user has stopped watching: refuse instead.
+// or nil. The controller fails a paused group's request at once ("the
+// group is paused"); refusing before writing it says what to do instead.
 func refuseSwitchover(g *v1alpha1.HAGroup) error {
-	if g.Spec.Paused {
+	paused, why := pausedBy(g)
+	switch {
+	case !paused:
+		return nil
+	case why == "":
 		return fmt.Errorf("hagroup/%s is paused, and a paused group does not switch over: kubectl hapod resume %s first", g.Name, g.Name)
+	default:
+		return fmt.Errorf("hagroup/%s is paused by the controller (%s), and a paused group does not switch over", g.Name, why)
 	}
-	if c := meta.FindStatusCondition(g.Status.Conditions, v1alpha1.ConditionPaused); c != nil && c.Status == metav1.ConditionTrue {
-		return fmt.Errorf("hagroup/%s is paused by the controller (%s: %s), and a paused group does not switch over", g.Name, c.Reason, oneLine(c.Message))
-	}
-	return nil
 }
 
 // switchoverPatch is the merge patch that asks for switchover id. It
