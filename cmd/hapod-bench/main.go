@@ -51,6 +51,7 @@ type flags struct {
 	profile     bool
 	failovers   int
 	groups      string
+	haGroups    string
 	mass        string
 	workers     int
 	qps         float64
@@ -73,6 +74,7 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "run on this cluster instead of starting one")
 	fs.BoolVar(&f.profile, "profile", false, "take a CPU profile of the controller during the largest mass failover, into -work")
 	fs.IntVar(&f.failovers, "failovers", 0, "failovers per trigger in the one-group scenario (default 100, 20 with -short)")
+	fs.StringVar(&f.haGroups, "hagroup-groups", "", "comma-separated group counts of the mass failovers run again with an HAGroup per group, 0 for none (default 1000; 100 with -short)")
 	fs.StringVar(&f.groups, "groups", "", "comma-separated group counts of the mass failovers (default 1,100,1000; 1,100 with -short)")
 	fs.StringVar(&f.mass, "mass", "", "mass failover trigger: node (the actives' node turns NotReady) or delete (every active deleted); default node")
 	fs.IntVar(&f.workers, "workers", 0, "controller -workers (default 1000)")
@@ -98,14 +100,19 @@ func parseFlags(args []string) (*flags, bench.Options, error) {
 	if f.failovers > 0 {
 		o.Failovers = f.failovers
 	}
+	var err error
 	if f.groups != "" {
-		o.Groups = nil
-		for _, s := range strings.Split(f.groups, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || n < 1 {
-				return nil, o, fmt.Errorf("-groups: %q is not a positive number", s)
-			}
-			o.Groups = append(o.Groups, n)
+		if o.Groups, err = counts("-groups", f.groups); err != nil {
+			return nil, o, err
+		}
+	}
+	switch f.haGroups {
+	case "":
+	case "0":
+		o.HAGroupScale = nil
+	default:
+		if o.HAGroupScale, err = counts("-hagroup-groups", f.haGroups); err != nil {
+			return nil, o, err
 		}
 	}
 	if len(o.Groups) > 0 {
@@ -329,4 +336,17 @@ func commit() string {
 		return ""
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// counts parses a comma-separated list of positive numbers.
+func counts(flag, list string) ([]int, error) {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%s: %q is not a positive number", flag, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
