@@ -306,3 +306,17 @@ func criticalRunning(pod *corev1.Pod, critical map[string]bool) bool {
 	}
 	return running == len(critical)
 }
+
+// EndpointReady is the readiness of the active's endpoint in owned
+// data-path mode: the pod is Running, not being deleted, and every critical
+// container has a running status. Pod Ready is deliberately not consulted:
+// a non-critical sidecar that died makes the pod not Ready, yet the app
+// still serves, and the kube-controller-manager's rule would drop the only
+// endpoint of the group. A pod without critical containers is judged by
+// its phase and deletion alone.
+func EndpointReady(pod *corev1.Pod, c Criticality) bool {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	return criticalRunning(pod, criticalContainers(pod, c).critical)
+}
