@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/hapod/hapod/internal/dev/clustertest"
+	"github.com/hapod/hapod/internal/dev/crdinstall"
 	"github.com/hapod/hapod/internal/dev/helmbin"
 )
 
@@ -178,7 +179,7 @@ func all[T runtime.Object](docs []doc) []T {
 // templates and never upgrades) is deploy/crd's, which make generate writes:
 // copy it over after make generate.
 func TestCRDMatchesDeploy(t *testing.T) {
-	want, err := os.ReadFile(filepath.Join("..", "..", clustertest.CRDFile))
+	want, err := os.ReadFile(filepath.Join("..", "..", crdinstall.File))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,15 +187,15 @@ func TestCRDMatchesDeploy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 1 || entries[0].Name() != filepath.Base(clustertest.CRDFile) {
-		t.Fatalf("crds/ holds %v, want %s alone", entries, filepath.Base(clustertest.CRDFile))
+	if len(entries) != 1 || entries[0].Name() != filepath.Base(crdinstall.File) {
+		t.Fatalf("crds/ holds %v, want %s alone", entries, filepath.Base(crdinstall.File))
 	}
 	got, err := os.ReadFile(filepath.Join("crds", entries[0].Name()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Errorf("crds/%s differs from %s: cp %[2]s charts/hapod/crds/", entries[0].Name(), clustertest.CRDFile)
+		t.Errorf("crds/%s differs from %s: cp %[2]s charts/hapod/crds/", entries[0].Name(), crdinstall.File)
 	}
 }
 

@@ -38,6 +38,7 @@ func TestShortRun(t *testing.T) {
 	o.ElectionAggressive = ElectionRun{Groups: 2, Rounds: 2}
 	o.NoStandby = 3
 	o.Groups = []int{1, 20}
+	o.HAGroupScale = []int{20} // the same mass failover with an HAGroup per group
 	o.ProfileDir, o.ProfileGroups, o.ProfileSeconds = e.WorkDir, 20, 1
 	o.LeaseKills = 3
 	o.RenewalGroups, o.RenewalSteady = 20, 2*time.Second
@@ -93,8 +94,8 @@ func TestShortRun(t *testing.T) {
 
 	checkLease(t, r, o)
 
-	if len(r.Scale) != 2 {
-		t.Fatalf("scale: %d results, want 2", len(r.Scale))
+	if len(r.Scale) != 3 || !r.Scale[2].HAGroups {
+		t.Fatalf("scale: %d results, want 3, the last with HAGroups", len(r.Scale))
 	}
 	for _, sc := range r.Scale {
 		// A group whose active's lease lapsed before the trigger (a
