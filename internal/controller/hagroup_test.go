@@ -108,6 +108,22 @@ func (e *env) hagroupTable(name string) ([]string, []any) {
 	return cols, tbl.Rows[0].Cells
 }
 
+// activeHAGroup starts the common case: an HAGroup "hapod", a ReplicaSet
+// of two with their apps listening, the controller, and the first active
+// labelled and its app told so.
+func (e *env) activeHAGroup() (client.Client, map[string]*role.Listener, corev1.Pod) {
+	e.t.Helper()
+	c := e.hagroups()
+	e.neverTwoActive("hapod")
+	e.createHAGroup(c, "hapod", v1alpha1.HAGroupSpec{})
+	e.replicaSet("hapod", 2)
+	ls := e.listeners(e.runningPods("hapod", 2))
+	e.startController()
+	act := e.active("hapod")
+	waitRole(e.t, ls[act.Name], role.Active, 1)
+	return c, ls, act
+}
+
 func condition(s v1alpha1.HAGroupStatus, typ string) metav1.ConditionStatus {
 	if c := meta.FindStatusCondition(s.Conditions, typ); c != nil {
 		return c.Status
@@ -120,14 +136,7 @@ func condition(s v1alpha1.HAGroupStatus, typ string) metav1.ConditionStatus {
 // conditions, and after a failover its timeline.
 func TestHAGroupStatus(t *testing.T) {
 	e := newEnv(t)
-	c := e.hagroups()
-	e.neverTwoActive("hapod")
-	e.createHAGroup(c, "hapod", v1alpha1.HAGroupSpec{})
-	e.replicaSet("hapod", 2)
-	ls := e.listeners(e.runningPods("hapod", 2))
-	e.startController()
-	act := e.active("hapod")
-	waitRole(t, ls[act.Name], role.Active, 1)
+	c, ls, act := e.activeHAGroup()
 	s := e.status(c, "hapod", func(s v1alpha1.HAGroupStatus) bool {
 		return s.Active == act.Name && s.StandbySummary == "1/1" && condition(s, v1alpha1.ConditionAvailable) == metav1.ConditionTrue
 	})
@@ -181,14 +190,7 @@ func TestHAGroupStatus(t *testing.T) {
 func TestPlannedSwitchover(t *testing.T) {
 	e := newEnv(t)
 	e.history = &controller.AppHistory{}
-	c := e.hagroups()
-	e.neverTwoActive("hapod")
-	e.createHAGroup(c, "hapod", v1alpha1.HAGroupSpec{})
-	e.replicaSet("hapod", 2)
-	ls := e.listeners(e.runningPods("hapod", 2))
-	e.startController()
-	first := e.active("hapod")
-	waitRole(t, ls[first.Name], role.Active, 1)
+	c, ls, first := e.activeHAGroup()
 	e.status(c, "hapod", func(s v1alpha1.HAGroupStatus) bool { return s.Active == first.Name })
 
 	e.patchSpec(c, "hapod", map[string]any{"switchover": map[string]any{"id": "one"}})
@@ -237,14 +239,7 @@ func TestPlannedSwitchover(t *testing.T) {
 // and the pod stays active and undeleted; resumed, it fails over.
 func TestPausedGroup(t *testing.T) {
 	e := newEnv(t)
-	c := e.hagroups()
-	e.neverTwoActive("hapod")
-	e.createHAGroup(c, "hapod", v1alpha1.HAGroupSpec{})
-	e.replicaSet("hapod", 2)
-	ls := e.listeners(e.runningPods("hapod", 2))
-	e.startController()
-	act := e.active("hapod")
-	waitRole(t, ls[act.Name], role.Active, 1)
+	c, ls, act := e.activeHAGroup()
 
 	e.patchSpec(c, "hapod", map[string]any{"paused": true})
 	e.status(c, "hapod", func(s v1alpha1.HAGroupStatus) bool {

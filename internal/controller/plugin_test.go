@@ -21,14 +21,7 @@ import (
 func TestPluginAgainstController(t *testing.T) {
 	e := newEnv(t)
 	e.history = &controller.AppHistory{}
-	c := e.hagroups()
-	e.neverTwoActive("hapod")
-	e.createHAGroup(c, "hapod", v1alpha1.HAGroupSpec{})
-	e.replicaSet("hapod", 2)
-	ls := e.listeners(e.runningPods("hapod", 2))
-	e.startController()
-	first := e.active("hapod")
-	waitRole(t, ls[first.Name], role.Active, 1)
+	c, ls, first := e.activeHAGroup()
 	e.status(c, "hapod", func(s v1alpha1.HAGroupStatus) bool { return s.Active == first.Name })
 	run := func(args ...string) (string, error) {
 		t.Helper()
