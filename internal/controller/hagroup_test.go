@@ -165,6 +165,7 @@ func TestHAGroupStatus(t *testing.T) {
 
 	e.deletePod(act.Name, ls)
 	next := e.active("hapod", act.Name)
+	waitRole(t, ls[next.Name], role.Active, epochOf(next))
 	s = e.status(c, "hapod", func(s v1alpha1.HAGroupStatus) bool {
 		return s.Active == next.Name && s.LastFailover != nil && s.LastFailover.From == act.Name && s.LastFailover.AckMs != nil
 	})
